@@ -1,0 +1,3 @@
+from peerproxyd.cli import main
+
+raise SystemExit(main())
