@@ -1,0 +1,53 @@
+"""The whole exception tree of peerproxyd."""
+
+from __future__ import annotations
+
+
+class PeerProxyError(Exception):
+    """Base class of every error peerproxyd raises on purpose."""
+
+
+class ConfigError(PeerProxyError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class SignalingError(PeerProxyError):
+    """The signaling server refused us or sent something we cannot use."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class UpstreamError(PeerProxyError):
+    """A local service could not be reached; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProtocolError(PeerProxyError):
+    """A packet-protocol rule was broken.
+
+    `code` is the RESET error code sent to the peer (see docs/protocol.md) and `stream_id`
+    the stream it concerns (0: the connection as a whole).
+    """
+
+    def __init__(self, message: str, *, code: int = 1, stream_id: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.stream_id = stream_id
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""

@@ -1,0 +1,128 @@
+"""Request and response heads: the JSON carried by a stream's HEADERS messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from peerproxyd.errors import RemoteProtocolError
+
+Headers = tuple[tuple[str, str], ...]
+
+TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+_FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f#]")
+
+
+class HeadError(ValueError):
+    """A head is malformed; the caller turns it into a RemoteProtocolError for its stream."""
+
+
+def _headers(raw: Any) -> Headers:
+    if not isinstance(raw, list):
+        raise HeadError("headers must be a list of [name, value] pairs")
+    pairs = []
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, str) for x in item)
+        ):
+            raise HeadError("headers must be a list of [name, value] pairs")
+        name, value = item
+        if not TOKEN.match(name):
+            raise HeadError(f"invalid header name {name!r}")
+        if _FORBIDDEN_IN_VALUE.search(value):
+            raise HeadError(f"header {name!r} has CR, LF or NUL in its value")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _object(data: bytes, keys: set[str]) -> dict[str, Any]:
+    try:
+        obj = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeadError(f"header block is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise HeadError("header block must be a JSON object")
+    missing = keys - obj.keys()
+    if missing:
+        raise HeadError(f"header block lacks {', '.join(sorted(missing))}")
+    return obj
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestHead:
+    method: str
+    target: str
+    headers: Headers = ()
+    service: str
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "method": self.method,
+                "target": self.target,
+                "headers": [list(h) for h in self.headers],
+                "service": self.service,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> RequestHead:
+        obj = _object(data, {"method", "target", "headers", "service"})
+        method, target, service = obj["method"], obj["target"], obj["service"]
+        if not isinstance(method, str) or not TOKEN.match(method):
+            raise HeadError(f"invalid method {method!r}")
+        if (
+            not isinstance(target, str)
+            or not target.startswith("/")
+            or target.startswith("//")
+            or _FORBIDDEN_IN_TARGET.search(target)
+        ):
+            raise HeadError(f"target {target!r} is not in origin-form")
+        if not isinstance(service, str) or not LABEL.match(service):
+            raise HeadError(f"invalid service name {service!r}")
+        return cls(method=method, target=target, headers=_headers(obj["headers"]), service=service)
+
+    def get(self, name: str) -> str | None:
+        return _get(self.headers, name)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResponseHead:
+    status: int
+    headers: Headers = ()
+
+    def encode(self) -> bytes:
+        return _encode({"status": self.status, "headers": [list(h) for h in self.headers]})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ResponseHead:
+        obj = _object(data, {"status", "headers"})
+        status = obj["status"]
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise HeadError(f"invalid status {status!r}")
+        return cls(status=status, headers=_headers(obj["headers"]))
+
+    def get(self, name: str) -> str | None:
+        return _get(self.headers, name)
+
+
+def _get(headers: Headers, name: str) -> str | None:
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def head_error(exc: HeadError, stream_id: int) -> RemoteProtocolError:
+    return RemoteProtocolError(str(exc), code=1, stream_id=stream_id)
