@@ -51,3 +51,19 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
+
+
+class StreamResetError(PeerProxyError, ConnectionResetError):
+    """A stream was aborted, by the peer (`remote`) or by us for the peer's protocol error."""
+
+    def __init__(self, stream_id: int, code: int, reason: str, *, remote: bool) -> None:
+        side = "peer" if remote else "us"
+        super().__init__(f"stream {stream_id} reset by {side}: code {code} {reason}".rstrip())
+        self.stream_id = stream_id
+        self.code = code
+        self.reason = reason
+        self.remote = remote
+
+
+class PeerGoneError(PeerProxyError, ConnectionError):
+    """The data channel closed or the peer stopped answering heartbeats."""

@@ -268,7 +268,10 @@ class ProxyConnection:
         stream_id = exc.stream_id
         if stream_id == 0:
             return [MessageDropped(reason=str(exc))]
-        if self.role is Role.CLIENT and stream_id not in self._streams:
+        if stream_id not in self._streams and (
+            self.role is Role.CLIENT or stream_id in self._closed_set
+        ):
+            # A late message for a stream that is gone: nothing left to reset.
             return [MessageDropped(reason=str(exc))]
         logger.debug("stream %d reset: %s", stream_id, exc)
         self._emit(Frame.reset(stream_id, exc.code, str(exc)))

@@ -89,7 +89,8 @@ class Frame:
 
     @classmethod
     def reset(cls, stream_id: int, code: int, reason: str = "") -> Frame:
-        data = reason.encode()[: MAX_PAYLOAD - 2]
+        # Cut at a character boundary: a split character would make the reason invalid UTF-8.
+        data = reason.encode()[: MAX_PAYLOAD - 2].decode(errors="ignore").encode()
         return cls(stream_id, 0, Flag.RESET, struct.pack("!H", code) + data)
 
     @classmethod

@@ -14,7 +14,8 @@ Headers = tuple[tuple[str, str], ...]
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
-_FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f#]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON "\\ud800" escapes decode to these; not UTF-8
+_FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f#\ud800-\udfff]")
 
 
 class HeadError(ValueError):
@@ -37,6 +38,8 @@ def _headers(raw: Any) -> Headers:
             raise HeadError(f"invalid header name {name!r}")
         if _FORBIDDEN_IN_VALUE.search(value):
             raise HeadError(f"header {name!r} has CR, LF or NUL in its value")
+        if _SURROGATE.search(value):
+            raise HeadError(f"header {name!r} has a lone surrogate in its value")
         pairs.append((name, value))
     return tuple(pairs)
 
@@ -44,7 +47,9 @@ def _headers(raw: Any) -> Headers:
 def _object(data: bytes, keys: set[str]) -> dict[str, Any]:
     try:
         obj = json.loads(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise HeadError("header block is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError, and int() over 4300 digits
         raise HeadError(f"header block is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise HeadError("header block must be a JSON object")

@@ -1,0 +1,310 @@
+"""ChannelLink: the thin IO shell between one data channel and one ProxyConnection.
+
+Messages from the channel go to `ProxyConnection.receive_message()`; the resulting events are
+routed to `ChannelStream`s; whatever the connection wants to send goes out on the channel.
+Backpressure has two levels: per stream, the peer's WINDOW credit; per channel, the data
+channel's bufferedAmount (writers wait for "bufferedamountlow").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from peerproxyd.errors import PeerGoneError, StreamResetError
+from peerproxyd.protocol import (
+    DataReceived,
+    ErrorCode,
+    HeartbeatAcked,
+    MessageDropped,
+    ProxyConnection,
+    RequestHead,
+    RequestReceived,
+    ResponseHead,
+    ResponseReceived,
+    StreamReset,
+    WindowUpdated,
+)
+
+logger = logging.getLogger(__name__)
+
+HIGH_WATER = 1024 * 1024  # writers pause above this many bytes queued on the channel
+LOW_WATER = 256 * 1024  # ... and resume at this many
+MAX_WRITE = 256 * 1024  # body bytes handed to the connection per write step
+
+
+class DataChannel(Protocol):
+    """What we use of aiortc's RTCDataChannel."""
+
+    bufferedAmount: int  # noqa: N815 (aiortc's name)
+    bufferedAmountLowThreshold: int  # noqa: N815
+    readyState: str  # noqa: N815
+
+    def send(self, data: bytes) -> None: ...
+
+    def on(self, event: str, f: Callable[..., Any]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ChannelStream:
+    """One request/response exchange as seen by the IO code: read body, write body, reset."""
+
+    def __init__(self, link: ChannelLink, stream_id: int) -> None:
+        self.id = stream_id
+        self._link = link
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self.response: asyncio.Future[tuple[ResponseHead, bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ----- fed by the link
+    def _feed(self, data: bytes, end: bool) -> None:
+        if data:
+            self._chunks.append(data)
+        self._eof = self._eof or end
+        self._readable.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._readable.set()
+        self._writable.set()
+        if not self.response.done():
+            self.response.set_exception(error)
+            self.response.exception()  # mark retrieved: nobody may be waiting
+
+    def _window_opened(self) -> None:
+        self._writable.set()
+
+    # ----- used by request/response code
+    @property
+    def is_open(self) -> bool:
+        """Whether the protocol still has this stream open in either direction."""
+        return self._error is None and self._link.conn.is_open(self.id)
+
+    async def read(self) -> bytes:
+        """The next body chunk in order; b"" at the end. Chunks that arrived before a reset are
+        still returned; then StreamResetError/PeerGoneError is raised."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        self.bytes_in += len(chunk)
+        self._link.conn.consumed(self.id, len(chunk))
+        self._link.flush()
+        return chunk
+
+    def send_response(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        """Server: send the response head (end_stream: no body follows)."""
+        if self._error is not None:
+            raise self._error
+        self._link.conn.send_response(self.id, head, end_stream=end_stream)
+        self._link.flush()
+        if end_stream:
+            self._link.release_if_done(self.id)
+
+    async def write(self, data: bytes, *, end: bool = False) -> None:
+        """Send body bytes as the peer's window and the channel's buffer allow."""
+        view = memoryview(data)
+        while True:
+            if self._error is not None:
+                raise self._error
+            window = self._link.conn.send_window(self.id)
+            if window == 0 and (view or not end):
+                if not view:
+                    return
+                self._writable.clear()
+                await self._writable.wait()
+                continue
+            step = bytes(view[: min(window, MAX_WRITE)])
+            view = view[len(step) :]
+            last = end and not view
+            self._link.conn.send_body(self.id, step, end_stream=last)
+            self.bytes_out += len(step)
+            self._link.flush()
+            if last:
+                self._link.release_if_done(self.id)
+            await self._link.drain()
+            if not view:
+                return
+
+    async def end(self) -> None:
+        await self.write(b"", end=True)
+
+    def reset(self, code: int = ErrorCode.CANCEL, reason: str = "") -> None:
+        """Abort the stream both ways (no-op if it is already gone)."""
+        self._link.conn.reset_stream(self.id, code, reason)
+        self._link.flush()
+        self._link.streams.pop(self.id, None)
+        self._fail(StreamResetError(self.id, code, reason, remote=False))
+
+
+class ChannelLink:
+    """Moves messages between a data channel and a ProxyConnection.
+
+    `on_request(stream, head, end_stream)` is called for each new request (server role).
+    """
+
+    def __init__(
+        self,
+        channel: DataChannel,
+        conn: ProxyConnection,
+        *,
+        on_request: Callable[[ChannelStream, RequestHead, bool], None] | None = None,
+        name: str = "",
+    ) -> None:
+        self.channel = channel
+        self.conn = conn
+        self.name = name
+        self.streams: dict[int, ChannelStream] = {}
+        self._on_request = on_request
+        self._low = asyncio.Event()
+        self._low.set()
+        self._closed = asyncio.Event()
+        self.last_received = time.monotonic()
+        self.rtt: float | None = None
+        self._heartbeat_sent: dict[int, float] = {}
+        self.dropped = 0
+        channel.bufferedAmountLowThreshold = LOW_WATER
+        channel.on("message", self._on_message)
+        channel.on("bufferedamountlow", self._low.set)
+        channel.on("close", self.close)
+
+    # ----- inbound
+    def _on_message(self, message: bytes | str) -> None:
+        self.last_received = time.monotonic()
+        if isinstance(message, str):
+            self.dropped += 1
+            logger.warning("%s: dropped a text message (the protocol is binary)", self.name)
+            return
+        for event in self.conn.receive_message(message):
+            self._dispatch(event)
+        self.flush()
+
+    def _dispatch(self, event: object) -> None:
+        match event:
+            case DataReceived(stream_id=sid, data=data, end_stream=end):
+                if stream := self.streams.get(sid):
+                    stream._feed(data, end)
+                    self.release_if_done(sid)
+            case RequestReceived(stream_id=sid, head=head, end_stream=end):
+                stream = ChannelStream(self, sid)
+                self.streams[sid] = stream
+                if end:
+                    stream._feed(b"", True)
+                if self._on_request is None:
+                    stream.reset(ErrorCode.PROTOCOL_ERROR, "this side accepts no requests")
+                else:
+                    self._on_request(stream, head, end)
+            case ResponseReceived(stream_id=sid, head=head, end_stream=end):
+                if stream := self.streams.get(sid):
+                    if end:
+                        stream._feed(b"", True)
+                    if not stream.response.done():
+                        stream.response.set_result((head, end))
+            case StreamReset(stream_id=sid, code=code, reason=reason, remote=remote):
+                log = logger.debug if code in (ErrorCode.CANCEL, ErrorCode.NO_ERROR) else logger.warning
+                log("%s: stream %d reset (%s): %s", self.name, sid, code, reason)
+                if stream := self.streams.pop(sid, None):
+                    stream._fail(StreamResetError(sid, code, reason, remote=remote))
+            case WindowUpdated(stream_id=sid):
+                if stream := self.streams.get(sid):
+                    stream._window_opened()
+            case HeartbeatAcked(seq=seq):
+                sent = self._heartbeat_sent.pop(seq, None)
+                if sent is not None:
+                    self.rtt = time.monotonic() - sent
+            case MessageDropped(reason=reason):
+                self.dropped += 1
+                logger.warning("%s: dropped a message: %s", self.name, reason)
+
+    def release_if_done(self, stream_id: int) -> None:
+        """Stop routing events to a stream the connection has finished with (both ways)."""
+        if not self.conn.is_open(stream_id):
+            self.streams.pop(stream_id, None)
+
+    # ----- outbound
+    def flush(self) -> None:
+        """Send everything the connection has queued."""
+        if self.channel.readyState != "open":
+            self.conn.data_to_send()
+            return
+        for message in self.conn.data_to_send():
+            self.channel.send(message)
+
+    async def drain(self) -> None:
+        """Wait while the channel holds more than HIGH_WATER bytes unsent."""
+        while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
+            self._low.clear()
+            await _first(self._low.wait(), self._closed.wait())
+        if self._closed.is_set():
+            raise PeerGoneError(f"{self.name}: data channel closed")
+
+    def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> ChannelStream:
+        """Client: send a request head; returns the stream to write the body / await the
+        response on."""
+        if self._closed.is_set():
+            raise PeerGoneError(f"{self.name}: data channel closed")
+        sid = self.conn.open_stream(head, end_stream=end_stream)
+        stream = ChannelStream(self, sid)
+        self.streams[sid] = stream
+        self.flush()
+        return stream
+
+    # ----- liveness
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """Send HEARTBEATs; return when the peer has been silent for `timeout` seconds or the
+        channel closed."""
+        while not self._closed.is_set():
+            silent = time.monotonic() - self.last_received
+            if silent > timeout:
+                logger.warning("%s: peer silent for %.1f s, closing", self.name, silent)
+                return
+            seq = self.conn.heartbeat()
+            self._heartbeat_sent = {seq: time.monotonic()}
+            self.flush()
+            try:
+                await asyncio.wait_for(self._closed.wait(), interval)
+            except TimeoutError:
+                pass
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def close(self) -> None:
+        """The channel is gone: fail every stream (their tasks see PeerGoneError)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._low.set()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream._fail(PeerGoneError(f"{self.name}: data channel closed"))
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

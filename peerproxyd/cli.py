@@ -1,0 +1,152 @@
+"""Command line: serve, signal, connect, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from peerproxyd import __version__
+from peerproxyd.errors import ConfigError, PeerProxyError
+
+logger = logging.getLogger("peerproxyd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerproxyd",
+        description="Expose local HTTP services to remote browsers over WebRTC data channels.",
+    )
+    parser.add_argument("--version", action="version", version=f"peerproxyd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon in front of local services")
+    serve.add_argument("--config", required=True, help="TOML configuration file")
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", help="TOML configuration file")
+
+    signal = sub.add_parser("signal", help="run the signaling server")
+    signal.add_argument("--host", default="127.0.0.1")
+    signal.add_argument("--port", type=int, default=8787)
+
+    connect = sub.add_parser("connect", help="expose a device's service on a local port")
+    connect.add_argument("--signal", required=True, help="signaling URL, ws://host:port/ws")
+    connect.add_argument("--device", required=True)
+    connect.add_argument("--service", required=True)
+    connect.add_argument("--listen", default="127.0.0.1:9000", help="HOST:PORT (port 0: any)")
+    connect.add_argument(
+        "--host-address",
+        action="append",
+        default=[],
+        help="gather ICE candidates only on this address (repeatable)",
+    )
+    connect.add_argument(
+        "--ice-server", action="append", default=[], help="stun:host:port (repeatable)"
+    )
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    """stderr; no timestamps under journald, which adds its own."""
+    under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not under_journald:
+        fmt = "%(asctime)s " + fmt
+    debug = verbose or os.environ.get("PEERPROXYD_DEBUG") == "1"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr)
+    if not debug:
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "serve":
+            _serve(args.config)
+        elif args.command == "signal":
+            from peerproxyd.signaling_server import run_signaling
+
+            _run(run_signaling(args.host, args.port))
+        elif args.command == "connect":
+            _connect(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return 2
+    except PeerProxyError as exc:
+        logger.error("failed: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _check_config(path: str) -> int:
+    from peerproxyd.config import load
+
+    try:
+        settings = load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 2
+    print(f"ok: {len(settings.services)} services ({', '.join(settings.services)})")
+    return 0
+
+
+def _serve(path: str) -> None:
+    from peerproxyd.config import load
+    from peerproxyd.daemon import Daemon
+
+    settings = load(path)
+    if not os.environ.get("PEERPROXYD_DEBUG"):
+        logging.getLogger().setLevel(settings.log.level.upper())
+    _run(Daemon(settings).run())
+
+
+def _connect(args: argparse.Namespace) -> None:
+    from peerproxyd.client import NativeClient
+    from peerproxyd.config import IceServer, IceSettings
+
+    host, _, port = args.listen.rpartition(":")
+    ice = IceSettings(
+        servers=[IceServer(urls=[u]) for u in args.ice_server],
+        host_addresses=args.host_address,
+    )
+    client = NativeClient(
+        signal_url=args.signal,
+        device=args.device,
+        service=args.service,
+        listen=(host or "127.0.0.1", int(port)),
+        ice=ice,
+    )
+
+    async def run() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(client.run(ready))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            print(f"{args.device}/{args.service} is at {client.url}", flush=True)
+        await task
+
+    _run(run())

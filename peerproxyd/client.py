@@ -1,0 +1,246 @@
+"""Native client: a local HTTP port whose requests travel to a device's service over WebRTC.
+
+Like ptproxy's client mode: `peerproxyd connect --device camera-pi --service camera
+--listen 127.0.0.1:9000`, then point any HTTP client at http://127.0.0.1:9000/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from multidict import CIMultiDict
+
+from peerproxyd.channel import ChannelLink
+from peerproxyd.config import IceSettings
+from peerproxyd.errors import PeerGoneError, SignalingError, StreamResetError
+from peerproxyd.http_headers import downstream_response_headers, strip_hop_by_hop
+from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
+from peerproxyd.rtc import CHANNEL_LABEL, configure_ice, new_peer_connection
+from peerproxyd.signaling import SignalingClient
+from peerproxyd.signaling_messages import Message
+
+logger = logging.getLogger(__name__)
+
+RESET_STATUS = {
+    ErrorCode.REFUSED_STREAM: 503,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+}
+
+
+class NativeClient:
+    def __init__(
+        self,
+        *,
+        signal_url: str,
+        device: str,
+        service: str,
+        listen: tuple[str, int],
+        ice: IceSettings,
+        connect_timeout: float = 15.0,
+        request_wait: float = 30.0,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 20.0,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.service = service
+        self.listen = listen
+        self.ice = ice
+        self.connect_timeout = connect_timeout
+        self.request_wait = request_wait
+        self.heartbeat = (heartbeat_interval, heartbeat_timeout)
+        self.backoff_max = backoff_max
+        self.signaling = SignalingClient(signal_url, backoff_max=backoff_max)
+        self.link: ChannelLink | None = None
+        self.connections = 0  # peer connections made so far
+        self.last_error = "not connected yet"
+        self.url = ""
+        self._up = asyncio.Event()
+        self._answer: asyncio.Future[dict[str, Any]] | None = None
+        self._device_gone = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Serve the local port and keep a connection to the device until cancelled."""
+        configure_ice(self.ice)
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.listen[0], self.listen[1])
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.listen[0]}:{port}/"
+        signaling = asyncio.create_task(self.signaling.run(self._on_signal))
+        try:
+            await self._connection_loop(ready)
+        finally:
+            signaling.cancel()
+            await asyncio.gather(signaling, return_exceptions=True)
+            await self.signaling.close()
+            await self._runner.cleanup()
+
+    # ----- the connection to the device
+    async def _connection_loop(self, ready: asyncio.Event | None) -> None:
+        delay = 0.25
+        while True:
+            pc = new_peer_connection(self.ice)
+            try:
+                link = await self._connect(pc)
+            except (TimeoutError, SignalingError, ConnectionError, ValueError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                logger.warning("cannot reach %s: %s", self.device, self.last_error)
+                await pc.close()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            delay = 0.25
+            self.link = link
+            self._up.set()
+            logger.info(
+                "connected to %s/%s; serving %s", self.device, self.service, self.url
+            )
+            if ready is not None:
+                ready.set()
+            try:
+                await self._until_lost(pc, link)
+            finally:
+                self._up.clear()
+                self.link = None
+                link.close()
+                await pc.close()
+            self.last_error = f"connection to {self.device} lost"
+            logger.warning("%s; reconnecting", self.last_error)
+
+    async def _connect(self, pc: RTCPeerConnection) -> ChannelLink:
+        async with asyncio.timeout(self.connect_timeout):
+            await self.signaling.wait_connected(self.connect_timeout)
+            channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+            opened = asyncio.Event()
+            channel.on("open", opened.set)
+            await pc.setLocalDescription(await pc.createOffer())
+            self._answer = asyncio.get_running_loop().create_future()
+            self._device_gone.clear()
+            started = time.monotonic()
+            await self.signaling.send(
+                "offer", self.device, {"sdp": pc.localDescription.sdp, "type": "offer"}
+            )
+            answer = await self._answer
+            await pc.setRemoteDescription(
+                RTCSessionDescription(sdp=str(answer["sdp"]), type="answer")
+            )
+            await opened.wait()
+        self.connections += 1
+        logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
+        return ChannelLink(channel, ProxyConnection(Role.CLIENT), name=f"{self.device}")
+
+    async def _until_lost(self, pc: RTCPeerConnection, link: ChannelLink) -> None:
+        failed = asyncio.Event()
+
+        def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                failed.set()
+
+        pc.on("connectionstatechange", on_state)
+        waits = [
+            asyncio.ensure_future(link.keepalive(*self.heartbeat)),
+            asyncio.ensure_future(link.wait_closed()),
+            asyncio.ensure_future(failed.wait()),
+            asyncio.ensure_future(self._device_gone.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _on_signal(self, message: Message) -> None:
+        if message.from_ != self.device and message.type != "error":
+            return
+        if message.type == "answer" and self._answer and not self._answer.done():
+            self._answer.set_result(message.payload or {})
+        elif message.type == "bye":
+            reason = (message.payload or {}).get("reason", "device went away")
+            self._fail_pending(ConnectionError(f"{self.device}: {reason}"))
+            self._device_gone.set()
+        elif message.type == "error":
+            payload = message.payload or {}
+            error = SignalingError(
+                str(getattr(message, "code", None) or payload.get("code", "error")),
+                str(getattr(message, "message", None) or payload.get("message", message)),
+            )
+            self._fail_pending(error)
+
+    def _fail_pending(self, error: Exception) -> None:
+        if self._answer and not self._answer.done():
+            self._answer.set_exception(error)
+
+    # ----- local HTTP
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(self.request_wait):
+                await self._up.wait()
+        except TimeoutError:
+            return _text(503, f"device {self.device} is not reachable: {self.last_error}")
+        link = self.link
+        assert link is not None
+        headers = strip_hop_by_hop(request.headers.items())
+        headers = [(n, v) for n, v in headers if n.lower() != "x-forwarded-proto"]
+        headers.append(("X-Forwarded-Proto", request.scheme))
+        head = RequestHead(
+            method=request.method,
+            target=request.raw_path,
+            headers=tuple(headers),
+            service=self.service,
+        )
+        has_body = request.body_exists
+        try:
+            stream = link.open_stream(head, end_stream=not has_body)
+        except PeerGoneError as exc:
+            return _text(503, str(exc))
+        upload = asyncio.create_task(self._upload(request, stream)) if has_body else None
+        try:
+            try:
+                response_head, ended = await stream.response
+            except StreamResetError as exc:
+                return _text(RESET_STATUS.get(exc.code, 502), f"{self.device}: {exc.reason}")
+            except PeerGoneError as exc:
+                return _text(502, str(exc))
+            response = web.StreamResponse(
+                status=response_head.status,
+                headers=CIMultiDict(downstream_response_headers(response_head.headers)),
+            )
+            await response.prepare(request)
+            try:
+                while chunk := await stream.read():
+                    await response.write(chunk)
+            except (StreamResetError, PeerGoneError) as exc:
+                logger.warning("%s %s: response cut off: %s", request.method, request.path, exc)
+                request.transport and request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        except (ConnectionResetError, asyncio.CancelledError):
+            stream.reset(ErrorCode.CANCEL, "client went away")  # local client gone: free it
+            raise
+        finally:
+            if upload is not None and not upload.done():
+                upload.cancel()
+
+    async def _upload(self, request: web.Request, stream: Any) -> None:
+        try:
+            while chunk := await request.content.readany():
+                await stream.write(chunk)
+            await stream.end()
+        except (StreamResetError, PeerGoneError):
+            pass  # the daemon answered early or the stream is gone: the response says why
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers={"X-Peerproxy-Error": "1"})

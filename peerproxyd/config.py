@@ -1,0 +1,446 @@
+"""The configuration schema and `load(path)`: the only code that reads TOML or the environment.
+
+A TOML file (see config/example.toml and config/README.md) is validated by pydantic-settings
+models; `PEERPROXYD_<SECTION>__<KEY>` environment variables override the file. Every problem
+becomes one line naming its dotted key, collected into a single `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    WebsocketUrl,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from peerproxyd.errors import ConfigError
+
+__all__ = [
+    "DeviceSettings",
+    "IceServer",
+    "IceSettings",
+    "LimitsSettings",
+    "LogSettings",
+    "ServiceSettings",
+    "Settings",
+    "SignalingSettings",
+    "load",
+]
+
+DEVICE_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$")
+DNS_LABEL_MAX = 63
+SECRET_MIN_LENGTH = 8
+ICE_URL_RE = re.compile(
+    r"^(?P<scheme>[a-z]+):(?P<host>[^\s:?/@\[\]]+)(:(?P<port>[0-9]{1,5}))?"
+    r"(\?transport=(?P<transport>udp|tcp))?$"
+)
+ICE_SCHEMES = ("stun", "turn", "turns")
+
+# The file `load()` is reading. pydantic-settings has no per-call TOML path (pydantic-settings
+# issue #259), so `Settings.settings_customise_sources` reads it from here; a ContextVar keeps
+# concurrent loads apart. It also anchors a relative `device.secret_file`.
+_toml_file: ContextVar[Path | None] = ContextVar("peerproxyd_toml_file", default=None)
+
+# Error type for a problem found by a model validator that belongs to one of the model's keys.
+_KEY_ERROR = "peerproxyd_key"
+
+
+def _key_error(key: str, message: str) -> PydanticCustomError:
+    """A validation error reported at `<model loc>.<key>` rather than at the model itself."""
+    return PydanticCustomError(_KEY_ERROR, "{key}: {message}", {"key": key, "message": message})
+
+
+class _Section(BaseModel):
+    """A TOML table: unknown keys are errors; attribute docstrings become field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class DeviceSettings(_Section):
+    """`[device]`: who this daemon is on the signaling server."""
+
+    id: str
+    """Required. The device name browsers ask for: a lowercase DNS label of at most 40
+    characters, so that `<device>--<service>` still fits a 63-character DNS label."""
+
+    secret: SecretStr = SecretStr("")
+    """The shared secret browsers must know (at least 8 characters). Set exactly one of
+    `secret` and `secret_file`; after `load()` it always holds the secret."""
+
+    secret_file: Path | None = None
+    """A file holding the secret, read at load time; a trailing newline is stripped. A relative
+    path is relative to the configuration file's directory. **Default:** unset."""
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not DEVICE_ID_RE.match(value):
+            raise ValueError(
+                "must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
+                f"not starting or ending with '-'), got {value!r}"
+            )
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < SECRET_MIN_LENGTH:
+            raise ValueError(f"must be at least {SECRET_MIN_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_secret(self) -> Self:
+        has_secret = "secret" in self.model_fields_set
+        if has_secret and self.secret_file is not None:
+            raise _key_error("secret", "set either secret or secret_file, not both")
+        if not has_secret and self.secret_file is None:
+            raise _key_error("secret", "required (or set secret_file)")
+        if self.secret_file is not None:
+            self.secret_file = _resolve(self.secret_file)
+            self.secret = _read_secret_file(self.secret_file)
+        return self
+
+
+def _resolve(path: Path) -> Path:
+    """`path`, anchored at the directory of the file being loaded when it is relative."""
+    toml_file = _toml_file.get()
+    if path.is_absolute() or toml_file is None:
+        return path
+    return toml_file.parent / path
+
+
+def _read_secret_file(path: Path) -> SecretStr:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _key_error("secret_file", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _key_error("secret_file", f"cannot read {path}: not UTF-8 text") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise _key_error("secret_file", f"{path} is empty")
+    if len(secret) < SECRET_MIN_LENGTH:
+        raise _key_error(
+            "secret_file", f"the secret in {path} must be at least {SECRET_MIN_LENGTH} characters"
+        )
+    return SecretStr(secret)
+
+
+def _url_problem(exc: ValidationError) -> PydanticCustomError:
+    """The first message of a URL type's ValidationError, re-raisable inside a validator."""
+    return PydanticCustomError("url", "{message}", {"message": exc.errors()[0]["msg"]})
+
+
+class SignalingSettings(_Section):
+    """`[signaling]`: the rendezvous server this daemon keeps a WebSocket open to."""
+
+    url: str
+    """Required. The signaling server's WebSocket URL (`ws://` or `wss://`)."""
+
+    reconnect_min: float = Field(default=0.5, gt=0)
+    """Seconds to wait before the first reconnect attempt; doubled after each failure.
+    **Default:** 0.5."""
+
+    reconnect_max: float = Field(default=30.0, gt=0, validate_default=True)
+    """The longest wait between reconnect attempts, in seconds; at least `reconnect_min`.
+    **Default:** 30.0."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            return str(WebsocketUrl(value))
+        except ValidationError as exc:
+            raise _url_problem(exc) from None
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _check_backoff(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("reconnect_min")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least reconnect_min ({low}), got {value}")
+        return value
+
+
+class ServiceSettings(_Section):
+    """`[services.<name>]`: one local HTTP service browsers may reach."""
+
+    upstream: str
+    """Required. Base URL of the local service (`http` or `https`, with a host, no query or
+    fragment). A path prefix is allowed; it is stored without a trailing slash."""
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    """Seconds to connect to the upstream; a refused or unreachable upstream answers 502.
+    **Default:** 5.0."""
+
+    read_timeout: float = Field(default=60.0, gt=0)
+    """Seconds without progress from the upstream before answering 504. **Default:** 60.0."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        try:
+            url = HttpUrl(value)
+        except ValidationError as exc:
+            raise _url_problem(exc) from None
+        if url.query is not None or url.fragment is not None:
+            raise ValueError("must not have a query or fragment")
+        return str(url).rstrip("/")
+
+
+def _check_ice_url(value: str) -> str:
+    match = ICE_URL_RE.match(value)
+    if match is None or match["scheme"] not in ICE_SCHEMES:
+        scheme = value.split(":", 1)[0] if ":" in value else ""
+        if scheme not in ICE_SCHEMES:
+            raise ValueError(f"ICE URL scheme should be 'stun', 'turn' or 'turns', got {value!r}")
+        raise ValueError(
+            f"not an ICE URL (stun:host[:port] or turn[s]:host[:port][?transport=udp|tcp]): "
+            f"{value!r}"
+        )
+    if match["scheme"] == "stun" and match["transport"] is not None:
+        raise ValueError(f"?transport= is only allowed on turn: and turns: URLs, got {value!r}")
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"port must be 1-65535, got {value!r}")
+    return value
+
+
+def _check_ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+IceUrl = Annotated[str, AfterValidator(_check_ice_url)]
+IpAddress = Annotated[str, AfterValidator(_check_ip_address)]
+
+
+class IceServer(_Section):
+    """One entry of `[ice] servers`: a STUN or TURN server, as in RTCIceServer."""
+
+    urls: list[IceUrl] = Field(min_length=1)
+    """Required. `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]` or `turns:...`;
+    a single string or a list of them."""
+
+    username: str | None = None
+    """TURN user name; required for `turn:` and `turns:` URLs. **Default:** unset."""
+
+    credential: str | None = None
+    """TURN password; required for `turn:` and `turns:` URLs. **Default:** unset."""
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("username", "credential")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_turn_auth(self) -> Self:
+        if not any(url.startswith("turn") for url in self.urls):
+            return self
+        missing = [key for key in ("username", "credential") if getattr(self, key) is None]
+        if len(missing) == 2:
+            raise ValueError("username and credential are required for turn: and turns: URLs")
+        if missing:
+            raise _key_error(missing[0], "required for turn: and turns: URLs")
+        return self
+
+
+class IceSettings(_Section):
+    """`[ice]`: how peer connections find a path to browsers."""
+
+    servers: list[IceServer] = []
+    """STUN/TURN servers. **Default:** empty: no public server is ever contacted unless listed."""
+
+    host_addresses: list[IpAddress] = []
+    """IP addresses to gather host candidates on. **Default:** empty: every address except
+    loopback (the aioice default)."""
+
+    udp_receive_buffer: int = Field(default=4_194_304, ge=65_536, le=67_108_864)
+    """SO_RCVBUF in bytes for the ICE UDP sockets, 65536..67108864. **Default:** 4194304."""
+
+
+class LimitsSettings(_Section):
+    """`[limits]`: bounds on everything a remote peer controls."""
+
+    max_peers: int = Field(default=32, ge=1)
+    """Concurrent peer connections. **Default:** 32."""
+
+    max_streams_per_peer: int = Field(default=128, ge=1, le=10_000)
+    """Concurrent streams (requests) per peer, 1..10000. **Default:** 128."""
+
+    max_header_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
+    """Size limit of one request's header block in bytes, 1024..1048576. **Default:** 65536."""
+
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    """Seconds between HEARTBEAT frames. **Default:** 5.0."""
+
+    heartbeat_timeout: float = Field(default=20.0, gt=0, validate_default=True)
+    """A peer silent this many seconds is closed; more than `heartbeat_interval`.
+    **Default:** 20.0."""
+
+    @field_validator("heartbeat_timeout")
+    @classmethod
+    def _check_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and value <= interval:
+            raise ValueError(f"must be greater than heartbeat_interval ({interval}), got {value}")
+        return value
+
+
+class LogSettings(_Section):
+    """`[log]`."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level: debug, info, warning or error (case-insensitive). **Default:** info."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+def _check_service_name(name: str, info: ValidationInfo) -> str:
+    if not SERVICE_NAME_RE.match(name):
+        raise ValueError(
+            "service name must be a lowercase DNS label of 1-22 characters "
+            "(a-z, 0-9 and '-', not starting or ending with '-')"
+        )
+    device = info.data.get("device")
+    if isinstance(device, DeviceSettings):
+        label = f"{device.id}--{name}"
+        if len(label) > DNS_LABEL_MAX:
+            raise ValueError(
+                f"{label!r} is {len(label)} characters, longer than a DNS label "
+                f"({DNS_LABEL_MAX}); shorten device.id or the service name"
+            )
+    return name
+
+
+ServiceName = Annotated[str, AfterValidator(_check_service_name)]
+
+
+class Settings(BaseSettings):
+    """The whole configuration: the TOML file, overridden by `PEERPROXYD_*` variables."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        env_prefix="PEERPROXYD_",
+        env_nested_delimiter="__",
+    )
+
+    device: DeviceSettings
+    """Required. `[device]`."""
+
+    signaling: SignalingSettings
+    """Required. `[signaling]`."""
+
+    services: dict[ServiceName, ServiceSettings] = {}
+    """`[services.<name>]` tables; at least one. The name is a lowercase DNS label of at most
+    22 characters; browsers reach the service as `<device>--<name>`."""
+
+    ice: IceSettings = Field(default_factory=IceSettings)
+    """`[ice]`. **Default:** all defaults."""
+
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    """`[limits]`. **Default:** all defaults."""
+
+    log: LogSettings = Field(default_factory=LogSettings)
+    """`[log]`. **Default:** all defaults."""
+
+    @field_validator("services")
+    @classmethod
+    def _at_least_one(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        if not value:
+            raise ValueError("at least one [services.<name>] table is required")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first: keyword arguments, then the environment, then the file.
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_file.get())
+        return init_settings, env_settings, toml
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate the TOML file at `path`, with `PEERPROXYD_*` overrides applied.
+
+    Raises `ConfigError` whose `problems` hold one line per problem, each naming its key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"file not found: {path}"])
+    if not path.is_file():
+        raise ConfigError([f"not a regular file: {path}"])
+    token = _toml_file.set(path)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"invalid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"invalid TOML: {path} is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
+    except SettingsError as exc:
+        # e.g. PEERPROXYD_ICE__HOST_ADDRESSES=127.0.0.1: lists and tables must be JSON.
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ConfigError([f"environment: {exc}{cause} (lists and tables are JSON)"]) from None
+    finally:
+        _toml_file.reset(token)
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error as `dotted.key: message`."""
+    loc = [str(part) for part in error["loc"] if part != "[key]"]
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key: {'.'.join(loc)}"
+    if kind == "missing":
+        message = "required"
+    elif kind == _KEY_ERROR:
+        loc.append(error["ctx"]["key"])
+        message = error["ctx"]["message"]
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])
+    else:
+        message = error["msg"]
+    return f"{'.'.join(loc)}: {message}" if loc else message

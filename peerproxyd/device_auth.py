@@ -1,0 +1,80 @@
+"""Who may register which device id on the signaling server.
+
+`DeviceAuthenticator` is the one-method interface the server depends on. `SecretBinding`
+is the first implementation: trust on first use, the first registration of an id binds
+it to its secret. A later release replaces it with key-based identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceAuthenticator(Protocol):
+    def verify(self, device_id: str, credentials: dict[str, Any]) -> bool:
+        """True if `credentials` (the whole register message) may register `device_id`.
+
+        Called from a worker thread (it may be slow on purpose); must be thread-safe.
+        """
+        ...
+
+
+class SecretBinding:
+    """In-memory binding of device id -> salted scrypt hash of its secret.
+
+    The first registration of an id binds it; later ones must present the same secret.
+    Bindings live as long as the process. At most `max_bindings` ids are bound; beyond
+    that new ids are refused, so strangers cannot grow the table without bound.
+    `cost` is scrypt's N (2**14: about 50 ms and 16 MiB per check); tests lower it.
+    """
+
+    def __init__(self, *, cost: int = 2**14, max_bindings: int = 10_000) -> None:
+        self.cost = cost
+        self.max_bindings = max_bindings
+        self._bindings: dict[str, tuple[bytes, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    def _hash(self, secret: str, salt: bytes) -> bytes:
+        return hashlib.scrypt(
+            secret.encode("utf-8", "surrogatepass"),
+            salt=salt,
+            n=self.cost,
+            r=8,
+            p=1,
+            maxmem=256 * self.cost * 8 + 1024 * 1024,
+            dklen=32,
+        )
+
+    def verify(self, device_id: str, credentials: dict[str, Any]) -> bool:
+        secret = credentials.get("secret")
+        if not isinstance(secret, str) or not secret:
+            return False
+        # One lock around check-and-bind: two first registrations must not both win.
+        with self._lock:
+            binding = self._bindings.get(device_id)
+            if binding is None:
+                if len(self._bindings) >= self.max_bindings:
+                    logger.warning("refusing device %s: %d ids bound already",
+                                   device_id, len(self._bindings))
+                    return False
+                salt = os.urandom(16)
+                self._bindings[device_id] = (salt, self._hash(secret, salt))
+                logger.info("device id %s bound to its secret", device_id)
+                return True
+            salt, digest = binding
+            return hmac.compare_digest(digest, self._hash(secret, salt))
+
+    def forget(self, device_id: str) -> None:
+        """Drop a binding (an operator reset); the next registration binds the id anew."""
+        with self._lock:
+            self._bindings.pop(device_id, None)
