@@ -107,9 +107,9 @@ def _check_config(path: str) -> int:
         settings = load(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"{path}: {problem}", file=sys.stderr)
+            print(problem, file=sys.stderr)
         return 2
-    print(f"ok: {len(settings.services)} services ({', '.join(settings.services)})")
+    print(f"ok: {len(settings.services)} services")
     return 0
 
 

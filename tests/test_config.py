@@ -72,7 +72,11 @@ def test_example_loads() -> None:
                 "connect_timeout": 5.0,
                 "read_timeout": 60.0,
             },
-            "ha": {"upstream": "http://127.0.0.1:8123", "connect_timeout": 5.0, "read_timeout": 60.0},
+            "ha": {
+                "upstream": "http://127.0.0.1:8123",
+                "connect_timeout": 5.0,
+                "read_timeout": 60.0,
+            },
         },
         "ice": {"servers": [], "host_addresses": [], "udp_receive_buffer": 4194304},
         "limits": {
@@ -252,9 +256,7 @@ def test_missing_required(tmp_path: Path, old: str, expected: str) -> None:
 def test_secret_and_secret_file_both(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("from-a-file\n")
     text = edit(('secret = "change-me"', 'secret = "change-me"\nsecret_file = "secret"'))
-    assert problems(tmp_path, text) == [
-        "device.secret: set either secret or secret_file, not both"
-    ]
+    assert problems(tmp_path, text) == ["device.secret: set either secret or secret_file, not both"]
 
 
 def test_secret_and_secret_file_neither(tmp_path: Path) -> None:
@@ -377,14 +379,14 @@ def test_udp_receive_buffer_range(tmp_path: Path) -> None:
 
 
 def test_reconnect_max_below_reconnect_min(tmp_path: Path) -> None:
-    text = edit(("/ws\"\n", '/ws"\nreconnect_min = 5\nreconnect_max = 1\n'))
+    text = edit(('/ws"\n', '/ws"\nreconnect_min = 5\nreconnect_max = 1\n'))
     assert problems(tmp_path, text) == [
         "signaling.reconnect_max: must be at least reconnect_min (5.0), got 1.0"
     ]
 
 
 def test_reconnect_min_above_default_max(tmp_path: Path) -> None:
-    text = edit(("/ws\"\n", '/ws"\nreconnect_min = 60\n'))
+    text = edit(('/ws"\n', '/ws"\nreconnect_min = 60\n'))
     assert problems(tmp_path, text) == [
         "signaling.reconnect_max: must be at least reconnect_min (60.0), got 30.0"
     ]
@@ -429,6 +431,14 @@ def test_bad_log_level(tmp_path: Path) -> None:
 def test_invalid_toml(tmp_path: Path) -> None:
     text = edit(('url = "ws://127.0.0.1:8787/ws"', "url = ws://127.0.0.1:8787/ws"))
     assert problems(tmp_path, text) == ["invalid TOML: Invalid value (at line 6, column 7)"]
+
+
+def test_toml_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BASE.replace("change-me", "chang\xe9-me").encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [f"invalid TOML: {path} is not UTF-8 text"]
 
 
 def test_file_not_found(tmp_path: Path) -> None:
@@ -486,9 +496,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.log.level == "warning"
 
 
-def test_environment_values_are_validated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_values_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEERPROXYD_LIMITS__MAX_PEERS", "many")
     monkeypatch.setenv("PEERPROXYD_DEVICE__COLOUR", "red")
     assert problems(tmp_path, BASE) == [
