@@ -226,8 +226,11 @@ class NativeClient:
                 return response
             await response.write_eof()
             return response
-        except (ConnectionResetError, asyncio.CancelledError):
-            stream.reset(ErrorCode.CANCEL, "client went away")  # local client gone: free it
+        except ConnectionResetError:  # the local client went away: free the stream
+            stream.reset(ErrorCode.CANCEL, "client went away")
+            return response
+        except asyncio.CancelledError:
+            stream.reset(ErrorCode.CANCEL, "client went away")
             raise
         finally:
             if upload is not None and not upload.done():

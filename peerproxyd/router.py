@@ -136,6 +136,8 @@ async def _request_body(stream: ChannelStream) -> AsyncIterator[bytes]:
 
 async def _reply(stream: ChannelStream, status: int, text: str) -> int:
     """A short text/plain response made by peerproxyd itself."""
+    if len(text) > 300:  # e.g. a parser error quoting the upstream's garbage
+        text = text[:297] + "..."
     body = (text + "\n").encode()
     stream.send_response(
         ResponseHead(

@@ -1,0 +1,108 @@
+"""Real processes for end-to-end tests: started by the tests, ended by PID, logs kept."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose stderr+stdout go to a log file the test can search."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.args = args
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, *, count: int = 1, timeout: float = 20.0) -> re.Match[str]:
+        """Wait until `pattern` has appeared `count` times in the log; return the last match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = list(re.finditer(pattern, self.log()))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}):\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {pattern!r} within {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self._log.close()
+
+    def rss_peak_kib(self) -> int:
+        """Peak resident set size (VmHWM) of the running process."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def daemon_config(path: Path, *, device: str, signal_port: int, services: dict[str, int]) -> Path:
+    lines = [
+        "[device]",
+        f'id = "{device}"',
+        'secret = "test-secret-123"',
+        "[signaling]",
+        f'url = "ws://127.0.0.1:{signal_port}/ws"',
+        "reconnect_min = 0.1",
+        "reconnect_max = 1.0",
+        "[ice]",
+        'host_addresses = ["127.0.0.1"]',
+        "[limits]",
+        "heartbeat_interval = 1.0",
+        "heartbeat_timeout = 5.0",
+    ]
+    for name, port in services.items():
+        lines += [f"[services.{name}]", f'upstream = "http://127.0.0.1:{port}"', "read_timeout = 5.0"]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,98 @@
+"""An in-process viewer built from the real parts (aiortc, SignalingClient, ChannelLink), with
+access to the raw data channel so tests can send what a well-behaved client never would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from peerproxyd import aioice_tuning
+from peerproxyd.channel import ChannelLink, ChannelStream
+from peerproxyd.config import IceSettings
+from peerproxyd.errors import StreamResetError
+from peerproxyd.protocol import ErrorCode, Frame, ProxyConnection, RequestHead, ResponseHead, Role, parse_frame
+from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.signaling import SignalingClient
+
+from aiortc import RTCSessionDescription
+
+
+class RawPeer:
+    def __init__(self, signal_url: str, device: str) -> None:
+        self.signal_url = signal_url
+        self.device = device
+        self.received: list[Frame] = []
+        self.signaling = SignalingClient(signal_url, backoff_max=1.0)
+        self._answer: asyncio.Future[dict[str, Any]] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> RawPeer:
+        aioice_tuning.configure(host_addresses=["127.0.0.1"])
+        self._answer = asyncio.get_running_loop().create_future()
+
+        async def on_message(msg: Any) -> None:
+            if msg.type == "answer" and not self._answer.done():
+                self._answer.set_result(msg.payload)
+
+        self._tasks.append(asyncio.create_task(self.signaling.run(on_message)))
+        await self.signaling.wait_connected(10)
+        self.pc = new_peer_connection(IceSettings(host_addresses=["127.0.0.1"]))
+        self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+        opened = asyncio.Event()
+        self.channel.on("open", opened.set)
+        self.channel.on("message", self._record)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.signaling.send("offer", self.device, {"sdp": self.pc.localDescription.sdp, "type": "offer"})
+        answer = await asyncio.wait_for(self._answer, 10)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(opened.wait(), 10)
+        self.link = ChannelLink(self.channel, ProxyConnection(Role.CLIENT), name="rawpeer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.link.close()
+        await self.pc.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.signaling.close()
+
+    def _record(self, message: bytes) -> None:
+        try:
+            self.received.append(parse_frame(message))
+        except Exception:
+            pass
+
+    def send_raw(self, data: bytes) -> None:
+        self.channel.send(data)
+
+    async def wait_for_frame(self, predicate: Any, timeout: float = 10.0) -> Frame:
+        async with asyncio.timeout(timeout):
+            while True:
+                for frame in self.received:
+                    if predicate(frame):
+                        return frame
+                await asyncio.sleep(0.01)
+
+    async def request(
+        self, service: str, target: str = "/", *, method: str = "GET", body: bytes = b"",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[ResponseHead, bytes]:
+        head = RequestHead(method=method, target=target, headers=headers, service=service)
+        stream: ChannelStream = self.link.open_stream(head, end_stream=not body)
+        upload = asyncio.create_task(self._upload(stream, body)) if body else None
+        response, _ = await asyncio.wait_for(stream.response, 30)
+        chunks = []
+        while chunk := await stream.read():
+            chunks.append(chunk)
+        if upload is not None:
+            await upload
+        return response, b"".join(chunks)
+
+    @staticmethod
+    async def _upload(stream: ChannelStream, body: bytes) -> None:
+        try:
+            await stream.write(body, end=True)
+        except StreamResetError as exc:
+            if exc.code != ErrorCode.NO_ERROR:  # NO_ERROR: answered early, stop sending
+                raise

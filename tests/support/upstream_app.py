@@ -1,0 +1,128 @@
+"""A real aiohttp upstream for end-to-end tests and benchmarks.
+
+Run: python -m tests.support.upstream_app --port 8081 --name camera
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+
+from aiohttp import web
+
+CHUNK = 64 * 1024
+STATS = web.AppKey("stats", dict)
+
+
+def pattern(size: int) -> bytes:
+    """Deterministic bytes: the same on both sides without shipping them."""
+    block = hashlib.sha256(b"peerproxyd").digest() * (CHUNK // 32)
+    out = block * (size // CHUNK + 1)
+    return out[:size]
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {
+            "service": request.app["name"],
+            "method": request.method,
+            "path": request.path,
+            "query": [[k, v] for k, v in request.query.items()],
+            "raw_path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_size": len(body),
+        }
+    )
+
+
+async def upload(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := await request.content.readany():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "size": size})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    size = int(request.query.get("size", "0"))
+    stats = request.app[STATS]
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if request.query.get("chunked") != "1":
+        response.content_length = size
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    stats["active"] += 1
+    block = pattern(CHUNK)
+    sent = 0
+    try:
+        while sent < size:
+            n = min(CHUNK, size - sent)
+            await response.write(block[:n])
+            sent += n
+        await response.write_eof()
+        stats["completed"] += 1
+    except (ConnectionError, asyncio.CancelledError):
+        stats["aborted"] += 1
+        raise
+    finally:
+        stats["active"] -= 1
+    return response
+
+
+async def cookies(request: web.Request) -> web.Response:
+    response = web.Response(text="cookies")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
+    response.headers.add("Set-Cookie", "c=3; Path=/; Max-Age=60")
+    response.headers.add("X-Multi", "one")
+    response.headers.add("X-Multi", "two")
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    code = int(request.match_info["code"])
+    headers = {"ETag": '"v1"'} if code == 304 else {}
+    return web.Response(status=code, headers=headers)
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "2")))
+    return web.Response(text="slow done")
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
+def build_app(name: str) -> web.Application:
+    app = web.Application(client_max_size=1024**3)
+    app["name"] = name
+    app[STATS] = {"active": 0, "completed": 0, "aborted": 0}
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/download", download)
+    app.router.add_get("/cookies", cookies)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/", lambda r: web.Response(text=f"hello from {name}\n"))
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="upstream")
+    args = parser.parse_args()
+    web.run_app(build_app(args.name), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
