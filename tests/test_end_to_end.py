@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
 
 from peerproxyd.protocol import ErrorCode, Flag, Frame
-from tests.support.procs import Proc, daemon_config, free_port, python, wait_http
+from tests.support.procs import Proc, free_port
 from tests.support.rawpeer import RawPeer
+from tests.support.stack import DEVICE, Stack
 from tests.support.upstream_app import pattern
 
-DEVICE = "test-pi"
 MB = 1024 * 1024
 
 
@@ -30,61 +28,29 @@ class Net:
     camera: str  # native client URL for service "camera"
     ha: str  # native client URL for service "ha"
     daemon: Proc
-    procs: dict[str, Proc]
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory):
-    logs = tmp_path_factory.mktemp("e2e")
-    ports = {name: free_port() for name in ("camera", "ha", "signal", "cc", "ch")}
-    procs: dict[str, Proc] = {}
+    stack = Stack(tmp_path_factory.mktemp("e2e"))
     try:
-        for name in ("camera", "ha"):
-            procs[name] = Proc(
-                f"upstream-{name}",
-                python("-m", "tests.support.upstream_app", "--port", str(ports[name]), "--name", name),
-                logs,
-            )
-        procs["signal"] = Proc(
-            "signal", python("-m", "peerproxyd", "signal", "--port", str(ports["signal"])), logs
-        )
-        for name in ("camera", "ha", "signal"):
-            wait_http(f"http://127.0.0.1:{ports[name]}/" if name != "signal" else f"http://127.0.0.1:{ports[name]}/healthz")
-        closed = free_port()  # nothing listens here: "upstream down"
-        config = daemon_config(
-            logs / "daemon.toml",
-            device=DEVICE,
-            signal_port=ports["signal"],
-            services={"camera": ports["camera"], "ha": ports["ha"], "down": closed},
-        )
-        with open(config, "a") as f:
-            f.write(f'[services.slow]\nupstream = "http://127.0.0.1:{ports["camera"]}"\nread_timeout = 1.0\n')
-        procs["daemon"] = Proc("daemon", python("-m", "peerproxyd", "serve", "--config", str(config)), logs)
-        procs["daemon"].wait_for_log("registered as")
-        signal_url = f"ws://127.0.0.1:{ports['signal']}/ws"
-        for service, port in (("camera", ports["cc"]), ("ha", ports["ch"])):
-            procs[f"client-{service}"] = Proc(
-                f"client-{service}",
-                python(
-                    "-m", "peerproxyd", "connect", "--signal", signal_url, "--device", DEVICE,
-                    "--service", service, "--listen", f"127.0.0.1:{port}",
-                    "--host-address", "127.0.0.1",
-                ),
-                logs,
-            )
-        for service in ("camera", "ha"):
-            procs[f"client-{service}"].wait_for_log("is at http")
+        camera = stack.upstream("camera")
+        stack.upstream("ha")
+        stack.signal()
+        ports = stack.upstream_ports
+        stack.extra_config = f'[services.slow]\nupstream = "{camera}"\nread_timeout = 1.0\n'
+        daemon = stack.daemon({"camera": ports["camera"], "ha": ports["ha"], "down": free_port()})
+        _, camera_client = stack.client("camera")
+        _, ha_client = stack.client("ha")
         yield Net(
-            signal_url=signal_url,
-            camera_upstream=f"http://127.0.0.1:{ports['camera']}",
-            camera=f"http://127.0.0.1:{ports['cc']}",
-            ha=f"http://127.0.0.1:{ports['ch']}",
-            daemon=procs["daemon"],
-            procs=procs,
+            signal_url=stack.signal_url,
+            camera_upstream=camera,
+            camera=camera_client,
+            ha=ha_client,
+            daemon=daemon,
         )
     finally:
-        for proc in reversed(list(procs.values())):
-            proc.stop()
+        stack.stop()
 
 
 @pytest.fixture

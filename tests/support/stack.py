@@ -1,0 +1,76 @@
+"""The whole path as real processes: upstreams, signaling server, daemon, native clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.procs import Proc, daemon_config, free_port, python, wait_http
+
+DEVICE = "test-pi"
+
+
+class Stack:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+        self.signal_port = free_port()
+        self.upstream_ports: dict[str, int] = {}
+        self.services: dict[str, str] = {}  # service name -> upstream URL
+        self.extra_config = ""
+
+    @property
+    def signal_url(self) -> str:
+        return f"ws://127.0.0.1:{self.signal_port}/ws"
+
+    def _start(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(name, args, self.log_dir)
+        self.procs[name] = proc
+        return proc
+
+    def upstream(self, name: str) -> str:
+        port = free_port()
+        self._start(
+            f"upstream-{name}",
+            python("-m", "tests.support.upstream_app", "--port", str(port), "--name", name),
+        )
+        wait_http(f"http://127.0.0.1:{port}/")
+        self.upstream_ports[name] = port
+        return f"http://127.0.0.1:{port}"
+
+    def signal(self) -> Proc:
+        proc = self._start(
+            "signal", python("-m", "peerproxyd", "signal", "--port", str(self.signal_port))
+        )
+        wait_http(f"http://127.0.0.1:{self.signal_port}/healthz")
+        return proc
+
+    def daemon(self, services: dict[str, int]) -> Proc:
+        config = daemon_config(
+            self.log_dir / "daemon.toml",
+            device=DEVICE,
+            signal_port=self.signal_port,
+            services=services,
+        )
+        if self.extra_config:
+            with open(config, "a") as f:
+                f.write(self.extra_config)
+        proc = self._start("daemon", python("-m", "peerproxyd", "serve", "--config", str(config)))
+        proc.wait_for_log("registered as")
+        return proc
+
+    def client(self, service: str) -> tuple[Proc, str]:
+        port = free_port()
+        proc = self._start(
+            f"client-{service}",
+            python(
+                "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", DEVICE,
+                "--service", service, "--listen", f"127.0.0.1:{port}",
+                "--host-address", "127.0.0.1",
+            ),
+        )
+        proc.wait_for_log("is at http")
+        return proc, f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
