@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--host", default="127.0.0.1")
     signal.add_argument("--port", type=int, default=8787)
 
+    demo = sub.add_parser("demo", help="run signaling, a demo app, a daemon and a client here")
+    demo.add_argument("--signal-port", type=int, default=8787)
+    demo.add_argument("--listen-port", type=int, default=9000)
+
     connect = sub.add_parser("connect", help="expose a device's service on a local port")
     connect.add_argument("--signal", required=True, help="signaling URL, ws://host:port/ws")
     connect.add_argument("--device", required=True)
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             _run(run_signaling(args.host, args.port))
         elif args.command == "connect":
             _connect(args)
+        elif args.command == "demo":
+            from peerproxyd.demo import run_demo
+
+            _run(run_demo(signal_port=args.signal_port, listen_port=args.listen_port))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)

@@ -170,11 +170,7 @@ class NativeClient:
             self._fail_pending(ConnectionError(f"{self.device}: {reason}"))
             self._device_gone.set()
         elif message.type == "error":
-            payload = message.payload or {}
-            error = SignalingError(
-                str(getattr(message, "code", None) or payload.get("code", "error")),
-                str(getattr(message, "message", None) or payload.get("message", message)),
-            )
+            error = SignalingError(str(message.get("code")), str(message.get("message")))
             self._fail_pending(error)
 
     def _fail_pending(self, error: Exception) -> None:

@@ -66,7 +66,7 @@ class Daemon:
             if session := self.sessions.get(peer):
                 await session.close()
         elif message.type == "error":
-            logger.warning("signaling error: %s", payload or message)
+            logger.warning("signaling error %s: %s", message.get("code"), message.get("message"))
 
     async def _on_offer(self, peer: str, offer: dict[str, Any]) -> None:
         if old := self.sessions.get(peer):
