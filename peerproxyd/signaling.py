@@ -57,8 +57,9 @@ class SignalingClient:
         self._connected_event = asyncio.Event()
         self._closing = asyncio.Event()
 
-    def _log(self, level: int, msg: str, *args: Any) -> None:
-        logger.log(level, "SignalingClient(%s) " + msg, self.device_id or "anonymous", *args)
+    def _log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+        logger.log(level, "SignalingClient(%s) " + msg, self.device_id or "anonymous", *args,
+                   exc_info=exc_info)
 
     async def run(
         self,
@@ -93,10 +94,9 @@ class SignalingClient:
                     if self.connected:
                         self._set_state(False, on_state)
                     raise
-                if self._closing.is_set():
-                    self._set_state(False, on_state)
-                    break
                 self._set_state(False, on_state)
+                if self._closing.is_set():
+                    break
                 lasted = loop.time() - started
                 if not outcome.replaced and (outcome.registered or lasted > STABLE_AFTER):
                     ceiling = self.backoff_min
@@ -143,7 +143,7 @@ class SignalingClient:
                 try:
                     await on_message(msg)
                 except Exception:
-                    self._log(logging.ERROR, "on_message failed for a %s message",
+                    self._log(logging.ERROR, "on_message failed for a message of type %s",
                               msg.type, exc_info=True)
         finally:
             self._ws = None

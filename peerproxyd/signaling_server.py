@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,17 @@ class Registry:
             return self.peers.get(peer_id)
         return self.devices.get(peer_id)
 
-    def spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in a task that on_shutdown cancels (no fire-and-forget)."""
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
 
 REGISTRY = web.AppKey("signaling_registry", Registry)
 LIMITS = web.AppKey("signaling_limits", Limits)
-AUTHENTICATOR = web.AppKey("signaling_authenticator", DeviceAuthenticator)
+# A Protocol is no concrete class, so the type goes in the annotation (mypy type-abstract).
+AUTHENTICATOR: web.AppKey[DeviceAuthenticator] = web.AppKey("signaling_authenticator")
 
 
 def _offline(to: str, ref: str) -> Message:
@@ -193,7 +196,8 @@ class _Handler:
                 f"device id {device_id[:64]!r} is not a DNS label of 1-40 characters "
                 "a-z, 0-9 and '-'", ref="register"))
             return
-        ok = await asyncio.to_thread(self.authenticator.verify, device_id, dict(msg.extra))
+        credentials = {"type": msg.type, **msg.extra}
+        ok = await asyncio.to_thread(self.authenticator.verify, device_id, credentials)
         if not ok:
             logger.warning("refused registration of device %s from %s: wrong secret",
                            device_id, conn.remote)
@@ -213,12 +217,13 @@ class _Handler:
         await conn.send(Message(type="registered", extra={"device": device_id}))
 
     async def relay(self, msg: Message) -> None:
-        conn = self.conn
-        assert msg.to is not None  # check_inbound() made sure
-        dest = self.registry.lookup(msg.to)
-        out = Message(type=msg.type, to=msg.to, from_=conn.id, payload=msg.payload)
+        conn, to = self.conn, msg.to
+        if to is None:  # check_inbound() rejected it already
+            return
+        dest = self.registry.lookup(to)
+        out = Message(type=msg.type, to=to, from_=conn.id, payload=msg.payload)
         if dest is None or dest.replaced or not await dest.send(out):
-            await conn.send(_offline(msg.to, msg.type))
+            await conn.send(_offline(to, msg.type))
             return
         if dest is not conn:
             conn.partners.add(dest)
@@ -267,7 +272,9 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
         partners = registry.remove(conn)
         kind = "device" if conn.device_id else "peer"
         logger.info("%s %s disconnected (%s)", kind, conn.id, conn.remote)
-        await _bye(conn.id, partners)
+        # A task of its own: aiohttp cancels this handler once the peer's TCP is gone.
+        if partners:
+            registry.spawn(_bye(conn.id, partners))
         if not ws.closed:
             await ws.close()
     return ws
