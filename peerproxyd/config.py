@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from peerproxyd.errors import ConfigError
+from peerproxyd.names import DNS_LABEL_MAX, valid_device_id, valid_service_name
 
 __all__ = [
     "DeviceSettings",
@@ -50,9 +51,6 @@ __all__ = [
     "load",
 ]
 
-DEVICE_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$")
-DNS_LABEL_MAX = 63
 SECRET_MIN_LENGTH = 8
 ICE_URL_RE = re.compile(
     r"^(?P<scheme>[a-z]+):(?P<host>[^\s:?/@\[\]]+)(:(?P<port>[0-9]{1,5}))?"
@@ -98,10 +96,10 @@ class DeviceSettings(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not DEVICE_ID_RE.match(value):
+        if not valid_device_id(value):
             raise ValueError(
                 "must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-                f"not starting or ending with '-'), got {value!r}"
+                f"not starting or ending with '-', no '--'), got {value!r}"
             )
         return value
 
@@ -330,10 +328,10 @@ class LogSettings(_Section):
 
 
 def _check_service_name(name: str, info: ValidationInfo) -> str:
-    if not SERVICE_NAME_RE.match(name):
+    if not valid_service_name(name):
         raise ValueError(
             "service name must be a lowercase DNS label of 1-22 characters "
-            "(a-z, 0-9 and '-', not starting or ending with '-')"
+            "(a-z, 0-9 and '-', not starting or ending with '-', no '--')"
         )
     device = info.data.get("device")
     if isinstance(device, DeviceSettings):

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from peerproxyd import names
 from peerproxyd.errors import SignalingError
 
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -23,9 +24,6 @@ CLIENT_TYPES = RELAY_TYPES | {"register"}
 """Types a connection may send to the server."""
 MESSAGE_TYPES = CLIENT_TYPES | {"hello", "registered", "error"}
 
-DEVICE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-"""A DNS label of at most 40 characters, so "<device>--<service>" fits in 63.
-Use valid_device_id(): `$` also matches before a trailing newline."""
 PEER_ID = re.compile(r"c-[0-9a-f]{16}")
 """Ids the server gives anonymous connections ("c-" + 16 hex digits); no device may take one."""
 
@@ -40,7 +38,7 @@ _REQUIRED_STRINGS: dict[str, tuple[str, ...]] = {
 
 def valid_device_id(device_id: str) -> bool:
     """True if `device_id` is a DNS label of at most 40 characters and not a peer id."""
-    return DEVICE_ID.fullmatch(device_id) is not None and PEER_ID.fullmatch(device_id) is None
+    return names.valid_device_id(device_id) and PEER_ID.fullmatch(device_id) is None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -180,7 +180,7 @@ def test_bad_device_id(tmp_path: Path) -> None:
     text = edit(('id = "camera-pi"', 'id = "Camera_Pi"'))
     assert problems(tmp_path, text) == [
         "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        "not starting or ending with '-'), got 'Camera_Pi'"
+        "not starting or ending with '-', no '--'), got 'Camera_Pi'"
     ]
 
 
@@ -188,7 +188,7 @@ def test_device_id_longer_than_40(tmp_path: Path) -> None:
     text = edit(('id = "camera-pi"', f'id = "{"a" * 41}"'))
     assert problems(tmp_path, text) == [
         "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        f"not starting or ending with '-'), got '{'a' * 41}'"
+        f"not starting or ending with '-', no '--'), got '{'a' * 41}'"
     ]
 
 
@@ -196,7 +196,7 @@ def test_bad_service_name(tmp_path: Path) -> None:
     text = edit(("[services.camera]", "[services.-cam]"))
     assert problems(tmp_path, text) == [
         "services.-cam: service name must be a lowercase DNS label of 1-22 characters "
-        "(a-z, 0-9 and '-', not starting or ending with '-')"
+        "(a-z, 0-9 and '-', not starting or ending with '-', no '--')"
     ]
 
 
@@ -462,7 +462,7 @@ def test_multiple_problems_are_reported_together(tmp_path: Path) -> None:
     )
     assert problems(tmp_path, text) == [
         "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        "not starting or ending with '-'), got 'Camera'",
+        "not starting or ending with '-', no '--'), got 'Camera'",
         "unknown key: device.colour",
         "signaling.reconnect_min: Input should be greater than 0",
         "services.camera.upstream: URL scheme should be 'http' or 'https'",

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from peerproxyd.errors import RemoteProtocolError
+from peerproxyd.names import valid_service_name
 
 Headers = tuple[tuple[str, str], ...]
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON "\\ud800" escapes decode to these; not UTF-8
 _FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f#\ud800-\udfff]")
@@ -93,7 +93,7 @@ class RequestHead:
             or _FORBIDDEN_IN_TARGET.search(target)
         ):
             raise HeadError(f"target {target!r} is not in origin-form")
-        if not isinstance(service, str) or not LABEL.match(service):
+        if not isinstance(service, str) or not valid_service_name(service):
             raise HeadError(f"invalid service name {service!r}")
         return cls(method=method, target=target, headers=_headers(obj["headers"]), service=service)
 
