@@ -119,15 +119,14 @@ class ChannelStream:
             self._link.release_if_done(self.id)
 
     async def write(self, data: bytes, *, end: bool = False) -> None:
-        """Send body bytes as the peer's window and the channel's buffer allow."""
+        """Send body bytes as the peer's window and the channel's buffer allow; `end` sends
+        FINAL with the last of them (or alone, for empty `data`)."""
         view = memoryview(data)
-        while True:
+        while view or end:
             if self._error is not None:
                 raise self._error
             window = self._link.conn.send_window(self.id)
-            if window == 0 and (view or not end):
-                if not view:
-                    return
+            if view and window == 0:
                 self._writable.clear()
                 await self._writable.wait()
                 continue
@@ -139,9 +138,8 @@ class ChannelStream:
             self._link.flush()
             if last:
                 self._link.release_if_done(self.id)
+                end = False
             await self._link.drain()
-            if not view:
-                return
 
     async def end(self) -> None:
         await self.write(b"", end=True)

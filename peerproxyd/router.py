@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +55,9 @@ class Router:
         except (StreamResetError, PeerGoneError) as exc:
             logger.debug("stream %d abandoned by the viewer: %s", stream.id, exc)
             status = 499
+        except asyncio.CancelledError:  # the peer session closed
+            status = 499
+            raise
         except Exception:  # a bug: keep serving everyone else
             logger.exception("stream %d failed", stream.id)
             stream.reset(ErrorCode.INTERNAL_ERROR, "internal error")

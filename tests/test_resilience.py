@@ -67,3 +67,28 @@ async def test_device_offline_then_online(stack: Stack):
     stack.daemon({"camera": stack.upstream_ports["camera"]})
     client.wait_for_log("is at http", timeout=30)
     assert await get_text(f"http://127.0.0.1:{port}/") == (200, "hello from camera\n")
+
+
+async def test_silent_peer_is_dropped_and_reconnects(stack: Stack):
+    """HEARTBEATs: a viewer that stops answering (SIGSTOP) is closed by the daemon and its
+    upstream request cancelled; once it runs again it notices and reconnects."""
+    import asyncio
+    import signal as signals
+
+    stack.upstream("camera")
+    stack.signal()
+    daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
+    client, url = stack.client("camera")
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(f"{url}/download?size={500 * 1024 * 1024}")
+        await response.content.readexactly(1024 * 1024)
+        client.popen.send_signal(signals.SIGSTOP)
+        try:
+            daemon.wait_for_log(r"peer silent for \d+\.\d s, closing", timeout=20)
+            daemon.wait_for_log(r"camera GET /download\?size=524288000 499", timeout=10)
+        finally:
+            client.popen.send_signal(signals.SIGCONT)
+        response.close()
+    client.wait_for_log(r"connected to test-pi/camera", count=2, timeout=30)
+    await asyncio.sleep(0)
+    assert await get_text(url + "/") == (200, "hello from camera\n")
