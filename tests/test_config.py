@@ -78,7 +78,13 @@ def test_example_loads() -> None:
                 "read_timeout": 60.0,
             },
         },
-        "ice": {"servers": [], "host_addresses": [], "udp_receive_buffer": 4194304},
+        "ice": {
+            "servers": [],
+            "host_addresses": [],
+            "udp_receive_buffer": 4194304,
+            "mdns": True,
+            "port_range": None,
+        },
         "limits": {
             "max_peers": 32,
             "max_streams_per_peer": 128,
@@ -87,6 +93,7 @@ def test_example_loads() -> None:
             "heartbeat_timeout": 20.0,
         },
         "log": {"level": "info"},
+        "daemon": {"drain_timeout": 10.0},
     }
 
 

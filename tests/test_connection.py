@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerproxyd.errors import LocalProtocolError
+from peerproxyd.names import SERVICE_NAME
 from peerproxyd.protocol import (
     HEADER_SIZE,
     INITIAL_WINDOW,
@@ -178,7 +178,9 @@ def test_multi_message_header_block_is_reassembled() -> None:
     p.server.send_response(1, response, end_stream=True)
     wire = p.server.data_to_send()
     assert [(s[1], s[2]) for s in shape(wire)] == [(0, H), (1, H | E | F)]
-    assert deliver(p.client, wire) == [ResponseReceived(stream_id=1, head=response, end_stream=True)]
+    assert deliver(p.client, wire) == [
+        ResponseReceived(stream_id=1, head=response, end_stream=True)
+    ]
 
 
 def test_repeated_headers_survive_in_order() -> None:
@@ -383,6 +385,15 @@ def test_sequence_error_resets_only_that_stream(final_first: bool, bad: bytes, r
     assert (p.client.open_streams, p.server.open_streams) == (0, 0)
 
 
+def test_duplicate_of_a_waiting_message_resets() -> None:
+    server = ProxyConnection(Role.SERVER)
+    server.receive_message(msg(1, 0, H | E, POST.encode()))
+    assert server.receive_message(msg(1, 3, 0, b"early")) == []  # waits for seq 1 and 2
+    event, rst = our_reset(1, ErrorCode.PROTOCOL_ERROR, "duplicate sequence number 3 on stream 1")
+    assert server.receive_message(msg(1, 3, 0, b"early")) == [event]
+    assert server.data_to_send() == [rst]
+
+
 def test_out_of_order_messages_are_delivered_in_order() -> None:
     server = ProxyConnection(Role.SERVER)
     parts = [msg(1, 0, H | E, POST.encode())] + [
@@ -432,7 +443,9 @@ def test_window_granted_after_consumed() -> None:
     assert p.client.send_window(sid) == quarter
     p.client.send_body(sid, bytes(quarter), end_stream=True)
     events = p.to_server()
-    assert all(isinstance(e, DataReceived) for e in events) and events[-1].end_stream  # type: ignore
+    assert all(isinstance(e, DataReceived) for e in events)
+    last = DataReceived(stream_id=sid, data=bytes(quarter % MAX_PAYLOAD), end_stream=True)
+    assert events[-1] == last
     p.server.consumed(sid, INITIAL_WINDOW)  # the peer has finished: no more WINDOW messages
     assert p.server.data_to_send() == []
 
@@ -555,7 +568,8 @@ BIG_INT = b'{"method":"GET","target":"/","headers":[],"service":"web","x":' + b"
         (block(service="Web_1"), "invalid service name 'Web_1'"),
         (block(service=""), "invalid service name ''"),
         (block(service="-web"), "invalid service name '-web'"),
-        (block(service="a" * 64), f"invalid service name {'a' * 64!r}"),
+        (block(service="a" * 23), f"invalid service name {'a' * 23!r}"),
+        (block(service="my--app"), "invalid service name 'my--app'"),
         (b"[" * 60000, "header block is nested too deeply"),
         (
             BIG_INT,
@@ -584,7 +598,10 @@ def test_malformed_request_head_resets(payload: bytes, reason: str) -> None:
         (b'{"status": 600, "headers": []}', "invalid status 600"),
         (b'{"status": true, "headers": []}', "invalid status True"),
         (b'{"status": 200}', "header block lacks headers"),
-        (b'{"status": 200, "headers": [["a", "b\\r"]]}', "header 'a' has CR, LF or NUL in its value"),
+        (
+            b'{"status": 200, "headers": [["a", "b\\r"]]}',
+            "header 'a' has CR, LF or NUL in its value",
+        ),
     ],
 )
 def test_malformed_response_head_resets(payload: bytes, reason: str) -> None:
@@ -598,7 +615,7 @@ def test_malformed_response_head_resets(payload: bytes, reason: str) -> None:
 
 def test_valid_heads_at_the_edges_are_accepted() -> None:
     server = ProxyConnection(Role.SERVER)
-    edge = block(method="M-SEARCH", target="/a/b?c=d&e=%20/f", service="a" * 63,
+    edge = block(method="M-SEARCH", target="/a/b?c=d&e=%20/f", service="a" * 22,
                  headers=[["X-!#$%&'*+.^_`|~", "tab\tand ünïcode"], ["empty", ""]])
     [event] = header_block(server, 1, edge)[-1]
     assert isinstance(event, RequestReceived)
@@ -606,8 +623,51 @@ def test_valid_heads_at_the_edges_are_accepted() -> None:
         method="M-SEARCH",
         target="/a/b?c=d&e=%20/f",
         headers=(("X-!#$%&'*+.^_`|~", "tab\tand ünïcode"), ("empty", "")),
-        service="a" * 63,
+        service="a" * 22,
     )
+
+
+# ----- docs/protocol.md
+
+
+def spaced(message: bytes) -> str:
+    m = message
+    return f"{m[:4].hex()} {m[4:6].hex()} {m[6:10].hex()} {m[10:12].hex()} {m[12:].hex()}".strip()
+
+
+def test_worked_example_in_docs() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    section = text.split("## 10. Worked example", 1)[1]
+    documented = section.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    p = Pair()
+    head = RequestHead(method="GET", target="/", headers=(("accept", "*/*"),), service="web")
+    lines: list[str] = []
+    events: list[Event] = []
+
+    def move(label: str, src: ProxyConnection, dst: ProxyConnection) -> None:
+        for message in src.data_to_send():
+            lines.append(f"{label} {spaced(message)}")
+            events.extend(dst.receive_message(message))
+
+    p.client.open_stream(head, end_stream=True)
+    move("C>S", p.client, p.server)
+    p.server.send_response(1, ResponseHead(status=200, headers=(("content-type", "text/plain"),)))
+    p.server.send_body(1, b"hi", end_stream=True)
+    move("S>C", p.server, p.client)
+    p.client.heartbeat()
+    move("C>S", p.client, p.server)
+    move("S>C", p.server, p.client)
+    p.client.open_stream(head)
+    p.client.reset_stream(2, ErrorCode.CANCEL, "bye")
+    move("C>S", p.client, p.server)
+    move("S>C", p.server, p.client)
+    assert lines == documented
+    assert [type(e).__name__ for e in events] == [
+        "RequestReceived", "ResponseReceived", "DataReceived", "HeartbeatAcked",
+        "RequestReceived", "StreamReset",
+    ]
+    assert events[-1] == StreamReset(stream_id=2, code=5, reason="bye", remote=True)
+    assert f"`{spaced(bytes(Frame.window(1, 262144)))}`" in section
 
 
 # ----- the golden vectors, through a connection
@@ -691,12 +751,13 @@ targets = st.builds(
     lambda rest: "/" + rest,
     st.text(
         alphabet=st.characters(
-            blacklist_categories=("Cs",), blacklist_characters="#\x7f" + "".join(map(chr, range(33)))
+            blacklist_categories=("Cs",),
+            blacklist_characters="#\x7f" + "".join(map(chr, range(33))),
         ),
         max_size=30,
     ),
 ).filter(lambda t: not t.startswith("//"))
-services = st.from_regex(re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"), fullmatch=True)
+services = st.from_regex(SERVICE_NAME, fullmatch=True).filter(lambda s: "--" not in s)
 request_heads = st.builds(
     lambda method, target, headers, big, service: RequestHead(
         method=method, target=target, headers=tuple(headers) + big, service=service
@@ -781,7 +842,8 @@ def check_received(events: list[Event], sid: int, m: Message, head_type: type) -
     assert first.end_stream == m.end_on_head  # type: ignore[union-attr]
     assert all(type(e) is DataReceived for e in rest)
     assert b"".join(e.data for e in rest) == m.body  # type: ignore[union-attr]
-    assert [e.end_stream for e in rest] == [False] * (len(rest) - 1) + [True] * bool(rest)  # type: ignore
+    ends = [e.end_stream for e in rest]  # type: ignore[union-attr]
+    assert ends == [False] * (len(rest) - 1) + [True] * bool(rest)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,

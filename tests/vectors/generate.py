@@ -190,7 +190,7 @@ def frames() -> list[dict[str, Any]]:
         data = struct.pack("!H", code) + reason.encode()
         vectors.append(valid(f"reset-code-{code}", 1, 0, RST, data))
     vectors += [
-        valid("reset-utf8-reason", 5, 0, RST, struct.pack("!H", 5) + "abgebrochen: Grüße ✓".encode()),
+        valid("reset-utf8-reason", 5, 0, RST, b"\x00\x05" + "abgebrochen: Grüße ✓".encode()),
         valid("reset-unknown-code", 5, 0, RST, struct.pack("!H", 0xFFFF) + b"?"),
         valid("window", 1, 0, WIN, struct.pack("!I", 262144)),
         valid("window-one", 1, 0, WIN, struct.pack("!I", 1)),
@@ -236,7 +236,8 @@ def malformed() -> list[dict[str, Any]]:
         invalid("conflicting-reset-window", raw(1, 0, RST | WIN, bytes(4)),
                 "conflicting flags 0x0060"),
         invalid("ack-alone", raw(1, 1, ACK), "ACK is only valid with HEARTBEAT"),
-        invalid("ack-on-headers", raw(1, 0, H | E | ACK, b"{}"), "ACK is only valid with HEARTBEAT"),
+        invalid("ack-on-headers", raw(1, 0, H | E | ACK, b"{}"),
+                "ACK is only valid with HEARTBEAT"),
         invalid(
             "final-on-reset",
             raw(1, 0, RST | F, b"\x00\x05"),
@@ -252,7 +253,8 @@ def malformed() -> list[dict[str, Any]]:
             raw(1, 0, WIN | E, struct.pack("!I", 1)),
             "FINAL and END_HEADERS are not valid on control messages",
         ),
-        invalid("end-headers-on-body", raw(1, 1, E, b"x"), "END_HEADERS is only valid with HEADERS"),
+        invalid("end-headers-on-body", raw(1, 1, E, b"x"),
+                "END_HEADERS is only valid with HEADERS"),
         invalid(
             "final-headers-without-end-headers",
             raw(1, 0, H | F, b"{}"),
@@ -263,7 +265,8 @@ def malformed() -> list[dict[str, Any]]:
         invalid("heartbeat-with-payload", raw(0, 1, HB, b"\x00"),
                 "HEARTBEAT must have an empty payload"),
         invalid("body-on-stream-0", raw(0, 0, 0, b"data"), "stream 0 is reserved for HEARTBEAT"),
-        invalid("headers-on-stream-0", raw(0, 0, H | E, b"{}"), "stream 0 is reserved for HEARTBEAT"),
+        invalid("headers-on-stream-0", raw(0, 0, H | E, b"{}"),
+                "stream 0 is reserved for HEARTBEAT"),
         invalid("reset-on-stream-0", raw(0, 0, RST, b"\x00\x01"),
                 "stream 0 is reserved for HEARTBEAT"),
         invalid("window-on-stream-0", raw(0, 0, WIN, struct.pack("!I", 1)),
@@ -278,7 +281,8 @@ def malformed() -> list[dict[str, Any]]:
             raw(1, 0, RST, b"\x01"),
             "RESET payload must hold at least a 2-byte error code",
         ),
-        invalid("reset-bad-utf8", raw(1, 0, RST, b"\x00\x01ok\xc3("), "RESET reason is not valid UTF-8"),
+        invalid("reset-bad-utf8", raw(1, 0, RST, b"\x00\x01ok\xc3("),
+                "RESET reason is not valid UTF-8"),
         invalid("reset-nonzero-seq", raw(1, 1, RST, b"\x00\x05"),
                 "sequence number must be 0 on RESET and WINDOW"),
         invalid("window-nonzero-seq", raw(1, 9, WIN, struct.pack("!I", 1)),
@@ -323,7 +327,11 @@ def event_json(event: Event) -> dict[str, Any]:
             "remote": event.remote,
         }
     if isinstance(event, WindowUpdated):
-        return {"event": "WindowUpdated", "stream_id": event.stream_id, "increment": event.increment}
+        return {
+            "event": "WindowUpdated",
+            "stream_id": event.stream_id,
+            "increment": event.increment,
+        }
     if isinstance(event, HeartbeatAcked):
         return {"event": "HeartbeatAcked", "seq": event.seq}
     if isinstance(event, MessageDropped):
