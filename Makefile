@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests use (root on the test machines; skipped if already present).
-APT_PACKAGES := iproute2
+APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor
 
 .PHONY: run test install system-deps bench lock clean
 
@@ -29,6 +29,7 @@ run: install
 	$(BIN)/peerproxyd demo
 
 test: install system-deps
+	node --test webclient/test/
 	$(BIN)/pytest -q
 
 bench: install

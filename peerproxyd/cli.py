@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
+import signal as signals
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peerproxyd import __version__
 from peerproxyd.errors import ConfigError, PeerProxyError
+
+if TYPE_CHECKING:
+    from peerproxyd.daemon import Daemon
 
 logger = logging.getLogger("peerproxyd")
 
@@ -28,12 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon in front of local services")
     serve.add_argument("--config", required=True, help="TOML configuration file")
 
-    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file (daemon or signaling server) and exit"
+    )
     check.add_argument("config", help="TOML configuration file")
 
     signal = sub.add_parser("signal", help="run the signaling server")
-    signal.add_argument("--host", default="127.0.0.1")
-    signal.add_argument("--port", type=int, default=8787)
+    signal.add_argument("--config", help="TOML file with [server], [limits], [log] tables")
+    signal.add_argument("--host", help="listen address (default 127.0.0.1; overrides the file)")
+    signal.add_argument("--port", type=int, help="listen port (default 8787; overrides the file)")
 
     demo = sub.add_parser("demo", help="run signaling, a demo app, a daemon and a client here")
     demo.add_argument("--signal-port", type=int, default=8787)
@@ -87,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             _serve(args.config)
         elif args.command == "signal":
-            from peerproxyd.signaling_server import run_signaling
-
-            _run(run_signaling(args.host, args.port))
+            _signal(args)
         elif args.command == "connect":
             _connect(args)
         elif args.command == "demo":
@@ -109,9 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_config(path: str) -> int:
+    from peerproxyd import signal_config
     from peerproxyd.config import load
 
     try:
+        if signal_config.is_signal_config(path):
+            server = signal_config.load(path).server
+            print(f"ok: signaling server on {server.host}:{server.port}")
+            return 0
         settings = load(path)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -121,6 +131,20 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def _signal(args: argparse.Namespace) -> None:
+    from peerproxyd import signal_config
+    from peerproxyd.signaling_server import run_signaling
+
+    settings = signal_config.SignalSettings()
+    if args.config:
+        settings = signal_config.load(args.config)
+        if not os.environ.get("PEERPROXYD_DEBUG") and not args.verbose:
+            logging.getLogger().setLevel(settings.log.level.upper())
+    host = args.host if args.host is not None else settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    _run(run_signaling(host, port, **settings.app_kwargs()))
+
+
 def _serve(path: str) -> None:
     from peerproxyd.config import load
     from peerproxyd.daemon import Daemon
@@ -128,7 +152,41 @@ def _serve(path: str) -> None:
     settings = load(path)
     if not os.environ.get("PEERPROXYD_DEBUG"):
         logging.getLogger().setLevel(settings.log.level.upper())
-    _run(Daemon(settings).run())
+    _run(_serve_until_signalled(Daemon(settings, config_path=path)))
+
+
+async def _serve_until_signalled(daemon: Daemon) -> None:
+    """Run the daemon with systemd's signals: SIGTERM or SIGINT stops gracefully (drain),
+    a second one stops at once; SIGHUP reloads the configuration file."""
+    task = asyncio.create_task(daemon.run())
+    loop = asyncio.get_running_loop()
+    forced = False
+
+    def on_stop(sig: signals.Signals) -> None:
+        nonlocal forced
+        if daemon.stopping:
+            logger.warning("%s again: stopping at once", sig.name)
+            forced = True
+            task.cancel()
+        else:
+            logger.info("%s: stopping", sig.name)
+            daemon.stop()
+
+    def on_reload() -> None:
+        logger.info("SIGHUP: reloading")
+        daemon.request_reload()
+
+    for sig in (signals.SIGTERM, signals.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signals.SIGHUP, on_reload)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+    finally:
+        for sig in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 def _connect(args: argparse.Namespace) -> None:

@@ -21,7 +21,13 @@ from peerproxyd.config import IceSettings
 from peerproxyd.errors import PeerGoneError, SignalingError, StreamResetError
 from peerproxyd.http_headers import downstream_response_headers, strip_hop_by_hop
 from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc import CHANNEL_LABEL, configure_ice, new_peer_connection
+from peerproxyd.rtc import (
+    CHANNEL_LABEL,
+    ConnectionReport,
+    configure_ice,
+    connection_report,
+    new_peer_connection,
+)
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
 
@@ -61,6 +67,7 @@ class NativeClient:
         self.connections = 0  # peer connections made so far
         self.last_error = "not connected yet"
         self.url = ""
+        self.report: ConnectionReport | None = None  # the current connection's selected pair
         self._up = asyncio.Event()
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self._device_gone = asyncio.Event()
@@ -138,6 +145,9 @@ class NativeClient:
             await opened.wait()
         self.connections += 1
         logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
+        self.report = await connection_report(pc)
+        if self.report is not None:
+            logger.info("connected via %s", self.report)
         return ChannelLink(channel, ProxyConnection(Role.CLIENT), name=f"{self.device}")
 
     async def _until_lost(self, pc: RTCPeerConnection, link: ChannelLink) -> None:

@@ -40,6 +40,7 @@ from peerproxyd.errors import ConfigError
 from peerproxyd.names import DNS_LABEL_MAX, valid_device_id, valid_service_name
 
 __all__ = [
+    "DaemonSettings",
     "DeviceSettings",
     "IceServer",
     "IceSettings",
@@ -286,6 +287,29 @@ class IceSettings(_Section):
     udp_receive_buffer: int = Field(default=4_194_304, ge=65_536, le=67_108_864)
     """SO_RCVBUF in bytes for the ICE UDP sockets, 65536..67108864. **Default:** 4194304."""
 
+    mdns: bool = True
+    """Offer host candidates as random `<uuid>.local` names and answer mDNS queries for them
+    on the LAN (as browsers do), so no LAN address reaches the signaling server or a remote
+    viewer. Loopback addresses are never hidden. **Default:** true."""
+
+    port_range: str | None = None
+    """UDP ports for ICE, `"50000-50010"` or one port `"50000"`: each concurrent peer takes one
+    port (the same number on every host address); a peer beyond that is refused with an error.
+    **Default:** unset: ports the kernel picks."""
+
+    @field_validator("port_range")
+    @classmethod
+    def _check_port_range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.fullmatch(r"\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?", value)
+        if match is None:
+            raise ValueError(f'must be "LOW-HIGH" or one port, e.g. "50000-50010", got {value!r}')
+        low, high = int(match[1]), int(match[2] or match[1])
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"ports must be 1-65535 with LOW <= HIGH, got {value!r}")
+        return f"{low}-{high}"
+
 
 class LimitsSettings(_Section):
     """`[limits]`: bounds on everything a remote peer controls."""
@@ -325,6 +349,14 @@ class LogSettings(_Section):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+class DaemonSettings(_Section):
+    """`[daemon]`: the process lifecycle."""
+
+    drain_timeout: float = Field(default=10.0, ge=0)
+    """On SIGTERM, seconds to let open requests finish before the daemon closes every peer
+    (new requests meanwhile get 503). 0 closes at once. **Default:** 10.0."""
 
 
 def _check_service_name(name: str, info: ValidationInfo) -> str:
@@ -375,6 +407,9 @@ class Settings(BaseSettings):
 
     log: LogSettings = Field(default_factory=LogSettings)
     """`[log]`. **Default:** all defaults."""
+
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    """`[daemon]`. **Default:** all defaults."""
 
     @field_validator("services")
     @classmethod

@@ -1,24 +1,110 @@
-"""Daemon: keeps the device registered with the signaling server and answers viewers."""
+"""Daemon: keeps the device registered with the signaling server and answers viewers.
+
+Lifecycle, for systemd (`Type=notify`, see notify.py): READY=1 once the first signaling
+attempt has ended, registered or not, so boot never waits on the network; STATUS= kept
+current; WATCHDOG=1 while the signaling loop is alive. `stop()` (SIGTERM) sends STOPPING=1
+and drains: requests in flight get up to `[daemon] drain_timeout` seconds, new ones get 503,
+new viewers are turned away; then every peer is closed. `reload()` (SIGHUP) re-reads the
+configuration file and applies service changes to every peer without dropping any.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
-from peerproxyd.config import Settings
+import aiohttp
+
+from peerproxyd.channel import ChannelStream
+from peerproxyd.config import ServiceSettings, Settings, load
+from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError
+from peerproxyd.notify import Notifier
 from peerproxyd.peer import PeerSession
+from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.router import Router, new_upstream_session
 from peerproxyd.rtc import configure_ice
-from peerproxyd.signaling import SignalingClient
+from peerproxyd.signaling import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling_messages import Message
 
 logger = logging.getLogger(__name__)
 
+STATUS_INTERVAL = 1.0
+"""Seconds between STATUS= refreshes (peer and stream counts change without an event)."""
+RESTART_ONLY = ("device", "signaling", "ice")
+"""Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
+SHUTDOWN_BODY = b"device is shutting down\n"
+
+
+class DrainingRouter(Router):
+    """The Router, counting requests in flight, and answering 503 once draining."""
+
+    def __init__(
+        self, services: dict[str, ServiceSettings], session: aiohttp.ClientSession
+    ) -> None:
+        super().__init__(services, session)
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def handle(
+        self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
+    ) -> None:
+        if self.draining:
+            await _refuse(stream)
+            logger.info("%s %s %s 503 (shutting down) peer=%s",
+                        head.service, head.method, head.target, peer)
+            return
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await super().handle(stream, head, end_stream, peer=peer)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+async def _refuse(stream: ChannelStream) -> None:
+    try:
+        stream.send_response(
+            ResponseHead(
+                status=503,
+                headers=(
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(SHUTDOWN_BODY))),
+                    ("Retry-After", "5"),
+                    ("X-Peerproxy-Error", "1"),
+                ),
+            )
+        )
+        await stream.write(SHUTDOWN_BODY, end=True)
+    except (StreamResetError, PeerGoneError):
+        pass
+    finally:
+        if stream.is_open:
+            stream.reset(ErrorCode.NO_ERROR, "response complete")
+
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.settings = settings
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.notifier = notifier if notifier is not None else Notifier()
         self.sessions: dict[str, PeerSession] = {}
         self.signaling = SignalingClient(
             settings.signaling.url,
@@ -27,29 +113,186 @@ class Daemon:
             backoff_min=settings.signaling.reconnect_min,
             backoff_max=settings.signaling.reconnect_max,
         )
-        self._router: Router | None = None
+        self._router: DrainingRouter | None = None
         self.registered = asyncio.Event()
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._attempted = False  # the first signaling attempt has ended
+        self._signaling_changed = time.monotonic()
+        self._signaling_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reload_problem: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> None:
-        """Serve until cancelled."""
+        """Serve until cancelled, or until stop() and the drain that follows."""
         configure_ice(self.settings.ice)
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
         logger.info("device %s serving %s", self.settings.device.id, names)
         async with new_upstream_session() as http:
-            self._router = Router(self.settings.services, http)
+            self._router = DrainingRouter(self.settings.services, http)
+            signaling = asyncio.create_task(
+                self.signaling.run(self._on_message, self._on_signaling_state)
+            )
+            self._signaling_task = signaling
+            stop = asyncio.create_task(self._stop.wait())
+            helpers = [
+                asyncio.create_task(self.notifier.watchdog(self.healthy)),
+                asyncio.create_task(self._status_loop()),
+            ]
             try:
-                await self.signaling.run(self._on_message, self._on_signaling_state)
+                await asyncio.wait({signaling, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if signaling.done():
+                    signaling.result()  # a fatal SignalingError ends the daemon
+                else:
+                    await self._drain()
             finally:
+                for task in (stop, *helpers, *self._tasks):
+                    task.cancel()
                 await self.close_sessions()
                 await self.signaling.close()
+                signaling.cancel()
+                await asyncio.gather(
+                    signaling, stop, *helpers, *self._tasks, return_exceptions=True
+                )
 
+    # ----- lifecycle requests (called from signal handlers: never block)
+    def stop(self) -> None:
+        """Begin a graceful stop: STOPPING=1, drain, then run() returns."""
+        if self.stopping:
+            return
+        self.stopping = True
+        in_flight = self._router.in_flight if self._router else 0
+        self.notifier.stopping(self.status_text())
+        logger.info("stopping: draining %d open requests (up to %.1f s)",
+                    in_flight, self.settings.daemon.drain_timeout)
+        if self._router is not None:
+            self._router.draining = True
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration file in the background (SIGHUP)."""
+        if self.stopping:
+            return
+        self._spawn(self.reload())
+
+    async def _drain(self) -> None:
+        assert self._router is not None
+        self._router.draining = True
+        timeout = self.settings.daemon.drain_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._router.wait_idle()
+            logger.info("drained: no open requests left")
+        except TimeoutError:
+            logger.warning("drain timeout (%.1f s): closing %d open requests",
+                           timeout, self._router.in_flight)
+
+    # ----- reload
+    async def reload(self) -> bool:
+        """Re-read config_path and apply it; on any problem keep the running configuration.
+
+        Services (added, removed, changed), limits for new peers, the log level and the drain
+        timeout take effect at once; no peer is dropped. [device], [signaling] and [ice]
+        need a restart. Sends RELOADING=1, then READY=1 whatever the outcome.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                if self.config_path is None:
+                    raise ConfigError(["no configuration file to re-read"])
+                logger.info("reloading %s", self.config_path)
+                new = load(self.config_path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    logger.error("reload: %s", problem)
+                logger.error("reload failed; still running the previous configuration")
+                self._reload_problem = f"reload failed: {exc.problems[0]}"
+                self.notifier.ready(self.status_text())
+                return False
+            self._apply(new)
+            self._reload_problem = None
+            self.notifier.ready(self.status_text())
+            return True
+
+    def _apply(self, new: Settings) -> None:
+        old = self.settings
+        kept = [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+        if kept:
+            logger.warning("reload: changes to %s take effect after a restart",
+                           ", ".join(f"[{name}]" for name in kept))
+            new = new.model_copy(update={name: getattr(old, name) for name in kept})
+        added = sorted(new.services.keys() - old.services.keys())
+        removed = sorted(old.services.keys() - new.services.keys())
+        changed = sorted(
+            n for n in new.services.keys() & old.services.keys()
+            if new.services[n] != old.services[n]
+        )
+        self.settings = new
+        if self._router is not None:
+            self._router.services = new.services
+        if os.environ.get("PEERPROXYD_DEBUG") != "1":
+            logging.getLogger().setLevel(new.log.level.upper())
+        logger.info(
+            "reloaded: services %s (added: %s; removed: %s; changed: %s); %d peers kept",
+            ", ".join(new.services), ", ".join(added) or "-", ", ".join(removed) or "-",
+            ", ".join(changed) or "-", len(self.sessions),
+        )
+
+    # ----- status and health
+    def status_text(self) -> str:
+        """One line for systemd's STATUS=: the tunnel state, peers and open streams."""
+        url = self.settings.signaling.url
+        if self.stopping:
+            in_flight = self._router.in_flight if self._router else 0
+            state = f"stopping: draining {in_flight} open requests"
+        elif self.signaling.connected:
+            state = f"registered as {self.settings.device.id} at {url}"
+        elif not self._attempted:
+            state = f"connecting to {url}"
+        else:
+            state = f"signaling down ({self.signaling.last_error}); retrying {url}"
+        streams = sum(s.open_streams for s in self.sessions.values())
+        text = f"{state}; peers {len(self.sessions)}, open streams {streams}"
+        if self._reload_problem:
+            text += f"; {self._reload_problem}"
+        return text
+
+    def healthy(self) -> bool:
+        """For the watchdog: the signaling loop runs and makes progress (registered, or
+        attempts ending at the pace its backoff allows). The event loop is healthy if this
+        gets called at all."""
+        task = self._signaling_task
+        if task is None or task.done():
+            return False
+        if self.signaling.connected:
+            return True
+        limit = self.signaling.backoff_max + 2 * HANDSHAKE_TIMEOUT + 5.0
+        return time.monotonic() - self._signaling_changed < limit
+
+    def _update_status(self) -> None:
+        self.notifier.status(self.status_text())
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self._update_status()
+
+    # ----- signaling
     def _on_signaling_state(self, connected: bool) -> None:
+        self._signaling_changed = time.monotonic()
         if connected:
-            logger.info("registered as %s at %s", self.settings.device.id, self.settings.signaling.url)
+            logger.info("registered as %s at %s",
+                        self.settings.device.id, self.settings.signaling.url)
             self.registered.set()
         else:
             self.registered.clear()
             logger.warning("signaling link down: %s", self.signaling.last_error)
+        if not self._attempted:
+            self._attempted = True
+            self.notifier.ready(self.status_text())
+        else:
+            self._update_status()
 
     async def _on_message(self, message: Message) -> None:
         peer = message.from_
@@ -69,6 +312,10 @@ class Daemon:
             logger.warning("signaling error %s: %s", message.get("code"), message.get("message"))
 
     async def _on_offer(self, peer: str, offer: dict[str, Any]) -> None:
+        if self.stopping:
+            logger.info("refusing %s: shutting down", peer)
+            await self.signaling.send("bye", peer, {"reason": "device is shutting down"})
+            return
         if old := self.sessions.get(peer):
             await old.close()  # the viewer restarted its connection
         max_peers = self.settings.limits.max_peers
@@ -90,10 +337,17 @@ class Daemon:
             return
         await self.signaling.send("answer", peer, answer)
         logger.info("%r: answered (%d peers)", session, len(self.sessions))
+        self._update_status()
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
+            self._update_status()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_sessions(self) -> None:
         sessions = list(self.sessions.values())

@@ -1,20 +1,26 @@
 """Who may register which device id on the signaling server.
 
-`DeviceAuthenticator` is the one-method interface the server depends on. `SecretBinding`
-is the first implementation: trust on first use, the first registration of an id binds
-it to its secret. A later release replaces it with key-based identity.
+`DeviceAuthenticator` is the one-method interface the server depends on, in two flavours: a
+plain `verify` the server runs in a worker thread (`SecretBinding`, in memory), or an
+`async def verify` it awaits (`signaling_redis.RedisSecretBinding`, shared by every instance).
+`authenticate()` calls either. Both are trust on first use: the first registration of an id
+binds it to its secret. A later release replaces them with key-based identity.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 import threading
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+SALT_SIZE = 16
 
 
 class DeviceAuthenticator(Protocol):
@@ -24,6 +30,46 @@ class DeviceAuthenticator(Protocol):
         Called from a worker thread (it may be slow on purpose); must be thread-safe.
         """
         ...
+
+
+class AsyncDeviceAuthenticator(Protocol):
+    async def verify(self, device_id: str, credentials: dict[str, Any]) -> bool:
+        """As DeviceAuthenticator.verify, awaited on the event loop (must not block it).
+
+        May raise ConnectionError when the store behind it is unreachable.
+        """
+        ...
+
+
+Authenticator = DeviceAuthenticator | AsyncDeviceAuthenticator
+
+
+async def authenticate(
+    authenticator: Authenticator, device_id: str, credentials: dict[str, Any]
+) -> bool:
+    """Run either kind of authenticator without blocking the event loop."""
+    if inspect.iscoroutinefunction(authenticator.verify):
+        return bool(await authenticator.verify(device_id, credentials))
+    return bool(await asyncio.to_thread(authenticator.verify, device_id, credentials))
+
+
+def presented_secret(credentials: dict[str, Any]) -> str | None:
+    """The secret of a register message, or None if it has none worth hashing."""
+    secret = credentials.get("secret")
+    return secret if isinstance(secret, str) and secret else None
+
+
+def hash_secret(secret: str, salt: bytes, cost: int) -> bytes:
+    """scrypt(secret, salt) with N=`cost`, r=8, p=1: 32 bytes. Slow on purpose."""
+    return hashlib.scrypt(
+        secret.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=cost,
+        r=8,
+        p=1,
+        maxmem=256 * cost * 8 + 1024 * 1024,
+        dklen=32,
+    )
 
 
 class SecretBinding:
@@ -45,19 +91,11 @@ class SecretBinding:
         return len(self._bindings)
 
     def _hash(self, secret: str, salt: bytes) -> bytes:
-        return hashlib.scrypt(
-            secret.encode("utf-8", "surrogatepass"),
-            salt=salt,
-            n=self.cost,
-            r=8,
-            p=1,
-            maxmem=256 * self.cost * 8 + 1024 * 1024,
-            dklen=32,
-        )
+        return hash_secret(secret, salt, self.cost)
 
     def verify(self, device_id: str, credentials: dict[str, Any]) -> bool:
-        secret = credentials.get("secret")
-        if not isinstance(secret, str) or not secret:
+        secret = presented_secret(credentials)
+        if secret is None:
             return False
         # One lock around check-and-bind: two first registrations must not both win.
         with self._lock:
@@ -67,7 +105,7 @@ class SecretBinding:
                     logger.warning("refusing device %s: %d ids bound already",
                                    device_id, len(self._bindings))
                     return False
-                salt = os.urandom(16)
+                salt = os.urandom(SALT_SIZE)
                 self._bindings[device_id] = (salt, self._hash(secret, salt))
                 logger.info("device id %s bound to its secret", device_id)
                 return True

@@ -10,11 +10,12 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from peerproxyd import mdns
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import Settings
 from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
 from peerproxyd.router import Router
+from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, connection_report, new_peer_connection
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,15 @@ class PeerSession:
         )
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
-        return {"sdp": local.sdp, "type": local.type}
+        sdp = local.sdp
+        if self._settings.ice.mdns:
+            sdp = await mdns.hide_host_addresses(sdp, subscriber=self)
+        return {"sdp": sdp, "type": local.type}
+
+    async def report(self) -> ConnectionReport | None:
+        """The selected candidate pair (host / srflx / relay), protocol and RTT; None until
+        ICE has selected a pair."""
+        return await connection_report(self._pc)
 
     async def add_candidate(self, payload: dict[str, Any]) -> None:
         """A trickled ICE candidate from the viewer (browsers trickle; aiortc does not)."""
@@ -73,8 +82,15 @@ class PeerSession:
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
         logger.info("%r: connection %s", self, state)
-        if state in ("failed", "closed"):
+        if state == "connected":
+            self._spawn(self._log_report())
+        elif state in ("failed", "closed"):
             self._spawn(self.close())
+
+    async def _log_report(self) -> None:
+        report = await self.report()
+        if report is not None:
+            logger.info("%r: connected via %s", self, report)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != CHANNEL_LABEL or self._link is not None:
@@ -125,4 +141,5 @@ class PeerSession:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._pc.close()
+        await mdns.release(subscriber=self)
         self._on_closed(self)

@@ -1,8 +1,13 @@
 """The signaling server: a WebSocket rendezvous where clients and devices swap SDP.
 
-Routes: `/ws` (the JSON protocol of signaling_messages.py), `GET /healthz`, and the
-static `webclient/` directory at `/`. State lives in AppKeys; `build_signaling_app()`
-returns an Application that can run alone (`run_signaling()`) or as a sub-app.
+Routes: `/ws` (the JSON protocol of signaling_messages.py), `GET /healthz`, `GET /metrics`
+(signal_metrics.py), and the browser client (web.py). State lives in AppKeys;
+`build_signaling_app()` returns an Application that can run alone (`run_signaling()`) or as
+a sub-app.
+
+Alone, one process keeps everything in memory. With `redis_url`, several instances share
+presence, routing, registration, secret bindings and rate limits through Redis
+(signaling_redis.py); the `Cluster` protocol below is all this module knows of it.
 """
 
 from __future__ import annotations
@@ -10,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from peerproxyd.device_auth import DeviceAuthenticator, SecretBinding
+from peerproxyd.device_auth import Authenticator, SecretBinding, authenticate
 from peerproxyd.errors import SignalingError
+from peerproxyd.signal_metrics import SignalMetrics, render_json, render_prometheus
 from peerproxyd.signaling_messages import (
     PEER_ID,
     Message,
@@ -29,6 +36,10 @@ from peerproxyd.signaling_messages import (
     parse_message,
     valid_device_id,
 )
+from peerproxyd.web import add_webclient_routes
+
+if TYPE_CHECKING:
+    from peerproxyd.signaling_redis import RedisOptions
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,9 @@ SEND_TIMEOUT = 10.0
 ABUSE_RATE = 1.0
 ABUSE_BURST = 50
 """Rate-limited messages a connection may send (refilled at ABUSE_RATE/s) before it is closed."""
+MAX_OUTBOX = 256
+"""Messages from other instances waiting for one slow connection; beyond, they are dropped."""
+MAX_REMOTE_PARTNERS = 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,7 +63,7 @@ class Limits:
     burst: int = 100
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, kw_only=True, slots=True)
 class Connection:
     """One WebSocket. `id` is its device id once registered, else its hello id."""
 
@@ -57,10 +71,17 @@ class Connection:
     hello_id: str
     remote: str | None
     bucket: TokenBucket
-    strikes: TokenBucket
+    client: str = ""
+    """Whose shared rate limit this connection spends (with Redis: its address)."""
+    strikes: TokenBucket | None = None
+    """Made at the first rate-limited message (most connections never need one)."""
     device_id: str | None = None
     replaced: bool = False
     partners: set[Connection] = field(default_factory=set)
+    remote_partners: set[str] | None = None
+    """Ids on other instances this connection exchanged messages with."""
+    outbox: deque[str] | None = None
+    writing: bool = False
 
     @property
     def id(self) -> str:
@@ -68,25 +89,61 @@ class Connection:
 
     async def send(self, msg: Message) -> bool:
         """Send `msg`; False if the socket is gone or does not take it in time."""
+        return await self.send_text(encode(msg))
+
+    async def send_text(self, text: str) -> bool:
         if self.ws.closed:
             return False
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
-                await self.ws.send_str(encode(msg))
+                await self.ws.send_str(text)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             logger.debug("send to %s failed: %r", self.id, exc)
             return False
         return True
 
+    def link_remote(self, other_id: str) -> None:
+        if self.remote_partners is None:
+            self.remote_partners = set()
+        if len(self.remote_partners) < MAX_REMOTE_PARTNERS:
+            self.remote_partners.add(other_id)
+
+
+class Cluster(Protocol):
+    """The engine several instances share (signaling_redis.RedisCluster).
+
+    `claim` raises ConnectionError when the engine is unreachable; the others do not:
+    `allow` then allows (the per-connection bucket still holds), `route` reports offline.
+    """
+
+    instance: str
+    up: bool
+
+    def new_peer_id(self) -> str: ...
+    def client_key(self, request: web.Request) -> str: ...
+    async def allow(self, client: str) -> bool: ...
+    async def claim(self, device_id: str, hello_id: str) -> None: ...
+    async def release(self, device_id: str, hello_id: str) -> None: ...
+    async def route(self, sender: str, to: str, kind: str, text: str) -> bool: ...
+    async def start(self, registry: Registry) -> None: ...
+    async def stop(self) -> None: ...
+
 
 class Registry:
-    """Who is online: device id -> connection, peer (hello) id -> connection."""
+    """Who is online here: device id -> connection, peer (hello) id -> connection.
 
-    def __init__(self) -> None:
+    With a cluster, also the receiving end of routing: the cluster calls deliver_routed(),
+    undeliverable() and evict() for what other instances publish.
+    """
+
+    def __init__(self, cluster: Cluster | None = None,
+                 metrics: SignalMetrics | None = None) -> None:
         self.connections: set[Connection] = set()
         self.devices: dict[str, Connection] = {}
         self.peers: dict[str, Connection] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.cluster = cluster
+        self.metrics = metrics if metrics is not None else SignalMetrics()
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -103,15 +160,17 @@ class Registry:
             return old
         return None
 
-    def unlink(self, conn: Connection) -> list[Connection]:
-        """Forget whom `conn` talked to; return those still worth a "bye"."""
+    def unlink(self, conn: Connection) -> tuple[list[Connection], list[str]]:
+        """Forget whom `conn` talked to; return those still worth a "bye" (here, elsewhere)."""
         partners = [p for p in conn.partners if not p.replaced and not p.ws.closed]
         for partner in conn.partners:
             partner.partners.discard(conn)
         conn.partners.clear()
-        return partners
+        remote = list(conn.remote_partners or ())
+        conn.remote_partners = None
+        return partners, remote
 
-    def remove(self, conn: Connection) -> list[Connection]:
+    def remove(self, conn: Connection) -> tuple[list[Connection], list[str]]:
         """Forget `conn`; return the partners to tell "bye"."""
         self.connections.discard(conn)
         if self.peers.get(conn.hello_id) is conn:
@@ -125,17 +184,79 @@ class Registry:
             return self.peers.get(peer_id)
         return self.devices.get(peer_id)
 
+    def sessions(self) -> int:
+        """Viewer-device pairs whose device is registered here."""
+        return sum(len(c.partners) + len(c.remote_partners or ())
+                   for c in self.devices.values())
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in a task that on_shutdown cancels (no fire-and-forget)."""
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    # --- called by the cluster for what other instances publish
+
+    def deliver_routed(self, sender: str, to: str, kind: str, text: str) -> bool:
+        """Queue a message from another instance for `to`; False if `to` is not here."""
+        dest = self.lookup(to)
+        if dest is None or dest.replaced or dest.ws.closed:
+            return False
+        if dest.outbox is None:
+            dest.outbox = deque()
+        if len(dest.outbox) >= MAX_OUTBOX:
+            logger.info("dropping a %s for %s: %d messages wait already", kind, to, MAX_OUTBOX)
+            return False
+        dest.outbox.append(text)
+        if not dest.writing:
+            dest.writing = True
+            self.spawn(self._drain(dest))
+        if kind == "bye":
+            if dest.remote_partners is not None:
+                dest.remote_partners.discard(sender)
+        else:
+            dest.link_remote(sender)
+        self.metrics.messages_routed_in += 1
+        return True
+
+    async def _drain(self, dest: Connection) -> None:
+        """Write the outbox in order, without holding up deliveries to anyone else."""
+        try:
+            while dest.outbox:
+                if not await dest.send_text(dest.outbox[0]):
+                    dest.outbox.clear()  # the socket is going; its partners hear "bye"
+                    return
+                dest.outbox.popleft()
+                self.metrics.messages_delivered += 1
+        finally:
+            dest.writing = False
+
+    def undeliverable(self, sender: str, to: str, kind: str) -> None:
+        conn = self.lookup(sender)
+        if conn is None or conn.replaced:
+            return
+        if conn.remote_partners is not None:
+            conn.remote_partners.discard(to)
+        self.metrics.messages_offline += 1
+        self.spawn(_send(conn, _offline(to, kind)))
+
+    def evict(self, device_id: str, hello_id: str, why: str) -> None:
+        """Connection `hello_id` no longer holds `device_id`: tell it, and its partners."""
+        conn = self.devices.get(device_id)
+        if conn is None or conn.hello_id != hello_id or conn.replaced:
+            return
+        del self.devices[device_id]
+        conn.replaced = True
+        self.metrics.takeovers += 1
+        logger.info("device %s %s; closing its connection here", device_id, why)
+        partners, remote = self.unlink(conn)
+        self.spawn(_takeover(self, conn, partners, remote))
+
 
 REGISTRY = web.AppKey("signaling_registry", Registry)
 LIMITS = web.AppKey("signaling_limits", Limits)
 # A Protocol is no concrete class, so the type goes in the annotation (mypy type-abstract).
-AUTHENTICATOR: web.AppKey[DeviceAuthenticator] = web.AppKey("signaling_authenticator")
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("signaling_authenticator")
 
 
 def _offline(to: str, ref: str) -> Message:
@@ -155,11 +276,17 @@ class _Handler:
 
     async def on_text(self, text: str) -> bool:
         """Handle one frame; False once the connection must end."""
-        conn = self.conn
+        conn, cluster = self.conn, self.registry.cluster
         if conn.replaced:
             return False
         now = asyncio.get_running_loop().time()
-        if not conn.bucket.allow(now):
+        allowed = conn.bucket.allow(now)
+        if allowed and cluster is not None:
+            allowed = await cluster.allow(conn.client)
+        if not allowed:
+            self.registry.metrics.rate_limited += 1
+            if conn.strikes is None:
+                conn.strikes = TokenBucket(ABUSE_RATE, ABUSE_BURST)
             if not conn.strikes.allow(now):
                 logger.info("closing %s (%s): rate limit exceeded again and again",
                             conn.id, conn.remote)
@@ -183,7 +310,7 @@ class _Handler:
         return True
 
     async def register(self, msg: Message) -> None:
-        conn = self.conn
+        conn, registry = self.conn, self.registry
         device_id: str = msg.get("device")
         if conn.device_id is not None and conn.device_id != device_id:
             await conn.send(error_message(
@@ -197,43 +324,73 @@ class _Handler:
                 "a-z, 0-9 and '-'", ref="register"))
             return
         credentials = {"type": msg.type, **msg.extra}
-        ok = await asyncio.to_thread(self.authenticator.verify, device_id, credentials)
+        try:
+            ok = await authenticate(self.authenticator, device_id, credentials)
+            if ok and registry.cluster is not None:
+                await registry.cluster.claim(device_id, conn.hello_id)
+        except ConnectionError as exc:
+            registry.metrics.registrations_refused += 1
+            logger.warning("cannot register device %s now: %s", device_id, exc)
+            await conn.send(error_message(
+                "unavailable", "the signaling service cannot register devices right now; "
+                "try again shortly", ref="register"))
+            return
         if not ok:
+            registry.metrics.registrations_refused += 1
             logger.warning("refused registration of device %s from %s: wrong secret",
                            device_id, conn.remote)
             await conn.send(error_message(
                 "unauthorized", f"device id {device_id} is registered with another secret",
                 ref="register"))
             return
-        old = self.registry.bind_device(conn, device_id)
+        old = registry.bind_device(conn, device_id)
+        registry.metrics.registrations += 1
         if old is not None:
             # The old socket's sessions are over: say so now, not when its close
             # handshake ends (a half-dead socket takes a while, and by then the new
             # one may have started sessions with the same partners).
-            await _bye(device_id, self.registry.unlink(old))
-            self.registry.spawn(_replace(old))
+            registry.metrics.takeovers += 1
+            await _bye(registry, device_id, *registry.unlink(old))
+            registry.spawn(_replace(old))
         logger.info("device %s registered from %s%s", device_id, conn.remote,
                     " (replacing its previous connection)" if old is not None else "")
         await conn.send(Message(type="registered", extra={"device": device_id}))
 
     async def relay(self, msg: Message) -> None:
-        conn, to = self.conn, msg.to
+        conn, to, registry = self.conn, msg.to, self.registry
         if to is None:  # check_inbound() rejected it already
             return
-        dest = self.registry.lookup(to)
+        dest = registry.lookup(to)
         out = Message(type=msg.type, to=to, from_=conn.id, payload=msg.payload)
-        if dest is None or dest.replaced or not await dest.send(out):
-            await conn.send(_offline(to, msg.type))
+        if dest is not None and not dest.replaced:
+            if await dest.send(out):
+                registry.metrics.messages_delivered += 1
+                if dest is not conn:
+                    conn.partners.add(dest)
+                    dest.partners.add(conn)
+                return
+        elif registry.cluster is not None and await registry.cluster.route(
+            conn.id, to, msg.type, encode(out)
+        ):
+            conn.link_remote(to)
             return
-        if dest is not conn:
-            conn.partners.add(dest)
-            dest.partners.add(conn)
+        registry.metrics.messages_offline += 1
+        await conn.send(_offline(to, msg.type))
 
 
-async def _bye(sender: str, partners: list[Connection]) -> None:
-    if partners:
-        bye = Message(type="bye", from_=sender)
-        await asyncio.gather(*(p.send(bye) for p in partners))
+async def _send(conn: Connection, msg: Message) -> None:
+    await conn.send(msg)
+
+
+async def _bye(registry: Registry, sender: str, partners: list[Connection],
+               remote: list[str]) -> None:
+    bye = Message(type="bye", from_=sender)
+    sends: list[Coroutine[Any, Any, bool]] = [p.send(bye) for p in partners]
+    if remote and registry.cluster is not None:
+        text = encode(bye)
+        sends += [registry.cluster.route(sender, to, "bye", text) for to in remote]
+    if sends:
+        await asyncio.gather(*sends)
 
 
 async def _replace(old: Connection) -> None:
@@ -242,20 +399,28 @@ async def _replace(old: Connection) -> None:
     await old.ws.close(code=WSCloseCode.OK, message=b"replaced")
 
 
+async def _takeover(registry: Registry, old: Connection, partners: list[Connection],
+                    remote: list[str]) -> None:
+    assert old.device_id is not None
+    await _bye(registry, old.device_id, partners, remote)
+    await _replace(old)
+
+
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     limits = app[LIMITS]
     registry = app[REGISTRY]
+    cluster = registry.cluster
     # The transport limit is above ours, so that a message a little too large gets a
     # "too-large" error first; aiohttp itself closes with 1009 beyond twice the limit.
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=2 * limits.max_message_size)
     await ws.prepare(request)
     conn = Connection(
         ws=ws,
-        hello_id="c-" + secrets.token_hex(8),
+        hello_id=cluster.new_peer_id() if cluster is not None else "c-" + secrets.token_hex(8),
         remote=request.remote,
+        client=cluster.client_key(request) if cluster is not None else "",
         bucket=TokenBucket(limits.rate, limits.burst),
-        strikes=TokenBucket(ABUSE_RATE, ABUSE_BURST),
     )
     registry.add(conn)
     handler = _Handler(app, conn)
@@ -269,12 +434,14 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
             elif frame.type is WSMsgType.BINARY:
                 await conn.send(error_message("bad-message", "binary frames are not supported"))
     finally:
-        partners = registry.remove(conn)
+        partners, remote = registry.remove(conn)
         kind = "device" if conn.device_id else "peer"
         logger.info("%s %s disconnected (%s)", kind, conn.id, conn.remote)
-        # A task of its own: aiohttp cancels this handler once the peer's TCP is gone.
-        if partners:
-            registry.spawn(_bye(conn.id, partners))
+        # Tasks of their own: aiohttp cancels this handler once the peer's TCP is gone.
+        if partners or remote:
+            registry.spawn(_bye(registry, conn.id, partners, remote))
+        if cluster is not None and conn.device_id is not None and not conn.replaced:
+            registry.spawn(cluster.release(conn.device_id, conn.hello_id))
         if not ws.closed:
             await ws.close()
     return ws
@@ -282,9 +449,32 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 
 async def _healthz(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    return web.json_response(
-        {"status": "ok", "devices": len(registry.devices), "peers": len(registry.peers)}
-    )
+    body: dict[str, Any] = {
+        "status": "ok", "devices": len(registry.devices), "peers": len(registry.peers)
+    }
+    if registry.cluster is not None:
+        body["instance"] = registry.cluster.instance
+        body["redis"] = "up" if registry.cluster.up else "down"
+    return web.json_response(body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    cluster = registry.cluster
+    gauges: dict[str, float] = {
+        "devices": len(registry.devices),
+        "peers": len(registry.peers),
+        "sessions": registry.sessions(),
+    }
+    instance = "local"
+    if cluster is not None:
+        gauges["redis_up"] = 1 if cluster.up else 0
+        instance = cluster.instance
+    if request.query.get("format") == "json":
+        return web.json_response(render_json(registry.metrics, gauges, instance))
+    return web.Response(text=render_prometheus(registry.metrics, gauges, instance),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -299,39 +489,65 @@ async def _on_shutdown(app: web.Application) -> None:
     )
 
 
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[REGISTRY]
+    assert registry.cluster is not None
+    await registry.cluster.start(registry)
+    yield
+    # The sockets are closed by now; let their "release" and "bye" tasks reach Redis.
+    if registry.tasks:
+        await asyncio.wait(set(registry.tasks), timeout=2.0)
+    await registry.cluster.stop()
+
+
 def build_signaling_app(
     *,
     webclient_dir: Path | str | None = None,
     max_message_size: int = 65536,
     rate: float = 20.0,
     burst: int = 100,
-    authenticator: DeviceAuthenticator | None = None,
+    authenticator: Authenticator | None = None,
+    redis_url: str | None = None,
+    redis_options: RedisOptions | None = None,
 ) -> web.Application:
-    """The signaling server. `authenticator` defaults to an in-memory SecretBinding."""
+    """The signaling server.
+
+    Without `redis_url` everything lives in this process, and `authenticator` defaults to an
+    in-memory SecretBinding. With it (`redis://host:6379/0`), this is one of several
+    instances sharing Redis: the authenticator defaults to a RedisSecretBinding, and a
+    client address's `rate`/`burst` hold across all instances (RedisOptions tunes both).
+    """
     app = web.Application()
-    app[REGISTRY] = Registry()
-    app[LIMITS] = Limits(max_message_size=max_message_size, rate=rate, burst=burst)
+    metrics = SignalMetrics()
+    cluster = None
+    limits = Limits(max_message_size=max_message_size, rate=rate, burst=burst)
+    if redis_url is not None:
+        from peerproxyd.signaling_redis import RedisCluster, RedisOptions, RedisSecretBinding
+
+        options = redis_options if redis_options is not None else RedisOptions()
+        cluster = RedisCluster(redis_url, options, rate=rate, burst=burst, metrics=metrics)
+        if authenticator is None:
+            cluster.binding = RedisSecretBinding(
+                cluster, cost=options.secret_cost, max_bindings=options.max_bindings)
+            authenticator = cluster.binding
+        app.cleanup_ctx.append(_cluster_ctx)
+    app[REGISTRY] = Registry(cluster, metrics)
+    app[LIMITS] = limits
     app[AUTHENTICATOR] = authenticator if authenticator is not None else SecretBinding()
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _healthz)
-    static = Path(webclient_dir) if webclient_dir is not None else DEFAULT_WEBCLIENT_DIR
-    if (static / "index.html").is_file():
-        index = static / "index.html"
-
-        async def _index(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(index)
-
-        app.router.add_get("/", _index)
-        app.router.add_static("/", static)
-    else:
-        logger.warning("no webclient at %s; serving only /ws and /healthz", static)
+    app.router.add_get("/metrics", _metrics)
+    add_webclient_routes(app, webclient_dir)
     return app
 
 
-async def run_signaling(host: str = "127.0.0.1", port: int = 8765, **kwargs: Any) -> None:
-    """Serve build_signaling_app(**kwargs) on host:port until cancelled."""
-    runner = web.AppRunner(build_signaling_app(**kwargs), shutdown_timeout=5.0)
+async def run_signaling(
+    host: str = "127.0.0.1", port: int = 8765, *, redis_url: str | None = None, **kwargs: Any
+) -> None:
+    """Serve build_signaling_app(redis_url=..., **kwargs) on host:port until cancelled."""
+    runner = web.AppRunner(build_signaling_app(redis_url=redis_url, **kwargs),
+                           shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -390,23 +390,10 @@ async def test_healthz_counts(client: TestClient[Any, Any]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_serves_the_webclient(client: TestClient[Any, Any]) -> None:
-    for path in ("/", "/index.html"):
-        resp = await client.get(path)
-        assert resp.status == 200
-        assert resp.content_type == "text/html"
-        text = await resp.text()
-        assert "peerproxyd signaling server" in text
-        assert "browser client arrives in a later release" in text
-    assert (await client.get("/missing.js")).status == 404
-
-
-async def test_webclient_dir_override(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
-    (tmp_path / "index.html").write_text("<p>custom</p>")
-    (tmp_path / "app.js").write_text("// js")
-    client = await aiohttp_client(make_app(webclient_dir=tmp_path))
-    assert await (await client.get("/")).text() == "<p>custom</p>"
-    assert await (await client.get("/app.js")).text() == "// js"
+async def test_without_a_webclient_only_signaling_is_served(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The browser client's routes live in peerproxyd/web.py (tests/test_browser_web.py)."""
     empty = await aiohttp_client(make_app(webclient_dir=tmp_path / "nope"))
     assert (await empty.get("/")).status == 404
     assert (await empty.get("/healthz")).status == 200

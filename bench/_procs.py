@@ -1,0 +1,331 @@
+"""Processes for bench/core.py: the peerproxyd stack and a pair of bare aiortc peers.
+
+Everything listens on and sends to 127.0.0.1 only; every child is started here and ended by
+its PID. Run as a script, this module is one bare aiortc peer (`rawpeer offer|answer`), driven
+by JSON lines on stdin/stdout:
+
+    offerer  -> {"sdp", "type": "offer"}         answerer <- that line
+    answerer -> {"sdp", "type": "answer"}        offerer  <- that line
+    offerer  -> {"open_ms": ...}                 (data channel open)
+    offerer  <- {"cmd": "get", "size": N, "count": K, "budget": S}
+    offerer  -> {"latencies": [seconds, ...]}
+    both     <- {"cmd": "quit"}
+
+"get" is the bare-channel analogue of an HTTP GET: the offerer sends the size as ASCII digits
+(a 1-byte message for size 1, so size 1 is a 1-byte ping-pong) and the answerer replies with
+`size` bytes in 16 KiB messages, pausing while bufferedAmount is above HIGH_WATER until
+"bufferedamountlow" (LOW_WATER), the same thresholds peerproxyd's ChannelLink uses, and
+yielding to the event loop after each message (the faster way to drive aiortc, see below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from peerproxyd.channel import HIGH_WATER, LOW_WATER  # noqa: E402
+from tests.support.procs import Proc, free_port, python, wait_http  # noqa: E402
+
+MESSAGE = 16 * 1024
+DEVICE = "bench-pi"
+SERVICE = "bench"
+
+
+# ----------------------------------------------------------------------------- the stack
+class ProxyStack:
+    """Upstream app, signaling server, daemon and `peerproxyd connect`, as real processes."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+        self.upstream_url = ""
+        self.proxy_url = ""
+        self.setup_ms: float | None = None
+
+    def _start(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(name, args, self.log_dir)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        port = free_port()
+        self._start(
+            "upstream",
+            python("-m", "tests.support.upstream_app", "--port", str(port), "--name", SERVICE),
+        )
+        self.upstream_url = f"http://127.0.0.1:{port}"
+        wait_http(self.upstream_url + "/")
+
+        signal_port = free_port()
+        self._start("signal", python("-m", "peerproxyd", "signal", "--port", str(signal_port)))
+        wait_http(f"http://127.0.0.1:{signal_port}/healthz")
+
+        # Defaults everywhere except what loopback needs: a deployment-like daemon.
+        config = self.log_dir / "daemon.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    "[device]",
+                    f'id = "{DEVICE}"',
+                    'secret = "bench-secret-123"',
+                    "[signaling]",
+                    f'url = "ws://127.0.0.1:{signal_port}/ws"',
+                    "[ice]",
+                    'host_addresses = ["127.0.0.1"]',
+                    f"[services.{SERVICE}]",
+                    f'upstream = "{self.upstream_url}"',
+                ]
+            )
+            + "\n"
+        )
+        daemon = self._start("daemon", python("-m", "peerproxyd", "serve", "--config", str(config)))
+        daemon.wait_for_log("registered as")
+
+        listen = free_port()
+        client = self._start(
+            "connect",
+            python(
+                "-m", "peerproxyd", "connect",
+                "--signal", f"ws://127.0.0.1:{signal_port}/ws",
+                "--device", DEVICE, "--service", SERVICE,
+                "--listen", f"127.0.0.1:{listen}", "--host-address", "127.0.0.1",
+            ),
+        )
+        client.wait_for_log("is at http")
+        match = client.wait_for_log(r"data channel open in (\d+) ms")
+        self.setup_ms = float(match.group(1))
+        self.proxy_url = f"http://127.0.0.1:{listen}"
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items()}
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+
+class RawPair:
+    """Two bare aiortc peers in two processes; the offerer is the requester."""
+
+    def __init__(self, log_dir: Path, *, burst: bool = False) -> None:
+        self.log_dir = log_dir
+        self.burst = burst  # the answerer queues up to HIGH_WATER without yielding
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._logs: list[Any] = []
+        self.setup_ms: float | None = None
+
+    async def _spawn(self, role: str) -> asyncio.subprocess.Process:
+        log = open(self.log_dir / f"rawpeer-{role}.log", "ab")
+        self._logs.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "rawpeer", role,
+            *(["--burst"] if self.burst else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            limit=16 * 1024 * 1024,
+        )
+        self.procs[role] = proc
+        return proc
+
+    @staticmethod
+    async def _read(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"rawpeer {proc.pid} exited (see its log)")
+        return dict(json.loads(line))
+
+    @staticmethod
+    async def _write(proc: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(message).encode() + b"\n")
+        await proc.stdin.drain()
+
+    async def start(self) -> None:
+        offerer = await self._spawn("offer")
+        answerer = await self._spawn("answer")
+        await self._write(answerer, await self._read(offerer, 20))
+        await self._write(offerer, await self._read(answerer, 20))
+        self.setup_ms = float((await self._read(offerer, 20))["open_ms"])
+
+    async def get(self, size: int, count: int, budget: float, timeout: float) -> list[float]:
+        offerer = self.procs["offer"]
+        await self._write(offerer, {"cmd": "get", "size": size, "count": count, "budget": budget})
+        return [float(x) for x in (await self._read(offerer, timeout))["latencies"]]
+
+    def pids(self) -> dict[str, int]:
+        return {f"rawpeer-{role}": p.pid for role, p in self.procs.items()}
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                try:
+                    await self._write(proc, {"cmd": "quit"})
+                except (ConnectionError, RuntimeError):
+                    pass
+        for proc in self.procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()  # this PID only
+                await proc.wait()
+        for log in self._logs:
+            log.close()
+
+
+# ----------------------------------------------------------------------------- the child
+async def _stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
+    line = await reader.readline()
+    if not line:
+        return {"cmd": "quit"}
+    return dict(json.loads(line))
+
+
+async def _offerer() -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    reader = await _stdin_reader()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("bench", ordered=True)
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    expected = 0
+    received = 0
+    done: asyncio.Future[None] | None = None
+
+    def on_message(message: bytes | str) -> None:
+        nonlocal received
+        received += len(message)
+        if received >= expected and done is not None and not done.done():
+            done.set_result(None)
+
+    channel.on("message", on_message)
+    started = time.perf_counter()
+    await pc.setLocalDescription(await pc.createOffer())
+    _emit({"sdp": pc.localDescription.sdp, "type": "offer"})
+    answer = await asyncio.wait_for(_read_json(reader), 20)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+    await asyncio.wait_for(opened.wait(), 20)
+    _emit({"open_ms": (time.perf_counter() - started) * 1000})
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            command = await _read_json(reader)
+            if command.get("cmd") != "get":
+                break
+            size, count = int(command["size"]), int(command["count"])
+            budget = float(command["budget"])
+            request = str(size).encode()
+            latencies: list[float] = []
+            began = time.perf_counter()
+            for _ in range(count):
+                expected, received = size, 0
+                done = loop.create_future()
+                t0 = time.perf_counter()
+                channel.send(request)
+                await asyncio.wait_for(done, 300)
+                latencies.append(time.perf_counter() - t0)
+                if received != size:
+                    raise RuntimeError(f"got {received} bytes for a {size}-byte request")
+                if time.perf_counter() - began > budget:
+                    break
+            _emit({"latencies": latencies})
+    finally:
+        await pc.close()
+
+
+async def _answerer(burst: bool) -> None:
+    from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+
+    reader = await _stdin_reader()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    requests: asyncio.Queue[int] = asyncio.Queue()
+    block = os.urandom(MESSAGE)
+    low = asyncio.Event()
+    channels: list[RTCDataChannel] = []
+
+    def on_datachannel(channel: RTCDataChannel) -> None:
+        channel.bufferedAmountLowThreshold = LOW_WATER
+        channel.on("bufferedamountlow", low.set)
+        channel.on("message", lambda m: requests.put_nowait(int(m)))
+        channels.append(channel)
+
+    pc.on("datachannel", on_datachannel)
+
+    async def serve() -> None:
+        while True:
+            remaining = await requests.get()
+            channel = channels[0]
+            while remaining > 0:
+                if channel.bufferedAmount > HIGH_WATER:
+                    low.clear()
+                    await asyncio.wait_for(low.wait(), 60)
+                n = min(MESSAGE, remaining)
+                channel.send(block if n == MESSAGE else block[:n])
+                remaining -= n
+                # Let aiortc hand the message to SCTP before queueing the next: a sender that
+                # queues up to HIGH_WATER in one go keeps ~2x more chunks in flight, and
+                # aiortc's per-SACK work grows with that (RTCSctpTransport._transmit walks
+                # the whole sent queue): ~40 % less throughput on loopback. See README.md.
+                if not burst:
+                    await asyncio.sleep(0)
+
+    offer = await asyncio.wait_for(_read_json(reader), 20)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
+    await pc.setLocalDescription(await pc.createAnswer())
+    _emit({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+    server = asyncio.create_task(serve())
+    try:
+        while (await _read_json(reader)).get("cmd") != "quit":
+            pass
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        await pc.close()
+
+
+def _rawpeer(role: str, burst: bool) -> None:
+    import logging
+
+    from peerproxyd import aioice_tuning
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Same ICE tuning as peerproxyd: candidates on 127.0.0.1 only, 4 MiB UDP receive buffer.
+    aioice_tuning.configure(host_addresses=["127.0.0.1"])
+    main = _offerer() if role == "offer" else _answerer(burst)
+    try:
+        import uvloop  # the peerproxyd CLI uses uvloop when importable: so do we
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    role_ok = args[1:2] in (["offer"], ["answer"])
+    if args[:1] != ["rawpeer"] or not role_ok or args[2:] not in ([], ["--burst"]):
+        raise SystemExit("usage: _procs.py rawpeer offer|answer [--burst]")
+    _rawpeer(args[1], burst=args[2:] == ["--burst"])

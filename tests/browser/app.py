@@ -1,0 +1,271 @@
+"""A small multi-page web app for the browser tests, run behind the daemon as service "camera".
+
+Pages with CSS, JS and an image; a JSON API; a form with a 303 redirect; a multipart upload
+hashed as it streams in; a deterministic download; a cookie-session login. What it received
+(upload hashes, logins) is printed as `STATE {json}` lines that the tests read from its log.
+
+Run: python -m tests.browser.app --port 8081
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import secrets
+import struct
+import zlib
+from pathlib import Path
+
+from aiohttp import web
+
+from tests.support.upstream_app import CHUNK, pattern
+
+STATE = web.AppKey("state", dict)
+SESSIONS = web.AppKey("sessions", dict)
+STATIC = Path(__file__).parent / "static"
+LOGO_RGB = (20, 120, 220)
+USERS = {"alice": "wonderland"}
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour PNG, written by hand (no image library needed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack("!IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def page(title: str, body: str, *, head: str = "") -> web.Response:
+    return web.Response(
+        text=f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(title)}</title><link rel="stylesheet" href="/static/style.css">{head}</head>
+<body>{body}</body></html>""",
+        content_type="text/html",
+    )
+
+
+def record(app: web.Application, **changes: object) -> None:
+    app[STATE].update(changes)
+    print("STATE " + json.dumps(app[STATE]), flush=True)
+
+
+async def index(request: web.Request) -> web.Response:
+    return page(
+        "Test app home",
+        """<h1 id="title">Test app</h1>
+<p id="js-status">script has not run</p>
+<img id="logo" src="/static/logo.png" width="64" height="64" alt="logo">
+<nav><a id="to-page2" href="/page2">Page 2</a> · <a id="to-upload" href="/upload">Upload</a>
+ · <a id="to-private" href="/private">Private</a></nav>""",
+        head='<script src="/static/app.js" defer></script>',
+    )
+
+
+async def page2(request: web.Request) -> web.Response:
+    query = html.escape(request.query_string)
+    return page(
+        "Page 2",
+        f"""<h1 id="title">Page 2</h1><p id="query">{query}</p>
+<a id="home" href="/">Home</a>
+<form id="word-form" method="post" action="/form">
+<input id="word" name="word" value="hello"><button id="send">Send</button></form>""",
+    )
+
+
+async def form(request: web.Request) -> web.Response:
+    data = await request.post()
+    word = str(data.get("word", ""))
+    raise web.HTTPSeeOther(f"/done?word={word}")
+
+
+async def done(request: web.Request) -> web.Response:
+    word = html.escape(request.query.get("word", ""))
+    return page("Done", f'<h1 id="done">Done: {word}</h1><a id="home" href="/">Home</a>')
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name == "logo.png":
+        return web.Response(body=png(64, 64, LOGO_RGB), content_type="image/png")
+    path = STATIC / name
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    types = {".css": "text/css", ".js": "text/javascript"}
+    response = web.Response(body=path.read_bytes(), content_type=types.get(path.suffix, "text/plain"))
+    response.enable_compression()  # gzip when the client accepts it: the worker decodes
+    return response
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = body.decode(errors="replace")
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "json": parsed,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+        }
+    )
+
+
+async def sink(request: web.Request) -> web.Response:
+    """Any body, hashed as it streams in: {"sha256", "size"}."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := await request.content.readany():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "size": size})
+
+
+async def upload_form(request: web.Request) -> web.Response:
+    return page(
+        "Upload",
+        """<h1 id="title">Upload</h1>
+<form id="upload-form" method="post" action="/upload" enctype="multipart/form-data">
+<input id="file" type="file" name="file"><input name="note" value="ten megabytes">
+<button id="submit">Upload</button></form>""",
+    )
+
+
+async def upload(request: web.Request) -> web.Response:
+    reader = await request.multipart()
+    digest, size, note, filename = hashlib.sha256(), 0, "", ""
+    async for part in reader:
+        if part.name == "file":
+            filename = part.filename or ""
+            while chunk := await part.read_chunk(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        elif part.name == "note":
+            note = await part.text()
+    sha = digest.hexdigest()
+    record(request.app, upload={"sha256": sha, "size": size, "note": note, "filename": filename})
+    return page(
+        "Uploaded",
+        f'<h1 id="title">Uploaded</h1><p id="sha">{sha}</p><p id="size">{size}</p>'
+        f'<p id="note">{html.escape(note)}</p>',
+    )
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    size = int(request.query.get("size", "0"))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    block = pattern(CHUNK)
+    sent = 0
+    while sent < size:
+        n = min(CHUNK, size - sent)
+        await response.write(block[:n])
+        sent += n
+    await response.write_eof()
+    return response
+
+
+# ----- a cookie-session login
+
+
+def _user(request: web.Request) -> str | None:
+    return request.app[SESSIONS].get(request.cookies.get("session", ""))
+
+
+async def login_form(request: web.Request) -> web.Response:
+    error = '<p id="error">wrong password</p>' if request.query.get("failed") else ""
+    return page(
+        "Log in",
+        f"""<h1 id="title">Log in</h1>{error}
+<form id="login-form" method="post" action="/login">
+<input id="user" name="user"><input id="password" name="password" type="password">
+<button id="login">Log in</button></form>""",
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    data = await request.post()
+    user, password = str(data.get("user", "")), str(data.get("password", ""))
+    if USERS.get(user) != password:
+        raise web.HTTPSeeOther("/login?failed=1")
+    token = secrets.token_hex(16)
+    request.app[SESSIONS][token] = user
+    record(request.app, logins=request.app[STATE].get("logins", 0) + 1)
+    response = web.HTTPSeeOther("/private")
+    response.set_cookie("session", token, path="/", httponly=True, samesite="Lax")
+    response.set_cookie("theme", "dark", path="/", max_age=3600)
+    response.set_cookie("scoped", "api-only", path="/api")
+    return response
+
+
+async def private(request: web.Request) -> web.Response:
+    user = _user(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    return page(
+        "Private",
+        f"""<h1 id="title">Private</h1><p id="welcome">Welcome {html.escape(user)}</p>
+<p id="cookies"></p><a id="logout" href="/logout">Log out</a>
+<script>document.getElementById("cookies").textContent = document.cookie;</script>""",
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response({"user": _user(request), "cookie": request.headers.get("Cookie", "")})
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[SESSIONS].pop(request.cookies.get("session", ""), None)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie("session", path="/")
+    return response
+
+
+def build_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024**2)
+    app[STATE] = {}
+    app[SESSIONS] = {}
+    app.router.add_get("/", index)
+    app.router.add_get("/page2", page2)
+    app.router.add_post("/form", form)
+    app.router.add_get("/done", done)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_route("*", "/api/echo", echo)
+    app.router.add_get("/api/whoami", whoami)
+    app.router.add_post("/api/sink", sink)
+    app.router.add_get("/upload", upload_form)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/download", download)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login)
+    app.router.add_get("/private", private)
+    app.router.add_get("/logout", logout)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+
+    async def announce(app: web.Application) -> None:
+        print(f"test app listening on 127.0.0.1:{args.port}", flush=True)
+
+    app = build_app()
+    app.on_startup.append(announce)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The browser client in real headless Chromium, against a real multi-page app behind a real
+daemon and signaling server, all inside a network namespace made for this module.
+
+Design (tests/browser/harness.py): the namespace holds the app, `peerproxyd signal`,
+`peerproxyd serve` and Chromium; Chromium is launched and driven by tests/browser/agent.py,
+which also runs in the namespace (its DevTools port exists only there) and takes Playwright
+calls from this process as JSON lines over a pipe. `world.agent.page` is the top page (the
+connection manager), `world.agent.app` the app's frame. Each test opens a fresh browser
+context (no service worker, no storage) at http://test-pi--camera.localhost:8787/.
+Peer connections are counted on the daemon side ("answered" lines in its log).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.browser.app import LOGO_RGB
+from tests.browser.harness import BrowserWorld, png_pixel, unavailable_reason
+from tests.support.upstream_app import pattern
+
+pytestmark = pytest.mark.netns
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserWorld]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    w = BrowserWorld(tmp_path_factory.mktemp("browser"))
+    try:
+        w.up()
+        yield w
+    finally:
+        w.down()
+
+
+def test_app_renders_through_the_data_channel(world: BrowserWorld) -> None:
+    before = world.answered()
+    world.open("/")
+    app, page = world.agent.app, world.agent.page
+    app.wait_for_function("() => window.appLoaded === true")
+    assert app.evaluate("document.title") == "Test app home"
+    assert app.text_content("#js-status") == "script ran"
+    # CSS (served gzip-compressed by the app: the worker decodes it) applies.
+    assert app.evaluate("getComputedStyle(document.querySelector('h1')).color") == "rgb(200, 30, 30)"
+    assert app.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(240, 248, 255)"
+    # The image loaded, and its pixels are on the screen where the frame puts it.
+    logo = app.evaluate(
+        """() => { const i = document.getElementById('logo'); const r = i.getBoundingClientRect();
+                   return {complete: i.complete, w: i.naturalWidth, x: r.x + r.width / 2,
+                           y: r.y + r.height / 2}; }"""
+    )
+    assert logo["complete"] and logo["w"] == 64
+    frame = page.evaluate(
+        "(() => { const r = document.getElementById('app').getBoundingClientRect();"
+        " return {x: r.x, y: r.y}; })()"
+    )
+    page.wait_for_function("() => document.getElementById('rtt').textContent.startsWith('RTT')")
+    shot = world.screenshot("rendered").read_bytes()
+    pixel = png_pixel(shot, int(frame["x"] + logo["x"]), int(frame["y"] + logo["y"]))
+    assert all(abs(a - b) <= 2 for a, b in zip(pixel, LOGO_RGB)), pixel
+    # The bar: connected, the path in use, the round-trip time.
+    assert page.text_content("#status") == "Connected"
+    assert page.text_content("#path") == "direct (LAN)"
+    assert re.fullmatch(r"RTT \d+(\.\d)? ms", page.text_content("#rtt"))
+    assert page.evaluate("document.title") == "Test app home · test-pi · camera"
+    assert world.answered() - before == 1
+
+
+def test_fetch_and_xhr_with_json(world: BrowserWorld) -> None:
+    world.open("/")
+    app = world.agent.app
+    got = app.evaluate(
+        """async () => {
+            const r = await fetch('/api/echo?x=1&y=' + encodeURIComponent('é'));
+            return {status: r.status, type: r.headers.get('content-type'), body: await r.json()};
+        }"""
+    )
+    assert got["status"] == 200 and got["type"].startswith("application/json")
+    assert got["body"]["method"] == "GET"
+    assert got["body"]["query"] == {"x": "1", "y": "é"}
+    headers = got["body"]["headers"]
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "test-pi--camera.localhost:8787"
+    posted = app.evaluate(
+        """async () => {
+            const r = await fetch('/api/echo', {method: 'POST',
+                headers: {'content-type': 'application/json', 'x-custom': 'yes'},
+                body: JSON.stringify({a: 1, text: 'grüße', list: [1, 2, 3]})});
+            return await r.json();
+        }"""
+    )
+    assert posted["method"] == "POST"
+    assert posted["json"] == {"a": 1, "text": "grüße", "list": [1, 2, 3]}
+    assert posted["headers"]["x-custom"] == "yes"
+    assert posted["headers"]["origin"] == "http://test-pi--camera.localhost:8787"
+    xhr = app.evaluate(
+        """() => new Promise((resolve) => {
+            const x = new XMLHttpRequest();
+            x.open('PUT', '/api/echo?via=xhr');
+            x.setRequestHeader('content-type', 'application/json');
+            x.onload = () => resolve([x.status, JSON.parse(x.responseText)]);
+            x.send(JSON.stringify({put: true}));
+        })"""
+    )
+    assert xhr[0] == 200 and xhr[1]["method"] == "PUT" and xhr[1]["json"] == {"put": True}
+    head = app.evaluate(
+        """async () => { const r = await fetch('/api/echo', {method: 'HEAD'});
+                         return [r.status, r.headers.get('content-type'), (await r.text()).length]; }"""
+    )
+    assert head[0] == 200 and head[1].startswith("application/json") and head[2] == 0
+    missing = app.evaluate("async () => { const r = await fetch('/nope'); return [r.status, r.ok]; }")
+    assert missing == [404, False]
+
+
+def test_form_upload_of_10_mb(world: BrowserWorld) -> None:
+    # The file is put into the form's <input type=file> in the page (DataTransfer): Playwright's
+    # set_input_files would stream it over CDP to a browser it treats as remote (11 s for 10 MB).
+    block = random.Random(3).randbytes(64 * 1024)
+    data = block * 160
+    world.open("/upload")
+    app = world.agent.app
+    app.wait_for_selector("#upload-form")
+    app.evaluate(
+        """([b64, count]) => {
+            const block = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const file = new File(Array(count).fill(block), 'upload.bin',
+                                  {type: 'application/octet-stream'});
+            const dt = new DataTransfer();
+            dt.items.add(file);
+            document.getElementById('file').files = dt.files;
+        }""",
+        [base64.b64encode(block).decode(), 160],
+    )
+    app.click("#submit")
+    app.wait_for_selector("#sha", timeout=60_000)
+    sha = hashlib.sha256(data).hexdigest()
+    assert app.text_content("#sha") == sha
+    assert app.text_content("#size") == str(len(data))
+    assert world.app_state()["upload"] == {
+        "sha256": sha, "size": len(data), "note": "ten megabytes", "filename": "upload.bin"
+    }
+
+
+def test_download_of_50_mb_streams_and_hashes_in_the_page(world: BrowserWorld) -> None:
+    size = 50 * MB
+    world.open("/")
+    got = world.agent.app.evaluate(
+        """async (size) => {
+            const { Sha256 } = await import('/static/sha256.js');
+            const started = performance.now();
+            const r = await fetch('/download?size=' + size);
+            const reader = r.body.getReader();
+            const sha = new Sha256();
+            let total = 0, first = null, chunks = 0;
+            for (;;) {
+                const { value, done } = await reader.read();
+                if (done) break;
+                if (first === null) first = performance.now() - started;
+                sha.update(value);
+                total += value.length;
+                chunks += 1;
+            }
+            return {sha: sha.hex(), total, first, ms: performance.now() - started, chunks,
+                    length: r.headers.get('content-length')};
+        }""",
+        size,
+    )
+    assert got["total"] == size
+    assert got["sha"] == hashlib.sha256(pattern(size)).hexdigest()
+    assert got["length"] == str(size)
+    # Streamed: the first bytes arrived long before the last, in many pieces.
+    assert got["first"] < got["ms"] / 4, got
+    assert got["chunks"] > 100
+
+
+def test_navigation_history_and_redirect_share_one_peer_connection(world: BrowserWorld) -> None:
+    before = world.answered()
+    world.open("/")
+    app, page = world.agent.app, world.agent.page
+    app.wait_for_function("() => window.appLoaded === true")
+    app.click("#to-page2")
+    app.wait_for_function("() => document.title === 'Page 2'")
+    page.evaluate("history.back()")
+    app.wait_for_function("() => document.title === 'Test app home' && window.appLoaded === true")
+    page.evaluate("history.forward()")
+    app.wait_for_function("() => document.title === 'Page 2'")
+    # A form POST answered with 303 See Other: the frame follows it to a GET.
+    app.fill("#word", "peer")
+    app.click("#send")
+    app.wait_for_selector("#done")
+    assert app.text_content("#done") == "Done: peer"
+    assert app.evaluate("location.pathname + location.search") == "/done?word=peer"
+    # A script-driven location change.
+    app.evaluate("location.href = '/page2?via=location'")
+    app.wait_for_function("() => document.getElementById('query')?.textContent === 'via=location'")
+    assert world.answered() - before == 1
+    assert page.evaluate("window.__peerproxy.connections") == 1
+    assert page.evaluate("location.pathname") == "/"  # the manager stayed put
+
+
+def test_a_restarted_service_worker_finds_the_connection_again(world: BrowserWorld) -> None:
+    """Browsers stop idle workers (Chromium after ~30 s); the next request must still work."""
+    world.open("/")
+    app = world.agent.app
+    app.wait_for_function("() => window.appLoaded === true")
+    world.agent.request(
+        "cdp", commands=[["ServiceWorker.enable", {}], ["ServiceWorker.stopAllWorkers", {}]]
+    )
+    app.click("#to-page2")
+    app.wait_for_function("() => document.title === 'Page 2'")
+    got = app.evaluate("async () => (await fetch('/api/echo?after=restart')).json()")
+    assert got["query"] == {"after": "restart"}
+    # The new worker asked the page for a port; the peer connection stayed the same.
+    assert world.agent.page.evaluate("window.__peerproxy.portsOffered") == 2
+    assert world.agent.page.evaluate("window.__peerproxy.connections") == 1
+
+
+def test_deep_link_opens_the_app_at_that_path(world: BrowserWorld) -> None:
+    world.open("/page2?from=link")
+    app = world.agent.app
+    app.wait_for_function("() => document.title === 'Page 2'")
+    assert app.text_content("#query") == "from=link"
+    assert app.evaluate("location.pathname + location.search") == "/page2?from=link"
+
+
+def test_device_offline_is_reported(world: BrowserWorld) -> None:
+    world.open("/", device="ghost", phase="offline")
+    page = world.agent.page
+    assert page.text_content("#status") == "ghost is offline."
+    assert page.text_content("#detail") == "Waiting for it to come online…"
+    assert page.evaluate("document.getElementById('app')") is None
+    world.screenshot("offline")
+
+
+def test_unknown_service_is_reported(world: BrowserWorld) -> None:
+    world.open("/", service="nope", phase="unknown-service")
+    assert world.agent.page.text_content("#message") == "test-pi has no service “nope”."
+
+
+def test_cookie_login_protected_page_and_logout(world: BrowserWorld) -> None:
+    logins = world.app_state().get("logins", 0)
+    world.open("/login")
+    app, page = world.agent.app, world.agent.page
+    app.wait_for_selector("#login-form")
+    app.fill("#user", "alice")
+    app.fill("#password", "wonderland")
+    app.click("#login")
+    app.wait_for_selector("#welcome")
+    assert app.text_content("#welcome") == "Welcome alice"
+    assert world.app_state()["logins"] == logins + 1
+    # The app's scripts see the non-HttpOnly cookies of their path, never the session.
+    assert app.text_content("#cookies") == "theme=dark"
+    assert app.evaluate("document.cookie") == "theme=dark"
+    who = app.evaluate("async () => (await fetch('/api/whoami')).json()")
+    assert who["user"] == "alice"
+    sent = dict(part.split("=", 1) for part in who["cookie"].split("; "))
+    assert sent["theme"] == "dark" and sent["scoped"] == "api-only" and len(sent["session"]) == 32
+    # A cookie the app's script sets travels with its next request.
+    app.evaluate("document.cookie = 'jsset=42; path=/'")
+    who = app.evaluate("async () => (await fetch('/api/whoami')).json()")
+    assert "jsset=42" in who["cookie"].split("; ")
+    # The browser's own store holds only what scripts may see.
+    names = {c["name"] for c in world.agent.call("context", "cookies")}
+    assert {"theme", "jsset"} <= names and "session" not in names
+    # A reload is a new visit (a new peer connection): the HttpOnly session is still there.
+    page.reload()
+    world.wait_phase("connected")
+    app = world.agent.app
+    app.evaluate("location.href = '/private'")
+    app.wait_for_selector("#welcome")
+    assert app.text_content("#welcome") == "Welcome alice"
+    app.click("#logout")
+    app.wait_for_selector("#login-form")
+    who = app.evaluate("async () => (await fetch('/api/whoami')).json()")
+    assert who["user"] is None and "session=" not in who["cookie"]
+    app.evaluate("location.href = '/private'")
+    app.wait_for_selector("#login-form")  # redirected: logged out
+    assert "theme=dark" in app.evaluate("document.cookie")
+    # Another service of the same device is another origin: none of these cookies there.
+    page.goto(world.origin(service="admin") + "/")
+    world.wait_phase("connected")
+    app = world.agent.app
+    assert app.evaluate("document.cookie") == ""
+    assert app.evaluate("async () => (await fetch('/api/whoami')).json()") == {"user": None, "cookie": ""}
+
+
+def test_daemon_restart_reconnects_and_next_navigation_works(world: BrowserWorld) -> None:
+    world.open("/")
+    app, page = world.agent.app, world.agent.page
+    app.click("#to-page2")
+    app.wait_for_function("() => document.title === 'Page 2'")
+    world.stop_daemon()
+    world.wait_phase("lost")
+    assert page.text_content("#status") == "Connection lost — reconnecting…"
+    page.wait_for_function("() => document.getElementById('detail').textContent === 'test-pi is offline.'")
+    world.screenshot("lost")
+    world.start_daemon()
+    world.wait_phase("connected", timeout=30)
+    assert page.text_content("#status") == "Reconnected"
+    app.click("#home")
+    app.wait_for_function("() => document.title === 'Test app home' && window.appLoaded === true")
+    assert page.evaluate("window.__peerproxy.connections") == 2

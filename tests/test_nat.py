@@ -1,0 +1,193 @@
+"""NAT traversal on an emulated network (tests/netns.py): a LAN viewer connects host to host,
+a viewer behind a cone NAT through STUN (srflx), one behind a symmetric NAT through a TURN relay
+(coturn, REST-API credentials). The connection report of both ends proves the path."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+
+from tests.netns import (
+    DEV,
+    INET,
+    LAN_VIEWER,
+    PRIVATE_ADDRESS,
+    TURN_PORT,
+    NetStack,
+    Network,
+    answer_seen_by_signaling,
+    coturn_relayed,
+    report_from_log,
+    setup_ms,
+    unavailable_reason,
+)
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+NEW_DEV = "192.168.50.11"
+
+_reason: list[str | None] = []
+
+
+def require_netns() -> None:
+    """Skip (loudly) only where the kernel or privileges truly lack what the tests need."""
+    if not _reason:
+        _reason.append(unavailable_reason())
+    if _reason[0] is not None:
+        warnings.warn(f"namespace tests skipped: {_reason[0]}", stacklevel=2)
+        pytest.skip(_reason[0])
+    if shutil.which("turnserver") is None:
+        pytest.fail("coturn is not installed: `make system-deps` installs it (Debian: coturn)")
+
+
+@pytest.fixture
+def stack(tmp_path, request):
+    require_netns()
+    net = Network(tmp_path, **getattr(request, "param", {})).up()
+    try:
+        yield NetStack(net).services()
+    finally:
+        net.down()
+
+
+async def test_lan_viewer_connects_host_to_host(stack: NetStack, record_property):
+    daemon = stack.daemon()
+    client, url = stack.client("lanv")
+
+    on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+    assert (on_client.type, on_daemon.type) == ("host", "host"), (on_client, on_daemon)
+    # The LAN viewer got a .local name, resolved it over mDNS and reached the LAN address.
+    assert f".local ({DEV})" in on_client.line
+    assert LAN_VIEWER in on_daemon.line
+    result = stack.net.fetch("lanv", url + "/")
+    assert (result.status, result.text) == (200, "hello from camera\n")
+    big = stack.net.fetch("lanv", url + "/download?size=1000000")
+    assert (big.status, big.size) == (200, 1_000_000)
+    # The daemon holds a TURN allocation (it is configured), but coturn granted no
+    # permission to any peer, so it relayed nothing.
+    assert stack.coturn is not None and coturn_relayed(stack.coturn) == []
+    record_property("setup_ms", setup_ms(client))
+
+
+@pytest.mark.parametrize("stack", [{"remote_nat": "cone"}], indirect=True)
+async def test_remote_viewer_behind_cone_nat_uses_srflx(stack: NetStack, record_property):
+    daemon = stack.daemon()
+    client, url = stack.client("rv")
+
+    on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+    assert (on_client.type, on_daemon.type) == ("srflx", "srflx"), (on_client, on_daemon)
+    assert "[srflx]" in on_client.line and "[srflx]" in on_daemon.line
+    result = stack.net.fetch("rv", url + "/download?size=1000000")
+    assert (result.status, result.size) == (200, 1_000_000)
+    record_property("setup_ms", setup_ms(client))
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("stack", [{"remote_nat": "symmetric"}], indirect=True)
+async def test_remote_viewer_behind_symmetric_nat_is_relayed(
+    stack: NetStack, transport: str, record_property
+):
+    daemon = stack.daemon(turn_transport=transport)
+    client, url = stack.client("rv")
+
+    on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+    assert (on_client.type, on_daemon.type) == ("relay", "relay"), (on_client, on_daemon)
+    assert on_daemon.protocol == transport
+    result = stack.net.fetch("rv", url + "/download?size=1000000")
+    assert (result.status, result.size) == (200, 1_000_000)
+    # coturn accepted the minted REST-API credentials and relayed to the viewer.
+    assert stack.coturn is not None
+    relayed = coturn_relayed(stack.coturn)
+    assert relayed and all(":test-pi>" in line for line in relayed), relayed
+    record_property("setup_ms", setup_ms(client))
+
+
+async def test_signaling_server_sees_no_lan_address(stack: NetStack):
+    stack.daemon(device="test-pi")
+    stack.daemon(device="plain-pi", mdns=False)
+
+    hidden = answer_seen_by_signaling(stack.net, "rv", "test-pi")
+    assert PRIVATE_ADDRESS.search(hidden) is None, hidden
+    assert ".local " in hidden
+    # The control: without mDNS the same answer carries the LAN address.
+    plain = answer_seen_by_signaling(stack.net, "rv", "plain-pi")
+    assert DEV in plain
+
+
+async def test_lan_setup_with_mdns_within_50ms_of_without(stack: NetStack, record_property):
+    stack.daemon(device="test-pi")
+    stack.daemon(device="plain-pi", mdns=False)
+    times: dict[str, list[int]] = {"test-pi": [], "plain-pi": []}
+    for round_ in range(3):
+        for device in times:
+            client, _ = stack.client("lanv", device=device, port=9100 + round_)
+            assert report_from_log(client).type == "host"
+            times[device].append(setup_ms(client))
+            client.stop()
+    with_mdns, without = min(times["test-pi"]), min(times["plain-pi"])
+    record_property("setup_ms_mdns", times["test-pi"])
+    record_property("setup_ms_plain", times["plain-pi"])
+    assert with_mdns - without <= 50, times
+
+
+async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: NetStack):
+    """Two ports: two concurrent peers; a third is refused with a clear error; every UDP
+    socket of the daemon is in the range, except mDNS and its client socket to TURN."""
+    daemon = stack.daemon(port_range="50000-50001")
+    lan, lan_url = stack.client("lanv")
+    remote, remote_url = stack.client("rv")
+    assert stack.net.fetch("lanv", lan_url + "/").status == 200
+    assert stack.net.fetch("rv", remote_url + "/").status == 200
+
+    sockets = stack.net.udp_sockets("dev", daemon.pid)
+    unconnected = {port for _, port, peer in sockets if peer.endswith(":*")}
+    assert unconnected == {50000, 50001, 5353}, sockets  # ICE, ICE, mDNS
+    connected = {peer for _, _, peer in sockets if not peer.endswith(":*")}
+    assert connected == {f"{INET}:{TURN_PORT}"}, sockets  # TURN allocations
+
+    third = stack.net.python(
+        "lanv", "client-third", "-m", "peerproxyd", "connect", "--signal", stack.signal_url,
+        "--device", "test-pi", "--service", "camera", "--listen", "127.0.0.1:9001",
+        "--ice-server", f"stun:{INET}:{TURN_PORT}",
+    )
+    third.wait_for_log(r"all 2 UDP ports of \[ice\] port_range 50000-50001 are in use")
+    # A port comes back when its peer goes: the waiting client gets in.
+    remote.stop()
+    daemon.wait_for_log(r"connection (closed|failed)", timeout=20)
+    third.wait_for_log("is at http", timeout=40)
+    assert report_from_log(third).type == "host"
+
+
+@pytest.mark.parametrize("stack", [{"remote_nat": "symmetric"}], indirect=True)
+async def test_forwarded_port_range_reaches_symmetric_nat_without_turn(stack: NetStack):
+    """Firewall-friendly mode: the home router forwards the daemon's port range, so even a
+    viewer behind a symmetric NAT connects directly, with no TURN server configured."""
+    stack.net.forward_udp(range(50000, 50003))
+    daemon = stack.daemon(port_range="50000-50002", turn=None)
+    client, url = stack.client("rv")
+    on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+    assert on_client.type == "srflx" and "203.0.113.10:50000 [srflx]" in on_client.line
+    assert on_daemon.type == "srflx"
+    assert stack.net.fetch("rv", url + "/").status == 200
+
+
+@pytest.mark.timeout(240)
+async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
+    """The device's LAN address changes (DHCP renumbering). aiortc cannot restart ICE, so the
+    session survives the way the native client survives any loss: heartbeats notice, it
+    connects again (the daemon gathers on its new address), and its local URL keeps working."""
+    stack.daemon()
+    client, url = stack.client("lanv")
+    assert stack.net.fetch("lanv", url + "/").status == 200
+
+    dev = stack.net.ns["dev"]
+    dev.ip("addr", "del", f"{DEV}/24", "dev", "eth0")  # takes the default route with it
+    dev.ip("addr", "add", f"{NEW_DEV}/24", "dev", "eth0")
+    dev.ip("route", "add", "default", "via", "192.168.50.1")
+
+    client.wait_for_log(r"connected to test-pi/camera", count=2, timeout=150)
+    report = report_from_log(client, count=2)
+    assert report.type == "host" and f"({NEW_DEV})" in report.line, report
+    result = stack.net.fetch("lanv", url + "/")
+    assert (result.status, result.text) == (200, "hello from camera\n")

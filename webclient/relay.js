@@ -1,0 +1,170 @@
+// The page's half of the service-worker bridge: requests arrive from sw.js over a MessagePort,
+// travel over the PeerLink, and the answer goes back over the same port.
+//
+// Per request, over its own MessageChannel port (ArrayBuffers are transferred, never copied):
+//   worker -> page  {type:"body", chunk}  {type:"body-end"}  {type:"consumed", bytes}  {type:"cancel"}
+//   page -> worker  {type:"accepted"}  {type:"credit", bytes}  {type:"body-stop"}
+//                   {type:"head", status, headers}  {type:"data", chunk, end}  {type:"error", status, message}
+// Request bodies come in chunks of at most MAX_PAYLOAD bytes, only as far as "credit" allows;
+// response bytes are acknowledged with "consumed" once the worker's stream hands them on, and
+// only then does the device get more WINDOW. Memory per stream stays near INITIAL_WINDOW.
+
+import { ErrorCode } from "./protocol.js";
+
+export const BODY_CREDIT = 1024 * 1024; // request-body bytes the worker may have in flight to us
+const REQUEST_WAIT = 30_000; // how long a request waits for a connection before 503
+
+export class Relay {
+  /**
+   * `service`: the device's service name. `describeOutage()` says why there is no link.
+   * `onResponse(info)` sees each response head ({target, status, headers, destination}).
+   */
+  constructor(service, { describeOutage = () => "not connected", onResponse = () => {} } = {}) {
+    this.service = service;
+    this.describeOutage = describeOutage;
+    this.onResponse = onResponse;
+    this.link = null;
+    this.requests = 0;
+    this._linkWaiters = [];
+  }
+
+  setLink(link) {
+    this.link = link;
+    if (link) {
+      const waiters = this._linkWaiters;
+      this._linkWaiters = [];
+      for (const w of waiters) w.resolve(link);
+    }
+  }
+
+  _waitLink() {
+    if (this.link && !this.link.closed) return Promise.resolve(this.link);
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve: (l) => (clearTimeout(timer), resolve(l)) };
+      const timer = setTimeout(() => {
+        this._linkWaiters = this._linkWaiters.filter((w) => w !== waiter);
+        reject(new Error(this.describeOutage()));
+      }, REQUEST_WAIT);
+      this._linkWaiters.push(waiter);
+    });
+  }
+
+  /** One request from the worker: `msg` = {method, target, headers, hasBody, destination}. */
+  async handle(msg, port) {
+    this.requests += 1;
+    port.postMessage({ type: "accepted" });
+    let link;
+    try {
+      link = await this._waitLink();
+    } catch (exc) {
+      port.postMessage({ type: "error", status: 503, message: exc.message });
+      port.close();
+      return;
+    }
+    const head = { method: msg.method, target: msg.target, headers: msg.headers, service: this.service };
+    let stream;
+    try {
+      stream = link.request(head, { endStream: !msg.hasBody });
+    } catch (exc) {
+      port.postMessage({ type: "error", status: 503, message: exc.message });
+      port.close();
+      return;
+    }
+    new Exchange(this, msg, port, stream).start();
+  }
+}
+
+class Exchange {
+  constructor(relay, msg, port, stream) {
+    this.relay = relay;
+    this.msg = msg;
+    this.port = port;
+    this.stream = stream;
+    this.headSent = false;
+    this.finished = false;
+    this.body = msg.hasBody ? [] : null; // chunks from the worker not yet written
+    this.bodyEnded = false;
+    this.writing = false;
+  }
+
+  start() {
+    const { port, stream } = this;
+    stream.onHead = (head, end) => {
+      this.headSent = true;
+      this.relay.onResponse({ target: this.msg.target, destination: this.msg.destination, ...head });
+      port.postMessage({ type: "head", status: head.status, headers: head.headers });
+      if (end) this._finish({ type: "data", chunk: new ArrayBuffer(0), end: true });
+    };
+    stream.onData = (data, end) => {
+      // `data` owns its buffer (protocol.js copies payloads out of the message): transfer it.
+      const chunk = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength
+        ? data.buffer : data.slice().buffer;
+      if (end) this._finish({ type: "data", chunk, end: true }, [chunk]);
+      else port.postMessage({ type: "data", chunk, end: false }, [chunk]);
+    };
+    stream.onError = (error) => {
+      if (this.finished) return;
+      // The device answered before the request body was all sent: stop sending, not an error.
+      if (error.code === ErrorCode.NO_ERROR && this.headSent && stream.ended) return;
+      this.body = null;
+      port.postMessage({ type: "body-stop" });
+      this._finish({ type: "error", status: this.headSent ? 0 : 502, message: error.message });
+    };
+    port.onmessage = (e) => this._fromWorker(e.data);
+    if (this.body) port.postMessage({ type: "credit", bytes: BODY_CREDIT });
+  }
+
+  _fromWorker(msg) {
+    switch (msg.type) {
+      case "body":
+        if (this.body) {
+          this.body.push(new Uint8Array(msg.chunk));
+          this._pump();
+        }
+        break;
+      case "body-end":
+        this.bodyEnded = true;
+        this._pump();
+        break;
+      case "consumed":
+        this.stream.consumed(msg.bytes);
+        break;
+      case "cancel":
+        this.finished = true;
+        this.stream.reset(ErrorCode.CANCEL, "the browser cancelled the request");
+        this.port.close();
+        break;
+    }
+  }
+
+  /** Write the worker's body chunks one at a time, giving credit back as each one leaves. */
+  async _pump() {
+    if (this.writing || !this.body) return;
+    this.writing = true;
+    try {
+      while (this.body && (this.body.length || this.bodyEnded)) {
+        const chunk = this.body.shift();
+        const end = this.bodyEnded && this.body.length === 0;
+        if (!chunk && !end) break;
+        await this.stream.write(chunk ?? new Uint8Array(0), { end });
+        if (chunk) this.port.postMessage({ type: "credit", bytes: chunk.length });
+        if (end) {
+          this.body = null;
+          break;
+        }
+      }
+    } catch {
+      // The stream failed: its onError tells the worker.
+      this.body = null;
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  _finish(message, transfer = []) {
+    if (this.finished) return;
+    this.finished = true;
+    this.port.postMessage(message, transfer);
+    this.port.close();
+  }
+}

@@ -1,0 +1,361 @@
+// The service worker of one device+service origin. It forwards every request of the proxied
+// app (the frame's navigations and everything the frame, its sub-frames and workers load) to
+// the manager page, which owns the data channel (a worker has no WebRTC), and answers with a
+// streamed Response as the device's bytes arrive. The manager's own page and files go to the
+// network: top-level navigations (the manager at any path) and /__peerproxy/.
+//
+// The worker <-> page message protocol is described in relay.js.
+/* global PeerproxyCookies */
+"use strict";
+
+importScripts("/__peerproxy/cookies.js");
+
+const PREFIX = "/__peerproxy/";
+const MAX_PAYLOAD = 16372; // one data-channel body message
+const RESPONSE_HIGH_WATER = 256 * 1024; // bytes the Response stream buffers before "consumed" pauses
+const MANAGER_WAIT = 10_000;
+const ACCEPT_WAIT = 5_000;
+const NULL_BODY = new Set([101, 103, 204, 205, 304]);
+const DECODABLE = new Set(["gzip", "deflate"]);
+
+self.addEventListener("install", () => self.skipWaiting());
+self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
+
+// ----- managers: the pages that own a data channel to this origin's device+service
+
+const managers = new Map(); // clientId -> MessagePort, most recently registered last
+let managerArrived = [];
+
+self.addEventListener("message", (event) => {
+  const msg = event.data || {};
+  const id = event.source && event.source.id;
+  if (msg.type === "manager" && event.ports[0] && id) {
+    managers.delete(id);
+    managers.set(id, event.ports[0]);
+    const waiters = managerArrived;
+    managerArrived = [];
+    for (const w of waiters) w();
+  } else if (msg.type === "manager-gone" && id) {
+    managers.delete(id);
+  }
+});
+
+/** A live manager's port: the newest registered whose window still exists. */
+async function managerPort() {
+  const deadline = Date.now() + MANAGER_WAIT;
+  let asked = false;
+  while (Date.now() < deadline) {
+    for (const id of [...managers.keys()].reverse()) {
+      if (await self.clients.get(id)) return { id, port: managers.get(id) };
+      managers.delete(id);
+    }
+    if (!asked) {
+      // This worker may have been restarted and lost its ports: ask the pages again.
+      asked = true;
+      const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+      for (const w of windows) if (w.frameType === "top-level") w.postMessage({ type: "need-port" });
+    }
+    await new Promise((resolve) => {
+      managerArrived.push(resolve);
+      setTimeout(resolve, 500);
+    });
+  }
+  return null;
+}
+
+// ----- which requests belong to the app
+
+async function shouldProxy(event) {
+  const request = event.request;
+  const url = new URL(request.url);
+  if (url.origin !== self.location.origin) return false; // other origins: the network
+  if (url.pathname.startsWith(PREFIX)) return false; // the client's own files
+  if (request.mode === "navigate") return request.destination !== "document";
+  if (!event.clientId) return true;
+  const client = await self.clients.get(event.clientId);
+  // The manager page itself (top level) loads only /__peerproxy/; anything else it fetches
+  // is not the app's. Frames and workers are the app's.
+  return !(client && client.type === "window" && client.frameType === "top-level");
+}
+
+self.addEventListener("fetch", (event) => {
+  const url = new URL(event.request.url);
+  if (url.origin !== self.location.origin || url.pathname.startsWith(PREFIX)) return;
+  if (event.request.mode === "navigate" && event.request.destination === "document") return;
+  event.respondWith(
+    shouldProxy(event).then((yes) => (yes ? proxy(event) : fetch(event.request))),
+  );
+});
+
+// ----- one request
+
+function requestHeaders(request, url) {
+  const headers = [];
+  for (const [name, value] of request.headers) headers.push([name, value]);
+  const has = (name) => headers.some(([n]) => n === name);
+  headers.push(["host", url.host]);
+  headers.push(["x-forwarded-proto", url.protocol === "https:" ? "https" : "http"]);
+  if (!has("user-agent")) headers.push(["user-agent", self.navigator.userAgent]);
+  if (!has("accept-language") && self.navigator.languages?.length) {
+    headers.push(["accept-language", self.navigator.languages.join(",")]);
+  }
+  headers.push(["accept-encoding", "gzip, deflate"]);
+  const referrer = request.referrer;
+  if (referrer && /^https?:/.test(referrer) && !has("referer")) headers.push(["referer", referrer]);
+  if (!["GET", "HEAD"].includes(request.method) && !has("origin")) {
+    headers.push(["origin", self.location.origin]);
+  }
+  return headers;
+}
+
+function errorResponse(status, message) {
+  const text = `<!doctype html><meta charset="utf-8"><title>peerproxyd: ${status}</title>` +
+    `<body style="font:15px system-ui,sans-serif;margin:2rem;color:#333">` +
+    `<h1 style="font-size:1.2rem">The device could not be reached</h1>` +
+    `<p>${message.replace(/[<&>]/g, (c) => `&#${c.charCodeAt(0)};`)}</p>`;
+  return new Response(text, {
+    status,
+    headers: { "content-type": "text/html; charset=utf-8", "x-peerproxy-error": "1" },
+  });
+}
+
+/** Headers of the device's response as the browser may see them; the jar takes Set-Cookie. */
+function responseHeaders(raw, { frame, decode }) {
+  const headers = new Headers();
+  for (const [name, value] of raw) {
+    const lower = name.toLowerCase();
+    if (lower === "set-cookie" || lower === "set-cookie2") continue;
+    if (decode && (lower === "content-encoding" || lower === "content-length")) continue;
+    if (frame && lower === "x-frame-options") {
+      // The app runs in our frame, in its own origin, under a manager page that may not be
+      // framed itself (frame-ancestors 'none'): DENY would only block the app's own page.
+      if (value.trim().toLowerCase() === "deny") headers.append(name, "SAMEORIGIN");
+      else headers.append(name, value);
+      continue;
+    }
+    if (frame && lower === "content-security-policy") {
+      headers.append(name, value.replace(/frame-ancestors\s+'none'/gi, "frame-ancestors 'self'"));
+      continue;
+    }
+    try {
+      headers.append(name, value);
+    } catch {
+      // a header value the Fetch API refuses: drop it
+    }
+  }
+  return headers;
+}
+
+async function proxy(event) {
+  const request = event.request;
+  const url = new URL(request.url);
+  const manager = await managerPort();
+  if (!manager) return errorResponse(503, "The peerproxyd page that holds the connection is not open.");
+  const target = url.pathname + url.search;
+  const headers = requestHeaders(request, url);
+  // Every request of the app is same-site (same origin, made inside our frame), so SameSite
+  // never withholds a cookie here; credentials: "omit" does.
+  const useCookies = request.credentials !== "omit";
+  const jar = PeerproxyCookies.open();
+  if (useCookies) {
+    try {
+      const cookie = await jar.cookieHeader(url);
+      if (cookie) headers.push(["cookie", cookie]);
+    } catch (exc) {
+      console.warn("peerproxy: cookie jar unavailable:", exc);
+    }
+  }
+  let body = null;
+  if (!["GET", "HEAD"].includes(request.method)) {
+    const blob = await request.blob();
+    if (blob.size) body = blob;
+  }
+  const { port1: port, port2 } = new MessageChannel();
+  const frame = request.mode === "navigate";
+  let settleHead;
+  const head = new Promise((resolve) => {
+    settleHead = resolve;
+  });
+  let accepted = false;
+  let controller = null;
+  let enqueued = 0;
+  let acked = 0;
+  let done;
+  const finished = new Promise((resolve) => {
+    done = resolve;
+  });
+  let credit = 0;
+  let creditArrived = null;
+  let bodyStopped = false;
+  let ended = false; // the page said all it had to say on this port
+
+  const report = () => {
+    if (!controller) return;
+    const queued = Math.max(0, RESPONSE_HIGH_WATER - (controller.desiredSize ?? 0));
+    const consumed = enqueued - Math.min(queued, enqueued);
+    if (consumed > acked) {
+      port.postMessage({ type: "consumed", bytes: consumed - acked });
+      acked = consumed;
+    }
+  };
+  const stream = new ReadableStream(
+    {
+      start(c) {
+        controller = c;
+      },
+      pull() {
+        report();
+      },
+      cancel() {
+        port.postMessage({ type: "cancel" });
+        bodyStopped = true;
+        done();
+      },
+    },
+    new ByteLengthQueuingStrategy({ highWaterMark: RESPONSE_HIGH_WATER }),
+  );
+
+  port.onmessage = (e) => {
+    const msg = e.data;
+    switch (msg.type) {
+      case "accepted":
+        accepted = true;
+        break;
+      case "credit":
+        credit += msg.bytes;
+        if (creditArrived) creditArrived();
+        break;
+      case "body-stop":
+        bodyStopped = true;
+        if (creditArrived) creditArrived();
+        break;
+      case "head":
+        settleHead(msg);
+        break;
+      case "data":
+        if (msg.chunk.byteLength) {
+          enqueued += msg.chunk.byteLength;
+          try {
+            controller.enqueue(new Uint8Array(msg.chunk));
+          } catch {
+            // the reader went away (cancel was sent)
+          }
+        }
+        if (msg.end) {
+          ended = true;
+          bodyStopped = true;
+          try {
+            controller.close();
+          } catch {
+            // already cancelled
+          }
+          done();
+        }
+        break;
+      case "error":
+        ended = true;
+        bodyStopped = true;
+        settleHead(msg);
+        try {
+          controller.error(new TypeError(`peerproxyd: ${msg.message}`));
+        } catch {
+          // already closed
+        }
+        done();
+        break;
+    }
+  };
+  // The page went away (reload, tab closed) in the middle of the exchange (Chromium 123+
+  // tells a port when its partner is gone).
+  port.addEventListener("close", () => {
+    if (ended) return;
+    ended = true;
+    bodyStopped = true;
+    if (creditArrived) creditArrived();
+    settleHead({ type: "error", status: 502, message: "the viewer page went away" });
+    try {
+      controller.error(new TypeError("peerproxyd: the viewer page went away"));
+    } catch {
+      // already closed
+    }
+    done();
+  });
+  manager.port.postMessage(
+    {
+      type: "fetch",
+      method: request.method,
+      target,
+      headers,
+      hasBody: body !== null,
+      destination: request.destination,
+    },
+    [port2],
+  );
+
+  if (body) {
+    event.waitUntil(
+      (async () => {
+        const reader = body.stream().getReader();
+        for (;;) {
+          const { value, done: last } = await reader.read();
+          if (last || bodyStopped) break;
+          for (let at = 0; at < value.length && !bodyStopped; at += MAX_PAYLOAD) {
+            const piece = value.slice(at, at + MAX_PAYLOAD);
+            while (credit < piece.length && !bodyStopped) {
+              await new Promise((resolve) => {
+                creditArrived = resolve;
+              });
+              creditArrived = null;
+            }
+            if (bodyStopped) break;
+            credit -= piece.length;
+            port.postMessage({ type: "body", chunk: piece.buffer }, [piece.buffer]);
+          }
+        }
+        reader.cancel().catch(() => {});
+        if (!bodyStopped) port.postMessage({ type: "body-end" });
+      })(),
+    );
+  }
+
+  // A manager that no longer exists never accepts: give up on it rather than hang.
+  const acceptTimer = setTimeout(() => {
+    if (!accepted) {
+      managers.delete(manager.id);
+      settleHead({ type: "error", status: 503, message: "the connection manager did not answer" });
+    }
+  }, ACCEPT_WAIT);
+  const answer = await head;
+  clearTimeout(acceptTimer);
+  if (answer.type === "error") {
+    return errorResponse(answer.status || 502, answer.message);
+  }
+  event.waitUntil(finished);
+
+  // Before the Response goes out, so the app's scripts already see the new cookies.
+  const setCookies = answer.headers.filter(([n]) => n.toLowerCase() === "set-cookie").map(([, v]) => v);
+  if (setCookies.length && useCookies) {
+    try {
+      await jar.store(url, setCookies);
+    } catch (exc) {
+      console.warn("peerproxy: could not store cookies:", exc);
+    }
+  }
+
+  const encoding = (answer.headers.find(([n]) => n.toLowerCase() === "content-encoding")?.[1] || "")
+    .trim().toLowerCase();
+  const decode = DECODABLE.has(encoding);
+  const status = answer.status;
+  const init = { status, headers: responseHeaders(answer.headers, { frame, decode }) };
+  if (NULL_BODY.has(status) || request.method === "HEAD") {
+    stream.cancel().catch(() => {});
+    if (status < 200) init.status = 502; // no interim responses through a worker
+    return new Response(null, init);
+  }
+  if (status >= 300 && status < 400 && init.headers.has("location")) {
+    // Relative Locations resolve against the request, as the network would.
+    init.headers.set("location", new URL(init.headers.get("location"), url).href);
+  }
+  const bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  return new Response(bodyStream, init);
+}
