@@ -92,7 +92,8 @@ async def run_demo(*, signal_port: int = 8787, listen_port: int = 9000) -> None:
             f"\npeerproxyd demo is running (Ctrl-C stops it)\n"
             f"  signaling server  http://127.0.0.1:{signal_port}/\n"
             f"  device            {DEVICE}: service {SERVICE!r} -> http://127.0.0.1:{upstream_port}\n"
-            f"  open the service through WebRTC:  {client.url}\n",
+            f"  share link (browser):  http://{DEVICE}--{SERVICE}.localhost:{signal_port}/\n"
+            f"  native client:         {client.url}\n",
             flush=True,
         )
         await asyncio.gather(*tasks)
