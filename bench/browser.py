@@ -164,7 +164,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         s: dict[str, Any] = {}
         for kind in ("download", "upload"):
             slope, intercept = linear_fit(results[path][kind])
-            s[kind] = {"mb_per_s": mb_per_s(slope), "base_latency_ms": intercept}
+            zero = [ms for size, ms in results[path][kind] if size == 0]
+            s[kind] = {"mb_per_s": mb_per_s(slope), "base_latency_ms": intercept,
+                       "empty_median_ms": statistics.median(zero)}
         s["concurrent"] = {
             label: {"median_ms": statistics.median(v), "p90_ms": percentile(v, 0.9)}
             for label, v in results[path]["concurrent"].items()
@@ -199,6 +201,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| {d['download']['base_latency_ms']:.1f} ms | {THESIS['latency_ms']:.0f} ms |",
         f"| base latency (upload intercept) | {p['upload']['base_latency_ms']:.1f} ms "
         f"| {d['upload']['base_latency_ms']:.1f} ms | |",
+        f"| empty GET, measured (median) | {p['download']['empty_median_ms']:.1f} ms "
+        f"| {d['download']['empty_median_ms']:.1f} ms | |",
+        f"| empty POST, measured (median) | {p['upload']['empty_median_ms']:.1f} ms "
+        f"| {d['upload']['empty_median_ms']:.1f} ms | |",
         f"| setup, page open → channel open (median of {meta['setup_runs']}) | "
         f"cold {summary['setup']['cold']['median_ms']:.0f} ms, "
         f"warm {summary['setup']['warm']['median_ms']:.0f} ms | — | {THESIS['setup_ms']} ms |",
@@ -263,7 +269,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int)
+    parser.add_argument("--render", metavar="JSON", help="only redo browser.md/.png from a results file")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        summary = summarize(saved["results"])
+        (BENCH / "browser.md").write_text(markdown(summary, saved["meta"]))
+        plot(saved["results"], summary, BENCH / "browser.png")
+        print(markdown(summary, saved["meta"]))
+        return
     reason = unavailable_reason()
     if reason:
         sys.exit(f"cannot run: {reason}")

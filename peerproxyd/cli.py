@@ -42,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--host", help="listen address (default 127.0.0.1; overrides the file)")
     signal.add_argument("--port", type=int, help="listen port (default 8787; overrides the file)")
 
+    signal.add_argument(
+        "--stun-port", type=int, default=3478,
+        help="also answer STUN binding requests on this UDP port (0: off; default 3478)",
+    )
+
+    discover = sub.add_parser("discover", help="list the peerproxyd devices on this LAN (mDNS)")
+    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
+
     demo = sub.add_parser("demo", help="run signaling, a demo app, a daemon and a client here")
     demo.add_argument("--signal-port", type=int, default=8787)
     demo.add_argument("--listen-port", type=int, default=9000)
@@ -97,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             _signal(args)
         elif args.command == "connect":
             _connect(args)
+        elif args.command == "discover":
+            from peerproxyd.mdns import discover, format_devices
+
+            print(format_devices(asyncio.run(discover(args.timeout))))
         elif args.command == "demo":
             from peerproxyd.demo import run_demo
 
@@ -142,7 +154,8 @@ def _signal(args: argparse.Namespace) -> None:
             logging.getLogger().setLevel(settings.log.level.upper())
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    _run(run_signaling(host, port, **settings.app_kwargs()))
+    stun = (host, args.stun_port) if args.stun_port else None
+    _run(run_signaling(host, port, stun=stun, **settings.app_kwargs()))
 
 
 def _serve(path: str) -> None:

@@ -11,6 +11,7 @@ configuration file and applies service changes to every peer without dropping an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from peerproxyd import __version__, mdns
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
 from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError
@@ -129,7 +131,12 @@ class Daemon:
         configure_ice(self.settings.ice)
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
         logger.info("device %s serving %s", self.settings.device.id, names)
-        async with new_upstream_session() as http:
+        advertisement = (
+            mdns.advertise(self.settings.device.id, __version__, list(self.settings.services))
+            if self.settings.ice.mdns
+            else contextlib.nullcontext()
+        )
+        async with new_upstream_session() as http, advertisement:
             self._router = DrainingRouter(self.settings.services, http)
             signaling = asyncio.create_task(
                 self.signaling.run(self._on_message, self._on_signaling_state)

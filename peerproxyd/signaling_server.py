@@ -16,13 +16,14 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from peerproxyd import stun_server, turn_credentials
 from peerproxyd.device_auth import Authenticator, SecretBinding, authenticate
 from peerproxyd.errors import SignalingError
 from peerproxyd.signal_metrics import SignalMetrics, render_json, render_prometheus
@@ -259,6 +260,18 @@ LIMITS = web.AppKey("signaling_limits", Limits)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("signaling_authenticator")
 
 
+@dataclass(frozen=True)
+class IceOffer:
+    """The ICE servers handed to every browser in its hello."""
+
+    urls: tuple[str, ...]
+    turn_secret: str | None
+    turn_ttl: int
+
+
+ICE = web.AppKey("signaling_ice", IceOffer)
+
+
 def _offline(to: str, ref: str) -> Message:
     if PEER_ID.fullmatch(to):
         return error_message("peer-offline", f"peer {to} is not online", ref=ref, to=to)
@@ -426,7 +439,13 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     handler = _Handler(app, conn)
     logger.debug("peer %s connected from %s", conn.hello_id, conn.remote)
     try:
-        await conn.send(Message(type="hello", extra={"id": conn.hello_id}))
+        hello: dict[str, Any] = {"id": conn.hello_id}
+        ice = app[ICE]
+        if ice.urls:  # browsers' RTCConfiguration.iceServers, TURN credentials minted per peer
+            hello["iceServers"] = turn_credentials.ice_servers(
+                list(ice.urls), ice.turn_secret, conn.hello_id, ttl=ice.turn_ttl
+            )
+        await conn.send(Message(type="hello", extra=hello))
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
                 if not await handler.on_text(frame.data):
@@ -509,6 +528,10 @@ def build_signaling_app(
     authenticator: Authenticator | None = None,
     redis_url: str | None = None,
     redis_options: RedisOptions | None = None,
+    ice_urls: Sequence[str] = (),
+    turn_secret: str | None = None,
+    turn_ttl: int = turn_credentials.DEFAULT_TTL,
+    stun: tuple[str, int] | None = None,
 ) -> web.Application:
     """The signaling server.
 
@@ -533,6 +556,9 @@ def build_signaling_app(
         app.cleanup_ctx.append(_cluster_ctx)
     app[REGISTRY] = Registry(cluster, metrics)
     app[LIMITS] = limits
+    app[ICE] = IceOffer(tuple(ice_urls), turn_secret, turn_ttl)
+    if stun is not None:
+        app.cleanup_ctx.append(stun_server.cleanup_ctx(*stun))
     app[AUTHENTICATOR] = authenticator if authenticator is not None else SecretBinding()
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", _websocket)
