@@ -404,7 +404,7 @@ def test_second_signal_stops_at_once_and_drain_timeout_is_kept(stack, tmp_path, 
             return time.monotonic() - started
 
     took = asyncio.run(held_download(daemon, [signal.SIGTERM]))
-    assert 0.9 < took < 5, took
+    assert 0.9 < took < 20, took  # cut at ~1 s, not held for the whole download
     assert daemon.popen.returncode == 0
     assert "drain timeout (1.0 s): closing 1 open requests" in daemon.log()
 
@@ -414,7 +414,7 @@ def test_second_signal_stops_at_once_and_drain_timeout_is_kept(stack, tmp_path, 
                              extra="[daemon]\ndrain_timeout = 60\n")
     notify_socket.wait_for("READY", "1")
     took = asyncio.run(held_download(daemon, [signal.SIGTERM, signal.SIGINT]))
-    assert took < 5, took
+    assert took < 20, took  # far below the 60 s drain_timeout
     assert "SIGINT again: stopping at once" in daemon.log()
 
 
