@@ -34,6 +34,7 @@ test: install system-deps
 
 bench: install
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/browser.py --quick   # root: ip netns
 
 # Re-pin after changing dependencies in pyproject.toml (uses a throwaway venv).
 lock:

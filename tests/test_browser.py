@@ -281,8 +281,9 @@ def test_cookie_login_protected_page_and_logout(world: BrowserWorld) -> None:
     app.wait_for_selector("#login-form")
     who = app.evaluate("async () => (await fetch('/api/whoami')).json()")
     assert who["user"] is None and "session=" not in who["cookie"]
-    app.evaluate("location.href = '/private'")
-    app.wait_for_selector("#login-form")  # redirected: logged out
+    app.evaluate("window.previousPage = true; location.href = '/private'")
+    # Redirected to the login page again (a new document, not the one we left): logged out.
+    app.wait_for_function("() => !window.previousPage && document.getElementById('login-form')")
     assert "theme=dark" in app.evaluate("document.cookie")
     # Another service of the same device is another origin: none of these cookies there.
     page.goto(world.origin(service="admin") + "/")

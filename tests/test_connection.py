@@ -970,3 +970,15 @@ def test_fuzz_mutated_vectors(
     conn = primed(role)
     check_only_events(conn, bytes(data[:cut]) + tail)
     check_only_events(conn, bytes(data))
+
+
+def test_token_with_trailing_newline_is_rejected():
+    """`$` matches before a final newline: names and methods use fullmatch."""
+    from peerproxyd.protocol.heads import HeadError, RequestHead
+
+    for head in (
+        b'{"method":"GET\\n","target":"/","headers":[],"service":"camera"}',
+        b'{"method":"GET","target":"/","headers":[["X-A\\n","1"]],"service":"camera"}',
+    ):
+        with pytest.raises(HeadError):
+            RequestHead.decode(head)

@@ -140,7 +140,9 @@ function candidateSummary(sdp) {
 async function connectOnce(target, signaling, config) {
   step("signaling");
   await signaling.ready();
-  const pc = new RTCPeerConnection({ iceServers: config.iceServers ?? [] });
+  // ICE servers: the signaling server's (its hello), else config.json's, else none.
+  const iceServers = signaling.iceServers ?? config.iceServers ?? [];
+  const pc = new RTCPeerConnection({ iceServers });
   state.pc = pc;
   const local = [];
   try {
@@ -170,7 +172,7 @@ async function connectOnce(target, signaling, config) {
         error.kind = "failed";
         error.detail = `Tried this browser's ${ours.length ? ours.join(", ") : "addresses (none gathered)"}` +
           ` with the device's ${theirs.length ? theirs.join(", ") : "addresses (none offered)"}` +
-          `${(config.iceServers ?? []).length ? "" : "; no STUN/TURN server is configured"}.`;
+          `${iceServers.length ? "" : "; no STUN/TURN server is configured"}.`;
         reject(error);
       };
       channel.addEventListener("open", () => {

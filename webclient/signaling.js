@@ -21,6 +21,7 @@ export class Signaling {
     this.onMessage = onMessage;
     this.onState = onState;
     this.id = null;
+    this.iceServers = null;
     this._ws = null;
     this._waiters = new Set();
     this._opening = null;
@@ -65,6 +66,8 @@ export class Signaling {
         }
         if (msg.type === "hello" && this.id === null) {
           this.id = msg.id;
+          // The server may hand out ICE servers (STUN, TURN with per-peer credentials).
+          this.iceServers = Array.isArray(msg.iceServers) ? msg.iceServers : null;
           clearTimeout(timer);
           this.onState(true);
           resolve(this);

@@ -12,7 +12,7 @@ from peerproxyd.names import valid_service_name
 
 Headers = tuple[tuple[str, str], ...]
 
-TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON "\\ud800" escapes decode to these; not UTF-8
 _FORBIDDEN_IN_TARGET = re.compile(r"[\x00-\x20\x7f#\ud800-\udfff]")
@@ -34,7 +34,7 @@ def _headers(raw: Any) -> Headers:
         ):
             raise HeadError("headers must be a list of [name, value] pairs")
         name, value = item
-        if not TOKEN.match(name):
+        if not TOKEN.fullmatch(name):
             raise HeadError(f"invalid header name {name!r}")
         if _FORBIDDEN_IN_VALUE.search(value):
             raise HeadError(f"header {name!r} has CR, LF or NUL in its value")
@@ -84,7 +84,7 @@ class RequestHead:
     def decode(cls, data: bytes) -> RequestHead:
         obj = _object(data, {"method", "target", "headers", "service"})
         method, target, service = obj["method"], obj["target"], obj["service"]
-        if not isinstance(method, str) or not TOKEN.match(method):
+        if not isinstance(method, str) or not TOKEN.fullmatch(method):
             raise HeadError(f"invalid method {method!r}")
         if (
             not isinstance(target, str)
