@@ -342,7 +342,8 @@ class NetStack:
         self.net.python("dev", "upstream", "-m", "tests.support.upstream_app",
                         "--port", "8081", "--name", "camera")
         self.net.python("inet", "signal", "-m", "peerproxyd", "signal",
-                        "--host", INET, "--port", str(SIGNAL_PORT))
+                        "--host", INET, "--port", str(SIGNAL_PORT),
+                        "--stun-port", "0")  # coturn (or the test) owns 3478 here
         self.net.wait_port("dev", 8081)
         self.net.wait_port("inet", SIGNAL_PORT)
         return self
