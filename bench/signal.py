@@ -74,13 +74,14 @@ def run_instance(spec: dict[str, Any]) -> None:
     import uvloop
 
     from peerproxyd.device_auth import SecretBinding
-    from peerproxyd.signaling_redis import RedisOptions
     from peerproxyd.signaling_server import run_signaling
 
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kwargs: dict[str, Any] = {"rate": spec["rate"], "burst": spec["burst"]}
     if spec.get("redis_url"):
+        from peerproxyd.signaling_redis import RedisOptions  # not imported without Redis
+
         kwargs["redis_url"] = spec["redis_url"]
         kwargs["redis_options"] = RedisOptions(**spec["options"])
     else:
@@ -379,53 +380,70 @@ async def main_async(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     reg_count = 300 if quick else 2000
-    slow_count = 40 if quick else 200
+    slow_count = 40 if quick else 120
     seconds, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
     memory_devices = 2000 if quick else 10_000
+    parts = args.part or ["registrations", "offers", "memory"]
     results: dict[str, Any] = {
         "when": stamp,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "load_average": os.getloadavg()},
         "quick": quick,
+        "viewers": args.viewers,
     }
 
     def show(label: str, value: Any) -> None:
         print(f"{label:<52} {value}", flush=True)
 
     for name in CONFIGS:
-        low = await with_setup(name, log_dir, 2**4, lambda s: measure_registrations(
-            s, reg_count, 50))
-        show(f"{name}: registrations/s (scrypt N=2^4)", f"{low['registrations_per_s']:.0f}")
-        real = await with_setup(name, log_dir, 2**14, lambda s: measure_registrations(
-            s, slow_count, 50))
-        show(f"{name}: registrations/s (scrypt N=2^14, default)",
-             f"{real['registrations_per_s']:.0f}")
-        offers = await with_setup(name, log_dir, 2**4, lambda s: measure_offers(
-            s, devices=20, viewers=args.viewers, seconds=seconds, warmup=warmup))
-        show(f"{name}: offer->answer round trips/s", f"{offers['round_trips_per_s']:.0f} "
-             f"(p50 {offers['latency_ms_p50']:.1f} ms, p99 {offers['latency_ms_p99']:.1f} ms, "
-             f"errors {offers['errors']})")
-        show(f"{name}:   CPU s in {seconds:.0f} s", ", ".join(
-            f"{k} {v:.1f}" for k, v in offers["cpu_s"].items()))
-        results[name] = {"registrations_low_cost": low, "registrations_default_cost": real,
-                         "offers": offers}
+        results[name] = {}
+        if "registrations" in parts:
+            low = await with_setup(name, log_dir, 2**4, lambda s: measure_registrations(
+                s, reg_count, 50))
+            show(f"{name}: registrations/s (scrypt N=2^4)", f"{low['registrations_per_s']:.0f}")
+            real = await with_setup(name, log_dir, 2**14, lambda s: measure_registrations(
+                s, slow_count, 50))
+            show(f"{name}: registrations/s (scrypt N=2^14, default)",
+                 f"{real['registrations_per_s']:.0f}")
+            results[name]["registrations_low_cost"] = low
+            results[name]["registrations_default_cost"] = real
+        if "offers" in parts:
+            offers = await with_setup(name, log_dir, 2**4, lambda s: measure_offers(
+                s, devices=20, viewers=args.viewers, seconds=seconds, warmup=warmup))
+            rate = offers["round_trips_per_s"]
+            cpu = offers["cpu_s"]
+            server_cpu = sum(v for k, v in cpu.items() if k != "load generator")
+            offers["server_cpu_ms_per_round_trip"] = 1000 * server_cpu / max(1, rate * seconds)
+            show(f"{name}: offer->answer round trips/s", f"{rate:.0f} "
+                 f"(p50 {offers['latency_ms_p50']:.1f} ms, p99 {offers['latency_ms_p99']:.1f} "
+                 f"ms, errors {offers['errors']})")
+            show(f"{name}:   CPU s in {seconds:.0f} s", ", ".join(
+                f"{k} {v:.1f}" for k, v in cpu.items()))
+            show(f"{name}:   server CPU per round trip",
+                 f"{offers['server_cpu_ms_per_round_trip']:.2f} ms (instances + Redis)")
+            results[name]["offers"] = offers
 
-    for name in ("memory", "redis-1"):
-        mem = await with_setup(name, log_dir, 2**4, lambda s: measure_memory(s, memory_devices))
-        show(f"{name}: RSS with {memory_devices} devices",
-             f"{mem['rss_after_mb']:.0f} MB (idle {mem['rss_before_mb']:.0f} MB, "
-             f"{mem['per_device_kb']:.1f} KB/device, peak {mem['rss_peak_mb']:.0f} MB)")
-        if "redis_per_device_bytes" in mem:
-            show(f"{name}: Redis memory per device", f"{mem['redis_per_device_bytes']:.0f} B")
-        results[name]["memory"] = mem
+    if "memory" in parts:
+        for name in ("memory", "redis-1"):
+            mem = await with_setup(name, log_dir, 2**4,
+                                   lambda s: measure_memory(s, memory_devices))
+            show(f"{name}: RSS with {memory_devices} devices",
+                 f"{mem['rss_after_mb']:.0f} MB (idle {mem['rss_before_mb']:.0f} MB, "
+                 f"{mem['per_device_kb']:.1f} KB/device, peak {mem['rss_peak_mb']:.0f} MB)")
+            if "redis_per_device_bytes" in mem:
+                show(f"{name}: Redis memory per device",
+                     f"{mem['redis_per_device_bytes']:.0f} B")
+            results[name]["memory"] = mem
+        rss = results["memory"]["memory"]["rss_after_mb"]
+        show(f"memory: RSS with {memory_devices} devices vs {RSS_TARGET_MB:.0f} MB target",
+             "met" if rss < RSS_TARGET_MB else "MISSED")
 
-    share = (results["redis-1"]["offers"]["round_trips_per_s"]
-             / results["memory"]["offers"]["round_trips_per_s"])
-    results["redis_share_of_memory_offer_rate"] = share
-    show("redis-1 offer rate / memory offer rate", f"{share:.0%} (target >= 70 %)")
-    rss = results["memory"]["memory"]["rss_after_mb"]
-    show(f"memory: RSS with {memory_devices} devices vs {RSS_TARGET_MB:.0f} MB target",
-         "met" if rss < RSS_TARGET_MB else "MISSED")
+    if "offers" in parts:
+        share = (results["redis-1"]["offers"]["round_trips_per_s"]
+                 / results["memory"]["offers"]["round_trips_per_s"])
+        results["redis_share_of_memory_offer_rate"] = share
+        show("redis-1 offer rate / memory offer rate",
+             f"{share:.0%} (target >= {REDIS_SHARE_TARGET:.0%})")
     path = out_dir / f"signal-{stamp}{'-quick' if quick else ''}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {path.relative_to(ROOT)}; logs: {log_dir.relative_to(ROOT)}/")
@@ -436,6 +454,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts (< 1 min)")
     parser.add_argument("--viewers", type=int, default=64, help="concurrent viewers (64)")
+    parser.add_argument("--part", action="append",
+                        choices=["registrations", "offers", "memory"],
+                        help="measure only this (repeatable; default: all)")
     parser.add_argument("--instance", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.instance:

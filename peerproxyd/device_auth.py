@@ -97,20 +97,28 @@ class SecretBinding:
         secret = presented_secret(credentials)
         if secret is None:
             return False
-        # One lock around check-and-bind: two first registrations must not both win.
+        # Hash outside the lock (checks run in parallel threads); check-and-bind inside it,
+        # so that two first registrations cannot both win.
         with self._lock:
             binding = self._bindings.get(device_id)
-            if binding is None:
-                if len(self._bindings) >= self.max_bindings:
-                    logger.warning("refusing device %s: %d ids bound already",
-                                   device_id, len(self._bindings))
-                    return False
-                salt = os.urandom(SALT_SIZE)
-                self._bindings[device_id] = (salt, self._hash(secret, salt))
-                logger.info("device id %s bound to its secret", device_id)
-                return True
-            salt, digest = binding
-            return hmac.compare_digest(digest, self._hash(secret, salt))
+            full = len(self._bindings) >= self.max_bindings
+        if binding is None:
+            if full:
+                logger.warning("refusing device %s: %d ids bound already",
+                               device_id, len(self._bindings))
+                return False
+            salt = os.urandom(SALT_SIZE)
+            digest = self._hash(secret, salt)
+            with self._lock:
+                binding = self._bindings.get(device_id)
+                if binding is None:
+                    if len(self._bindings) >= self.max_bindings:
+                        return False
+                    self._bindings[device_id] = (salt, digest)
+                    logger.info("device id %s bound to its secret", device_id)
+                    return True
+        salt, digest = binding
+        return hmac.compare_digest(digest, self._hash(secret, salt))
 
     def forget(self, device_id: str) -> None:
         """Drop a binding (an operator reset); the next registration binds the id anew."""

@@ -44,7 +44,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from peerproxyd.device_auth import SALT_SIZE, hash_secret, presented_secret
@@ -63,6 +63,8 @@ T = TypeVar("T")
 LEASE_TIME = 0.5
 """Rate-limit tokens an instance took from Redis expire unused after this many seconds."""
 REFRESH_BATCH = 500
+KNOWN_BINDINGS = 100_000
+"""Binding records an instance keeps to write back after Redis lost them (most recent)."""
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 START_TIMEOUT = 10.0
 TAG = re.compile(r"[0-9a-f]{4}")
@@ -110,16 +112,18 @@ if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
 # KEYS[1] bucket. ARGV: rate/s, burst, tokens wanted. Returns tokens granted (0..wanted).
+# Time in microseconds (integers below 2^53 are exact in Lua's doubles).
 _TAKE = """
 local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local b = redis.call('HMGET', KEYS[1], 't', 'ts')
 local tokens, ts = tonumber(b[1]), tonumber(b[2])
 if not tokens or not ts then tokens, ts = burst, now end
-if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000) end
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000000) end
 local got = math.min(want, math.floor(tokens))
-redis.call('HSET', KEYS[1], 't', tostring(tokens - got), 'ts', tostring(math.max(now, ts)))
+redis.call('HSET', KEYS[1], 't', string.format('%.6f', tokens - got),
+           'ts', string.format('%.0f', math.max(now, ts)))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return got
 """
@@ -177,11 +181,18 @@ def redact(url: str) -> str:
 
 
 class _Lease:
-    __slots__ = ("tokens", "until")
+    """Tokens of one client's shared bucket this instance took from Redis, until `until`.
+
+    `tokens` 0 from the start means Redis refused: the client stays refused here until
+    the bucket can have refilled one token.
+    """
+
+    __slots__ = ("tokens", "until", "refused")
 
     def __init__(self, tokens: int, until: float) -> None:
         self.tokens = tokens
         self.until = until
+        self.refused = tokens == 0
 
 
 class RedisCluster:
@@ -203,6 +214,10 @@ class RedisCluster:
         self._burst = options.client_burst if options.client_burst is not None else burst
         self._lease_size = max(1, min(self._burst // 10, int(self._rate * LEASE_TIME)))
         self._leases: dict[str, _Lease] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in options.trusted_proxies]
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -227,6 +242,7 @@ class RedisCluster:
         self._subscribed = asyncio.Event()
         self._wake = asyncio.Event()
         self._pings_sent = self._pings_seen = 0
+        self._stopping = False
 
     # --- keys and calls
 
@@ -307,7 +323,9 @@ class RedisCluster:
                     self.tag, self.url, self.options.presence_ttl)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._listener, self._heartbeat_task) if t is not None]
+        self._stopping = True
+        tasks = [t for t in (self._listener, self._heartbeat_task, self._flusher,
+                             *self._fetches.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -343,22 +361,58 @@ class RedisCluster:
         return any(ip in net for net in self._trusted)
 
     async def allow(self, client: str) -> bool:
-        """Spend one token of `client`'s shared bucket; True while Redis is unreachable."""
-        lease = self._leases.get(client)
-        now = asyncio.get_running_loop().time()
-        if lease is not None and lease.tokens > 0 and lease.until > now:
-            lease.tokens -= 1
-            return True
-        try:
-            got = int(await self.call(self._take(
-                keys=[self.key("rl", client)], args=[self._rate, self._burst, self._lease_size])))
-        except ClusterUnavailable:
+        """Spend one token of `client`'s shared bucket; True while Redis is unreachable.
+
+        Tokens come from Redis a lease at a time. Connections of one client that run out
+        together queue for one fetch, sized for all of them, and share what it brings in
+        arrival order (instead of each draining the bucket with a fetch of its own).
+        """
+        if not self.up:
             return True  # fail open: the per-connection bucket still holds
-        if got <= 0:
-            self._leases.pop(client, None)
-            return False
-        self._leases[client] = _Lease(got - 1, now + LEASE_TIME)
-        return True
+        lease = self._leases.get(client)
+        loop = asyncio.get_running_loop()
+        if lease is not None and lease.until > loop.time():
+            if lease.tokens > 0:
+                lease.tokens -= 1
+                return True
+            if lease.refused:
+                return False
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.setdefault(client, []).append(waiter)
+        if client not in self._fetches:
+            self._fetches[client] = loop.create_task(self._fetch(client))
+        return await waiter
+
+    async def _fetch(self, client: str) -> None:
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[bool]] = []
+        try:
+            await asyncio.sleep(0)  # let the connections that ran out with this one queue up
+            waiters = self._waiters.pop(client, [])
+            want = min(self._burst, max(self._lease_size, len(waiters)))
+            try:
+                got = int(await self.call(self._take(
+                    keys=[self.key("rl", client)], args=[self._rate, self._burst, want])))
+            except ClusterUnavailable:
+                self._leases.pop(client, None)
+                return  # fail open (finally): the per-connection bucket still holds
+            hold = LEASE_TIME if got else min(LEASE_TIME, 1.0 / self._rate)
+            lease = self._leases[client] = _Lease(got, loop.time() + hold)
+            for waiter in waiters:
+                if waiter.done():
+                    continue
+                if lease.tokens > 0:
+                    lease.tokens -= 1
+                    waiter.set_result(True)
+                else:
+                    waiter.set_result(False)
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+            del self._fetches[client]
+            if self._waiters.get(client) and not self._stopping:  # queued meanwhile
+                self._fetches[client] = loop.create_task(self._fetch(client))
 
     async def claim(self, device_id: str, hello_id: str) -> None:
         """Make `hello_id` (a connection here) the holder of `device_id` everywhere."""
@@ -380,19 +434,71 @@ class RedisCluster:
         if not (PEER_ID.fullmatch(to) or valid_device_id(to)):
             return False  # also keeps newlines out of the envelope
         envelope = f"m\n{self.tag}\n{sender}\n{to}\n{kind}\n{text}"
+        if PEER_ID.fullmatch(to):
+            if to[2:6] == self.tag:
+                return False
+            command: tuple[Any, ...] = ("PUBLISH", self._channel(to[2:6]), envelope)
+        else:
+            command = ("EVALSHA", self._route.sha, 1, self.key("dev", to), self._channel(""),
+                       envelope)
         try:
-            if PEER_ID.fullmatch(to):
-                if to[2:6] == self.tag:
-                    return False
-                sent = await self.call(self.redis.publish(self._channel(to[2:6]), envelope))
-            else:
-                sent = await self.call(self._route(
-                    keys=[self.key("dev", to)], args=[self._channel(""), envelope]))
+            sent = await self._batched(command)
         except ClusterUnavailable:
             return False
         if sent:
             self.metrics.messages_routed_out += 1
         return bool(sent)
+
+    async def _batched(self, command: tuple[Any, ...]) -> Any:
+        """Run `command` in the next pipeline: the route calls made while one pipeline is
+        on its way go together in the next (one write and one round trip for all)."""
+        if not self.up:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((command, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        retried = False
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                pipe = self.redis.pipeline(transaction=False)
+                for command, _ in batch:
+                    pipe.execute_command(*command)
+                try:
+                    results = await self.call(pipe.execute(raise_on_error=False))
+                except ClusterUnavailable as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (command, future), result in zip(batch, results):
+                    if isinstance(result, NoScriptError) and not retried:
+                        self._batch.append((command, future))  # Redis restarted: load, retry
+                    elif future.done():
+                        pass
+                    elif isinstance(result, Exception):
+                        future.set_exception(ClusterUnavailable(f"Redis call failed: {result}"))
+                    else:
+                        future.set_result(result)
+                if not any(isinstance(r, NoScriptError) for r in results):
+                    retried = False
+                elif not retried:
+                    retried = True
+                    try:
+                        await self.call(self.redis.script_load(_ROUTE))
+                    except ClusterUnavailable:
+                        pass  # the retry fails and reports it
+        finally:
+            self._flusher = None
+            leftover, self._batch = self._batch, []
+            for _, future in leftover:
+                if not future.done():
+                    future.set_exception(ClusterUnavailable("Redis routing stopped"))
 
     # --- the subscription and the heartbeat
 
@@ -413,7 +519,10 @@ class RedisCluster:
                 delay = RETRY_MIN
                 async for item in pubsub.listen():
                     if item.get("type") == "message":
-                        self._on_envelope(item["data"])
+                        try:
+                            self._on_envelope(item["data"])
+                        except Exception:  # a bug must not end the subscription
+                            logger.exception("failed to handle a routed message")
             except (ClusterUnavailable, RedisError, OSError) as exc:
                 if not isinstance(exc, ClusterUnavailable):
                     self._down(exc)
@@ -564,7 +673,7 @@ class RedisSecretBinding:
     def _remember(self, device_id: str, record: str) -> None:
         self._known.pop(device_id, None)
         self._known[device_id] = record
-        while len(self._known) > self.max_bindings:
+        while len(self._known) > KNOWN_BINDINGS:
             del self._known[next(iter(self._known))]
 
     async def restore(self, device_ids: list[str]) -> None:

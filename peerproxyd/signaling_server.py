@@ -281,6 +281,8 @@ def _offline(to: str, ref: str) -> Message:
 class _Handler:
     """The messages of one connection, handled in order."""
 
+    __slots__ = ("registry", "limits", "authenticator", "conn")
+
     def __init__(self, app: web.Application, conn: Connection) -> None:
         self.registry = app[REGISTRY]
         self.limits = app[LIMITS]
