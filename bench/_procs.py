@@ -1,8 +1,8 @@
 """Processes for bench/core.py: the peerproxyd stack and a pair of bare aiortc peers.
 
 Everything listens on and sends to 127.0.0.1 only; every child is started here and ended by
-its PID. Run as a script, this module is one bare aiortc peer (`rawpeer offer|answer`), driven
-by JSON lines on stdin/stdout:
+its PID. Run as `python -m bench._procs rawpeer offer|answer [--burst]` from the repository
+root, this module is one bare aiortc peer, driven by JSON lines on stdin/stdout:
 
     offerer  -> {"sdp", "type": "offer"}         answerer <- that line
     answerer -> {"sdp", "type": "answer"}        offerer  <- that line
@@ -15,7 +15,8 @@ by JSON lines on stdin/stdout:
 (a 1-byte message for size 1, so size 1 is a 1-byte ping-pong) and the answerer replies with
 `size` bytes in 16 KiB messages, pausing while bufferedAmount is above HIGH_WATER until
 "bufferedamountlow" (LOW_WATER), the same thresholds peerproxyd's ChannelLink uses, and
-yielding to the event loop after each message (the faster way to drive aiortc, see below).
+yielding to the event loop after each message (the faster way to drive aiortc: see
+`_answerer` and bench/README.md; `--burst` queues without yielding).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ProxyStack:
                     f'url = "ws://127.0.0.1:{signal_port}/ws"',
                     "[ice]",
                     'host_addresses = ["127.0.0.1"]',
+                    "mdns = false",  # no DNS-SD advertisement, no .local names: loopback only
                     f"[services.{SERVICE}]",
                     f'upstream = "{self.upstream_url}"',
                 ]
@@ -128,7 +130,7 @@ class RawPair:
         log = open(self.log_dir / f"rawpeer-{role}.log", "ab")
         self._logs.append(log)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "rawpeer", role,
+            sys.executable, "-m", "bench._procs", "rawpeer", role,
             *(["--burst"] if self.burst else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -327,5 +329,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     role_ok = args[1:2] in (["offer"], ["answer"])
     if args[:1] != ["rawpeer"] or not role_ok or args[2:] not in ([], ["--burst"]):
-        raise SystemExit("usage: _procs.py rawpeer offer|answer [--burst]")
+        raise SystemExit("usage: python -m bench._procs rawpeer offer|answer [--burst]")
     _rawpeer(args[1], burst=args[2:] == ["--burst"])

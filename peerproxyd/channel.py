@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import (
+    MAX_PAYLOAD,
     DataReceived,
     ErrorCode,
     HeartbeatAcked,
@@ -34,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 HIGH_WATER = 1024 * 1024  # writers pause above this many bytes queued on the channel
 LOW_WATER = 256 * 1024  # ... and resume at this many
-MAX_WRITE = 256 * 1024  # body bytes handed to the connection per write step
+# Body bytes handed to the connection per write step: one message, then a yield to the loop.
+# aiortc's per-SACK work grows with the chunks in flight, so queueing many messages at once
+# costs it more CPU than it saves here (bench/README.md, finding 2).
+MAX_WRITE = MAX_PAYLOAD
 
 
 class DataChannel(Protocol):
@@ -139,7 +143,8 @@ class ChannelStream:
             if last:
                 self._link.release_if_done(self.id)
                 end = False
-            await self._link.drain()
+            if not await self._link.drain():
+                await asyncio.sleep(0)
 
     async def end(self) -> None:
         await self.write(b"", end=True)
@@ -245,13 +250,16 @@ class ChannelLink:
         for message in self.conn.data_to_send():
             self.channel.send(message)
 
-    async def drain(self) -> None:
-        """Wait while the channel holds more than HIGH_WATER bytes unsent."""
+    async def drain(self) -> bool:
+        """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited."""
+        waited = False
         while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
             self._low.clear()
+            waited = True
             await _first(self._low.wait(), self._closed.wait())
         if self._closed.is_set():
             raise PeerGoneError(f"{self.name}: data channel closed")
+        return waited
 
     def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> ChannelStream:
         """Client: send a request head; returns the stream to write the body / await the

@@ -111,9 +111,14 @@ class Router:
                 )
                 head_sent = True
                 if body:
-                    while chunk := await upstream.content.readany():
-                        await stream.write(chunk)
-                    await stream.end()
+                    # FINAL rides on the last chunk when the upstream body is known complete,
+                    # saving a message (and its SCTP packet and SACK) per response.
+                    ended = False
+                    while not ended and (chunk := await upstream.content.readany()):
+                        ended = upstream.content.at_eof()
+                        await stream.write(chunk, end=ended)
+                    if not ended:
+                        await stream.end()
                 return upstream.status
         except (StreamResetError, PeerGoneError):
             raise
