@@ -49,8 +49,8 @@ class Router:
         self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
     ) -> None:
         """Serve one request; never raises (errors become responses or a stream reset)."""
-        if head.websocket and head.service in self.services:
-            await serve_websocket(self.session, self.services[head.service], stream, head, peer=peer)
+        if head.websocket and (service := self.services.get(head.service)):
+            await serve_websocket(self.session, service, stream, head, peer=peer)
             return
         started = time.monotonic()
         status = 0

@@ -107,7 +107,9 @@ class WebSocketRelay:
                 self.close_code = msg.data
                 await self._send_close(close_record(msg.data, msg.extra or ""))
                 return
-            elif msg.type is aiohttp.WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
+            elif msg.type is aiohttp.WSMsgType.ERROR and isinstance(
+                msg.data, aiohttp.WebSocketError
+            ):
                 # e.g. a message over max_msg_size: aiohttp closed with that code (1009).
                 self.close_code = msg.data.code
                 await self._send_close(close_record(msg.data.code, str(msg.data)))

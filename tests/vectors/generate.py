@@ -87,7 +87,10 @@ NO_CONTENT = ResponseHead(status=204, headers=())
 WS = RequestHead(
     method="GET",
     target="/api/websocket?x=1",
-    headers=(("sec-websocket-protocol", "chat, superchat"), ("origin", "https://pi--ha.example.net")),
+    headers=(
+        ("sec-websocket-protocol", "chat, superchat"),
+        ("origin", "https://pi--ha.example.net"),
+    ),
     service="ha",
     websocket=True,
 )
@@ -549,10 +552,14 @@ def websocket_sequences() -> list[dict[str, Any]]:
     ])
     event, rst = reset(1, 1, "a websocket stream must use GET")
     post = WS.encode().replace(b'"method":"GET"', b'"method":"POST"')
-    v += group("websocket-not-get", Role.SERVER, [(valid("head", 1, 0, H | E, post), [event], [rst])])
+    v += group("websocket-not-get", Role.SERVER, [
+        (valid("head", 1, 0, H | E, post), [event], [rst]),
+    ])
     event, rst = reset(1, 1, "websocket must be true")
     false = WS.encode().replace(b'"websocket":true', b'"websocket":false')
-    v += group("websocket-false", Role.SERVER, [(valid("head", 1, 0, H | E, false), [event], [rst])])
+    v += group("websocket-false", Role.SERVER, [
+        (valid("head", 1, 0, H | E, false), [event], [rst]),
+    ])
     return v
 
 
