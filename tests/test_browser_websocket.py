@@ -43,7 +43,12 @@ def test_the_apps_own_script_talks_over_a_websocket(world: BrowserWorld) -> None
         "() => document.getElementById('log')?.textContent === 'hello from the page|1,2,3'"
     )
     assert app.evaluate("WebSocket.__peerproxy") is True
-    assert any(line.startswith("/ws/echo 101") for line in ws_log(world))
+    # Leaving the page ends its socket; the daemon logs each WebSocket when it ends.
+    count = len(ws_log(world))
+    app.evaluate("location.href = '/page2'")
+    world.procs["daemon"].wait_for_log(r"camera WS /ws/echo 101 \d+B [\d.]+ms code=1006",
+                                       count=1 + sum("code=1006" in x for x in ws_log(world)))
+    assert len(ws_log(world)) == count + 1
     assert world.answered() - before == 1
 
 
