@@ -401,7 +401,8 @@ def test_second_signal_stops_at_once_and_drain_timeout_is_kept(stack, tmp_path, 
     notify_socket.wait_for("READY", "1")
 
     async def held_download(proc: Proc, sigs: list[int]) -> float:
-        async with RawPeer(stack.signal_url, proc.name.removeprefix("daemon-")) as peer:
+        async with RawPeer(stack.signal_url,
+                                 device_id(tmp_path, proc.name.removeprefix("daemon-"))) as peer:
             stream = await _start_download(peer, 50 * MB)
             await _read_some(stream, hashlib.sha256(), MB)  # then stop reading: held open
             started = time.monotonic()
