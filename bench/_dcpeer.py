@@ -175,13 +175,30 @@ def main() -> None:
     aioice_tuning.configure(host_addresses=["127.0.0.1"])
     names = [n for n in args.speedups.split(",") if n]
     rtc.install_speedups(list(rtc.SPEEDUPS) if names == ["all"] else names)
+    debug = os.environ.get("PP_DCPEER_DEBUG")  # a script to run first, for development
+    if debug:
+        import runpy
+
+        runpy.run_path(debug)["install"]()
     print(f"speedups: {names or 'none (stock aiortc)'}", file=sys.stderr, flush=True)
+    profile = os.environ.get("PP_DCPEER_PROFILE")  # a cProfile output path, for development
+    if profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            _run_loop(args.role)
+        prof.dump_stats(f"{profile}.{args.role}")
+    else:
+        _run_loop(args.role)
+
+
+def _run_loop(role: str) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(args.role))
+        asyncio.run(run(role))
     else:
-        uvloop.run(run(args.role))
+        uvloop.run(run(role))
 
 
 if __name__ == "__main__":

@@ -266,6 +266,18 @@ class World:
                     pass
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
 
+    def drop_udp(self, probability: float) -> None:
+        """Drop this share of the UDP datagrams in the namespace, at random (iptables)."""
+        subprocess.run([*self.prefix(), "iptables", "-A", "INPUT", "-p", "udp", "-m", "statistic",
+                        "--mode", "random", "--probability", str(probability), "-j", "DROP"],
+                       check=True, capture_output=True, timeout=30)
+
+    def dropped(self) -> int:
+        """UDP datagrams dropped by drop_udp so far."""
+        out = subprocess.run([*self.prefix(), "iptables", "-L", "INPUT", "-v", "-x", "-n"],
+                             check=True, capture_output=True, text=True, timeout=30).stdout
+        return sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line)
+
     def udp_errors(self) -> int:
         """UDP receive-buffer errors in the namespace (datagrams dropped: a full socket)."""
         out = subprocess.run([*self.prefix(), "cat", "/proc/net/snmp"], capture_output=True,
@@ -277,13 +289,15 @@ class World:
 class Pair:
     """One data channel: a client end (aiortc peer or Chromium page) and a daemon peer."""
 
-    def __init__(self, world: World, path: str, variant: str, speedups: str) -> None:
+    def __init__(self, world: World, path: str, variant: str, speedups: str,
+                 client_speedups: str | None = None) -> None:
         self.world, self.path, self.variant = world, path, variant
         self.key = f"{path}-{variant}"
         self.daemon = world.peer(f"{self.key}-daemon", "answer", speedups)
         self.client: LinePeer | None = None
         if path == "native":
-            self.client = world.peer(f"{self.key}-client", "offer", speedups)
+            client = speedups if client_speedups is None else client_speedups
+            self.client = world.peer(f"{self.key}-client", "offer", client)
             offer = self.client.read(60)
         else:
             offer = {"type": "offer", "sdp": world.agent.page.evaluate(

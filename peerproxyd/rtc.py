@@ -12,7 +12,14 @@ from typing import Any, Literal
 from aioice import Candidate, stun
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-from peerproxyd import aioice_mdns, aioice_nomination, aioice_ports, aioice_tuning
+from peerproxyd import (
+    aioice_mdns,
+    aioice_nomination,
+    aioice_ports,
+    aioice_tuning,
+    aiortc_sack,
+    aiortc_transmit,
+)
 from peerproxyd.config import IceSettings
 
 CHANNEL_LABEL = "peerproxy"
@@ -34,7 +41,10 @@ def configure_ice(ice: IceSettings) -> None:
     install_speedups(SPEEDUPS)
 
 
-SPEEDUPS: dict[str, Callable[[bool], None]] = {}
+SPEEDUPS: dict[str, Callable[[bool], None]] = {
+    "sack": aiortc_sack.install,
+    "transmit": aiortc_transmit.install,
+}
 """Our aiortc speed-ups by name (issue 7), each in its own module; bench/datachannel.py
 measures them against stock aiortc."""
 
