@@ -17,6 +17,8 @@ from peerproxyd import (
     aioice_nomination,
     aioice_ports,
     aioice_tuning,
+    aiortc_dtls,
+    aiortc_receive,
     aiortc_sack,
     aiortc_transmit,
 )
@@ -44,6 +46,8 @@ def configure_ice(ice: IceSettings) -> None:
 SPEEDUPS: dict[str, Callable[[bool], None]] = {
     "sack": aiortc_sack.install,
     "transmit": aiortc_transmit.install,
+    "dtls": aiortc_dtls.install,
+    "receive": aiortc_receive.install,
 }
 """Our aiortc speed-ups by name (issue 7), each in its own module; bench/datachannel.py
 measures them against stock aiortc."""

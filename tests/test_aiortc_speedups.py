@@ -1,4 +1,4 @@
-"""Regression tests for peerproxyd's aiortc speed-ups (aiortc_sack, aiortc_transmit).
+"""Regression tests for peerproxyd's aiortc speed-ups (peerproxyd/aiortc_*.py).
 
 In-process: two real aiortc peers on 127.0.0.1 in one event loop, with the speed-ups on and
 off, so each test also shows what stock aiortc does (and fails if aiortc changes under us).
@@ -221,3 +221,56 @@ def test_chromium_with_five_percent_loss(world: Any) -> None:
     for direction in ("down", "up"):
         pair.transfer(direction, LOSSY_BYTES)
     assert world.dropped() > 0
+
+
+async def test_receive_fast_path_keeps_aiortc_bookkeeping(pair_factory: Any) -> None:
+    """In order, with a gap, with a duplicate: the same results as aiortc's own method."""
+    from peerproxyd import aiortc_receive
+
+    pair = await pair_factory(["receive"])
+    await bulk(pair, 20)
+    sctp = pair.b.sctp
+    last = sctp._last_received_tsn
+
+    def tsn(n: int) -> int:
+        return (last + n) % 2**32
+
+    assert sctp._mark_received(tsn(2)) is False  # a gap: aiortc's path
+    assert sctp._sack_misordered == {tsn(2)} and sctp._last_received_tsn == last
+    assert sctp._mark_received(tsn(1)) is False  # fills it
+    assert sctp._last_received_tsn == tsn(2) and not sctp._sack_misordered
+    assert sctp._mark_received(tsn(3)) is False  # the fast path
+    assert sctp._last_received_tsn == tsn(3)
+    assert sctp._mark_received(tsn(3)) is True  # a duplicate
+    assert sctp._sack_duplicates == [tsn(3)]
+    assert sctp._mark_received(tsn(4)) is False  # duplicates pending: aiortc's path
+    assert sctp._last_received_tsn == tsn(4) and sctp._sack_duplicates == []
+    sctp._last_received_tsn = 2**32 - 1  # wrap-around
+    assert aiortc_receive.mark_received(sctp, 0) is False and sctp._last_received_tsn == 0
+
+
+def test_dtls_pending_reads_pyopenssl_memory_bio() -> None:
+    """The BIO length we read instead of a failing bio_read: zero when empty, the bytes of a
+    ClientHello once a handshake has started (fails if pyOpenSSL moves its BIO)."""
+    from OpenSSL import SSL
+
+    from peerproxyd import aiortc_dtls
+
+    assert aiortc_dtls.supported()
+    connection = SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None)
+    assert aiortc_dtls.pending(connection) == 0
+    connection.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        connection.do_handshake()
+    waiting = aiortc_dtls.pending(connection)
+    assert waiting > 0
+    assert len(connection.bio_read(65536)) == waiting
+    assert aiortc_dtls.pending(connection) == 0
+
+
+async def test_all_speedups_move_bulk_data_both_ways(pair_factory: Any) -> None:
+    pair = await pair_factory(list(SPEEDUPS))
+    await bulk(pair, 100)
+    pair.ca, pair.cb = pair.cb, pair.ca
+    pair.received = pair.replies
+    await bulk(pair, 100)
