@@ -70,7 +70,9 @@ window.bench = {
     dc.binaryType = 'arraybuffer';
     dc.bufferedAmountLowThreshold = %(low)d;
     const st = {pc, dc, t0: performance.now(), openMs: null, onData: null};
-    st.opened = new Promise(r => { dc.onopen = () => { st.openMs = performance.now() - st.t0; r(); }; });
+    st.opened = new Promise(r => {
+      dc.onopen = () => { st.openMs = performance.now() - st.t0; r(); };
+    });
     dc.onmessage = e => st.onData && st.onData(e.data);
     this.peers[name] = st;
     await pc.setLocalDescription(await pc.createOffer());
@@ -94,7 +96,9 @@ window.bench = {
     let seq = 0;
     for (let left = total; left > 0; seq++) {
       if (dc.bufferedAmount > %(high)d) {
-        await new Promise(r => { dc.onbufferedamountlow = () => { dc.onbufferedamountlow = null; r(); }; });
+        await new Promise(r => {
+          dc.onbufferedamountlow = () => { dc.onbufferedamountlow = null; r(); };
+        });
       }
       const n = Math.min(block.length, left);
       view.setUint32(0, Math.floor(seq / 4294967296)); view.setUint32(4, seq >>> 0);
@@ -110,10 +114,14 @@ window.bench = {
       st.onData = data => {
         const v = new DataView(data);
         const seq = v.getUint32(0) * 4294967296 + v.getUint32(4);
-        if (seq !== r.messages && r.error === null) r.error = `message ${r.messages}: sequence ${seq}`;
+        if (seq !== r.messages && r.error === null) {
+          r.error = `message ${r.messages}: sequence ${seq}`;
+        }
         r.messages++; r.received += data.byteLength;
         if (r.received >= total) {
-          if (r.received !== total && r.error === null) r.error = `received ${r.received} of ${total}`;
+          if (r.received !== total && r.error === null) {
+            r.error = `received ${r.received} of ${total}`;
+          }
           st.onData = null; resolve(r);
         }
       };
@@ -413,7 +421,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         vs = r.get("vs_stock")
-        ratio = f"{vs['mb_s_ratio']['min']:.2f} / **{vs['mb_s_ratio']['median']:.2f}**" if vs else ""
+        ratio = ""
+        if vs:
+            ratio = f"{vs['mb_s_ratio']['min']:.2f} / **{vs['mb_s_ratio']['median']:.2f}**"
         cpu_ratio = f"{vs['daemon_cpu_per_mb_ratio']:.2f}" if vs else ""
         lines.append(
             f"| {r['path']} | {r['direction']} | {'1 core' if r['pinned'] else '2 cores'} "
@@ -475,8 +485,10 @@ def machine() -> dict[str, Any]:
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "peerproxyd", "bench"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    chromium = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True,
-                              text=True).stdout.strip() if Path("/usr/bin/chromium").exists() else None
+    chromium = None
+    if Path("/usr/bin/chromium").exists():
+        chromium = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True,
+                                  text=True).stdout.strip()
     return {"commit": commit, "uncommitted_changes": dirty, "nproc": os.cpu_count(),
             "cpu_model": model, "python": platform.python_version(),
             "kernel": platform.release(), "chromium": chromium, "versions": versions}

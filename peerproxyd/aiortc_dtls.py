@@ -45,4 +45,6 @@ def supported() -> bool:
 def install(enabled: bool = True) -> None:
     """Wrap aiortc's `_write_ssl` (or restore it with `enabled=False`, or if unsupported)."""
     use = enabled and supported()
-    RTCDtlsTransport._write_ssl = write_ssl if use else _ORIGINAL_WRITE_SSL  # type: ignore[method-assign]
+    RTCDtlsTransport._write_ssl = (  # type: ignore[method-assign]
+        write_ssl if use else _ORIGINAL_WRITE_SSL
+    )

@@ -20,6 +20,7 @@ Regression test: tests/test_aiortc_speedups.py.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH, RTCSctpTransport, SackChunk
 
@@ -61,8 +62,7 @@ def t3_expired(self: RTCSctpTransport) -> None:
 
 def install(enabled: bool = True) -> None:
     """Wrap the three methods (or restore aiortc's with `enabled=False`)."""
-    RTCSctpTransport._transmit = transmit if enabled else _ORIGINAL_TRANSMIT  # type: ignore[method-assign]
-    RTCSctpTransport._receive_sack_chunk = (  # type: ignore[method-assign]
-        receive_sack_chunk if enabled else _ORIGINAL_RECEIVE_SACK
-    )
-    RTCSctpTransport._t3_expired = t3_expired if enabled else _ORIGINAL_T3_EXPIRED  # type: ignore[method-assign]
+    cls: Any = RTCSctpTransport
+    cls._transmit = transmit if enabled else _ORIGINAL_TRANSMIT
+    cls._receive_sack_chunk = receive_sack_chunk if enabled else _ORIGINAL_RECEIVE_SACK
+    cls._t3_expired = t3_expired if enabled else _ORIGINAL_T3_EXPIRED

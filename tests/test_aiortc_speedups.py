@@ -106,7 +106,9 @@ async def bulk(pair: Pair, count: int) -> None:
 
 
 @pytest.mark.parametrize("speedups", [[], ["sack"]], ids=["stock", "sack"])
-async def test_receiver_acknowledges_every_second_packet(pair_factory: Any, speedups: list[str]) -> None:
+async def test_receiver_acknowledges_every_second_packet(
+    pair_factory: Any, speedups: list[str]
+) -> None:
     pair = await pair_factory(speedups)
     sent0, received0 = packets(pair.b)
     await bulk(pair, 200)  # 3.2 MB, ~2,800 DATA packets
