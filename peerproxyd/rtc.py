@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,10 @@ from peerproxyd import (
     aioice_nomination,
     aioice_ports,
     aioice_tuning,
+    aiortc_dtls,
+    aiortc_receive,
+    aiortc_sack,
+    aiortc_transmit,
 )
 from peerproxyd.config import IceSettings
 
@@ -37,6 +42,27 @@ def configure_ice(ice: IceSettings) -> None:
     aioice_mdns.install()
     aioice_nomination.install()
     aioice_consent.install()
+    install_speedups(SPEEDUPS)
+
+
+SPEEDUPS: dict[str, Callable[[bool], None]] = {
+    "sack": aiortc_sack.install,
+    "transmit": aiortc_transmit.install,
+    "dtls": aiortc_dtls.install,
+    "receive": aiortc_receive.install,
+}
+"""Our aiortc speed-ups by name (issue 7), each in its own module; bench/datachannel.py
+measures them against stock aiortc."""
+
+
+def install_speedups(names: Iterable[str]) -> None:
+    """Install the named speed-ups and remove the others (process-wide)."""
+    chosen = set(names)
+    unknown = chosen - SPEEDUPS.keys()
+    if unknown:
+        raise ValueError(f"unknown speed-ups: {sorted(unknown)}; known: {sorted(SPEEDUPS)}")
+    for name, install in SPEEDUPS.items():
+        install(name in chosen)
 
 
 def new_peer_connection(ice: IceSettings) -> RTCPeerConnection:
