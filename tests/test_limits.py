@@ -87,8 +87,8 @@ async def test_streams_per_peer(tight: TunedStack) -> None:
     async with RawPeer(tight.signal_url, DEVICE) as peer, \
             RawPeer(tight.signal_url, DEVICE) as other:
         slow = [asyncio.create_task(peer.request("camera", "/slow?s=2")) for _ in range(2)]
-        await until(lambda: peer.link.conn.open_streams == 2)
-        await asyncio.sleep(0.3)  # both requests are at the daemon
+        await until(lambda: peer.link.conn.open_streams == 2)  # (ordered channel: the
+        # daemon sees both before the third)
         with pytest.raises(StreamResetError) as info:
             await peer.request("camera", "/")
         assert info.value.code == ErrorCode.REFUSED_STREAM
