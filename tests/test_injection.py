@@ -29,7 +29,6 @@ from peerproxyd.protocol import (
     Flag,
     Frame,
     ProxyConnection,
-    RequestHead,
     RequestReceived,
     Role,
     StreamReset,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc import RTCDataChannel
 from aiortc.rtcsctptransport import DataChunk
 
 from peerproxyd import aioice_tuning

@@ -9,6 +9,7 @@ not get.
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import threading
 
@@ -65,7 +66,7 @@ class RecordingUpstream:
             return list(self.requests)
 
     # ----- one connection
-    def _serve(self, sock) -> None:  # type: ignore[no-untyped-def]
+    def _serve(self, sock: socket.socket) -> None:
         raw = bytearray()
         with self._lock:
             self.connections.append(raw)
@@ -91,7 +92,7 @@ class RecordingUpstream:
 
 
 class _Reader:
-    def __init__(self, sock, raw: bytearray, lock: threading.Lock) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, sock: socket.socket, raw: bytearray, lock: threading.Lock) -> None:
         self.sock = sock
         self.raw = raw
         self.lock = lock

@@ -8,8 +8,6 @@ from tests.support.stack import DEVICE, Stack
 
 
 class TunedStack(Stack):
-    limits: dict[str, object]
-
     def daemon(self, services: dict[str, int], limits: dict[str, object] | None = None) -> Proc:
         config = daemon_config(
             self.log_dir / "daemon.toml", device=DEVICE, signal_port=self.signal_port,
