@@ -48,8 +48,9 @@ FORWARDING = frozenset(
 """Request headers an upstream may trust for the client's address or the real path: only we
 set them (with every `X-Forwarded-*`)."""
 
-MAX_PERCENT_DECODING = 3
-"""Levels of percent-decoding a path is checked at (`%252e%252e` is `..` twice decoded)."""
+MAX_PERCENT_DECODING = 4
+"""Levels of percent-decoding a path is checked at (`%252e%252e` is `..` twice decoded); a
+path still changing after that many is refused."""
 
 _CTL_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: HTAB is allowed
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -157,7 +158,7 @@ def check_target(target: str) -> None:
         raise BadRequest(f"target {target!r} has a malformed percent-escape")
     if _ENCODED_CTL.search(path):
         raise BadRequest(f"target {target!r} has an encoded control character in its path")
-    for _ in range(MAX_PERCENT_DECODING):
+    for _ in range(MAX_PERCENT_DECODING + 1):
         if "\\" in path:
             raise BadRequest(f"target {target!r} has a backslash in its path")
         for segment in path.split("/"):
@@ -167,6 +168,7 @@ def check_target(target: str) -> None:
         if decoded == path:
             return
         path = decoded
+    raise BadRequest(f"target {target!r} has too many levels of percent-encoding")
 
 
 class BodyCounter:

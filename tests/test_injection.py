@@ -111,6 +111,7 @@ REFUSED_TARGETS = {
     "/%252e%252e/admin": "dot segment",
     "/%25252e%25252e/admin": "dot segment",
     "/..;/admin": "dot segment",
+    "/%252525252e%252525252e/admin": "too many levels of percent-encoding",
     "/a/.;x=1/b": "dot segment",
     "/a\\..\\b": "backslash",
     "/\\evil.example": "backslash",
