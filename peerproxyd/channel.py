@@ -7,8 +7,8 @@ channel's bufferedAmount (writers wait for "bufferedamountlow").
 
 Slow-reader protection: a peer that never grants window or never reads the channel cannot make
 this side buffer without bound. A writer waits for window at most `stall_timeout` seconds,
-then its stream is reset (CANCEL); a channel that stays above HIGH_WATER for `stall_timeout`,
-or whose queue passes `max_buffered` bytes (messages that need no window: response heads,
+then its stream is reset (CANCEL); a channel above HIGH_WATER that drains nothing for
+`stall_timeout`, or whose queue passes `max_buffered` bytes (messages that need no window: response heads,
 RESETs, heartbeat answers), is closed with the whole peer.
 """
 
@@ -270,18 +270,23 @@ class ChannelLink:
             self.abort(f"peer is not reading: {self.channel.bufferedAmount} bytes queued")
 
     async def drain(self) -> bool:
-        """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited."""
+        """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited.
+        A channel that does not drain at all for `stall_timeout` closes the peer (a slow
+        peer that drains a little in each period is waited for)."""
         waited = False
-        if self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
+        last = self.channel.bufferedAmount
+        while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
             waited = True
+            self._low.clear()
             try:
                 async with asyncio.timeout(self.stall_timeout):
-                    while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
-                        self._low.clear()
-                        await _first(self._low.wait(), self._closed.wait())
+                    await _first(self._low.wait(), self._closed.wait())
             except TimeoutError:
-                self.abort(f"peer is not reading: channel not drained for "
-                           f"{self.stall_timeout:g} s")
+                now = self.channel.bufferedAmount
+                if now >= last:
+                    self.abort(f"peer is not reading: channel not drained for "
+                               f"{self.stall_timeout:g} s")
+                last = now
         if self._closed.is_set():
             raise PeerGoneError(f"{self.name}: data channel closed")
         return waited

@@ -323,8 +323,8 @@ class LimitsSettings(_Section):
 
     stall_timeout: float = Field(default=60.0, gt=0)
     """Seconds a response may wait for the viewer's flow-control window (WINDOW) before its
-    stream is reset, and that the data channel may stay above its high-water mark before the
-    whole peer is closed: a viewer that stops reading cannot hold upstream connections or
+    stream is reset, and that the data channel may stay above its high-water mark without
+    draining at all before the whole peer is closed: a viewer that stops reading cannot hold upstream connections or
     daemon memory. **Default:** 60.0 (as nginx's `send_timeout`)."""
 
     max_peers: int = Field(default=32, ge=1)

@@ -304,7 +304,7 @@ targets = st.lists(
 ).map(lambda parts: "/" + "".join(parts))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(targets)
 def test_accepted_targets_never_leave_the_base_path(target: str) -> None:
     result = outcome(target=target)

@@ -47,11 +47,14 @@ MB = 1024 * 1024
 H, E, F = Flag.HEADERS, Flag.END_HEADERS, Flag.FINAL
 
 
-async def until(condition: Any, timeout: float = 20.0, step: float = 0.05) -> None:
+async def until(condition: Any, timeout: float = 30.0, step: float = 0.05) -> None:
     """Wait (bounded) for `condition()` to hold."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(step)
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(step)
+    except TimeoutError:
+        raise AssertionError(f"still false after {timeout} s: {condition}") from None
 
 
 # ----- header bytes and streams per peer (daemon process)
