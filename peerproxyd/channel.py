@@ -4,6 +4,12 @@ Messages from the channel go to `ProxyConnection.receive_message()`; the resulti
 routed to `ChannelStream`s; whatever the connection wants to send goes out on the channel.
 Backpressure has two levels: per stream, the peer's WINDOW credit; per channel, the data
 channel's bufferedAmount (writers wait for "bufferedamountlow").
+
+Slow-reader protection: a peer that never grants window or never reads the channel cannot make
+this side buffer without bound. A writer waits for window at most `stall_timeout` seconds,
+then its stream is reset (CANCEL); a channel above HIGH_WATER that drains nothing for
+`stall_timeout`, or whose queue passes `max_buffered` bytes (messages that need no window: response heads,
+RESETs, heartbeat answers), is closed with the whole peer.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ LOW_WATER = 256 * 1024  # ... and resume at this many
 # aiortc's per-SACK work grows with the chunks in flight, so queueing many messages at once
 # costs it more CPU than it saves here (bench/README.md, finding 2).
 MAX_WRITE = MAX_PAYLOAD
+STALL_TIMEOUT = 60.0  # seconds without window (stream) or without draining (channel)
+MAX_BUFFERED = 16 * HIGH_WATER  # bytes queued on the channel before the peer is dropped
 
 
 class DataChannel(Protocol):
@@ -132,7 +140,12 @@ class ChannelStream:
             window = self._link.conn.send_window(self.id)
             if view and window == 0:
                 self._writable.clear()
-                await self._writable.wait()
+                try:
+                    await asyncio.wait_for(self._writable.wait(), self._link.stall_timeout)
+                except TimeoutError:
+                    reason = f"stalled: no window for {self._link.stall_timeout:g} s"
+                    logger.warning("%s: stream %d %s", self._link.name, self.id, reason)
+                    self.reset(ErrorCode.CANCEL, reason)
                 continue
             step = bytes(view[: min(window, MAX_WRITE)])
             view = view[len(step) :]
@@ -170,10 +183,14 @@ class ChannelLink:
         *,
         on_request: Callable[[ChannelStream, RequestHead, bool], None] | None = None,
         name: str = "",
+        stall_timeout: float = STALL_TIMEOUT,
+        max_buffered: int = MAX_BUFFERED,
     ) -> None:
         self.channel = channel
         self.conn = conn
         self.name = name
+        self.stall_timeout = stall_timeout
+        self.max_buffered = max_buffered
         self.streams: dict[int, ChannelStream] = {}
         self._on_request = on_request
         self._low = asyncio.Event()
@@ -249,14 +266,27 @@ class ChannelLink:
             return
         for message in self.conn.data_to_send():
             self.channel.send(message)
+        if self.channel.bufferedAmount > self.max_buffered and not self._closed.is_set():
+            self.abort(f"peer is not reading: {self.channel.bufferedAmount} bytes queued")
 
     async def drain(self) -> bool:
-        """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited."""
+        """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited.
+        A channel that does not drain at all for `stall_timeout` closes the peer (a slow
+        peer that drains a little in each period is waited for)."""
         waited = False
+        last = self.channel.bufferedAmount
         while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
-            self._low.clear()
             waited = True
-            await _first(self._low.wait(), self._closed.wait())
+            self._low.clear()
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    await _first(self._low.wait(), self._closed.wait())
+            except TimeoutError:
+                now = self.channel.bufferedAmount
+                if now >= last:
+                    self.abort(f"peer is not reading: channel not drained for "
+                               f"{self.stall_timeout:g} s")
+                last = now
         if self._closed.is_set():
             raise PeerGoneError(f"{self.name}: data channel closed")
         return waited
@@ -295,6 +325,13 @@ class ChannelLink:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def abort(self, reason: str) -> None:
+        """Give up on a peer that misbehaves at the channel level: close the channel (the
+        session notices) and fail every stream."""
+        logger.warning("%s: closing: %s", self.name, reason)
+        self.channel.close()
+        self.close()
 
     def close(self) -> None:
         """The channel is gone: fail every stream (their tasks see PeerGoneError)."""

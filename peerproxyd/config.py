@@ -190,6 +190,13 @@ class SignalingSettings(_Section):
 class ServiceSettings(_Section):
     """`[services.<name>]`: one local HTTP service browsers may reach."""
 
+    max_request_body: int = Field(default=104_857_600, ge=0)
+    """Largest request body in bytes a viewer may send to this service; a larger declared
+    `Content-Length` is answered 413 before anything is read or sent upstream, a larger
+    streamed body is cut off (the upstream connection dropped) and answered 413. 0: no limit.
+    **Default:** 104857600 (100 MiB: photos, firmware images and configuration uploads fit;
+    raise it for e.g. Home Assistant backup uploads)."""
+
     upstream: str
     """Required. Base URL of the local service (`http` or `https`, with a host, no query or
     fragment). A path prefix is allowed; it is stored without a trailing slash."""
@@ -315,6 +322,12 @@ class IceSettings(_Section):
 
 class LimitsSettings(_Section):
     """`[limits]`: bounds on everything a remote peer controls."""
+
+    stall_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a response may wait for the viewer's flow-control window (WINDOW) before its
+    stream is reset, and that the data channel may stay above its high-water mark without
+    draining at all before the whole peer is closed: a viewer that stops reading cannot hold upstream connections or
+    daemon memory. **Default:** 60.0 (as nginx's `send_timeout`)."""
 
     max_peers: int = Field(default=32, ge=1)
     """Concurrent peer connections. **Default:** 32."""

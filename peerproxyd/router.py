@@ -15,6 +15,9 @@ from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.http_headers import (
+    BadRequest,
+    BodyCounter,
+    check_request,
     downstream_response_headers,
     has_body,
     upstream_request_headers,
@@ -87,7 +90,17 @@ class Router:
         service = self.services.get(head.service)
         if service is None:
             return await _reply(stream, 404, f"unknown service {head.service!r}")
-        url = URL(service.upstream + head.target, encoded=True)
+        try:
+            checked = check_request(head, max_body=service.max_request_body)
+            counter = BodyCounter(checked.content_length, service.max_request_body)
+            if end_stream:
+                counter.end()
+        except BadRequest as exc:
+            logger.info("stream %d refused (%d): %s", stream.id, exc.status, exc)
+            return await _reply(stream, exc.status, str(exc))
+        # The service's base URL and an origin-form target that cannot leave its path: the
+        # only URLs this daemon ever requests.
+        url = URL(service.upstream + checked.target, encoded=True)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=service.connect_timeout,
@@ -100,7 +113,7 @@ class Router:
                 head.method,
                 url,
                 headers=CIMultiDict(upstream_request_headers(head.headers, peer=peer)),
-                data=None if end_stream else _request_body(stream),
+                data=None if end_stream else _request_body(stream, counter),
                 allow_redirects=False,
                 timeout=timeout,
                 skip_auto_headers=SKIP_AUTO_HEADERS,
@@ -108,13 +121,13 @@ class Router:
                 headers = downstream_response_headers(
                     (k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers
                 )
-                body = has_body(head.method, upstream.status)
+                with_body = has_body(head.method, upstream.status)
                 stream.send_response(
                     ResponseHead(status=upstream.status, headers=tuple(headers)),
-                    end_stream=not body,
+                    end_stream=not with_body,
                 )
                 head_sent = True
-                if body:
+                if with_body:
                     # FINAL rides on the last chunk when the upstream body is known complete,
                     # saving a message (and its SCTP packet and SACK) per response.
                     ended = False
@@ -126,25 +139,38 @@ class Router:
                 return upstream.status
         except (StreamResetError, PeerGoneError):
             raise
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-            if head_sent:
-                raise
-            return await _reply(stream, 502, f"upstream {head.service} unreachable: {exc}")
-        except TimeoutError as exc:
-            if head_sent:
-                stream.reset(ErrorCode.UPSTREAM_ERROR, "upstream timed out")
-                return 504
-            return await _reply(stream, 504, f"upstream {head.service} timed out {exc}".strip())
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if counter.error is not None:
+                # The request body broke the rules: aiohttp dropped the upstream connection
+                # before any offending byte was written.
+                error = counter.error
+                logger.info("stream %d refused (%d): %s", stream.id, error.status, error)
+                if head_sent:
+                    stream.reset(ErrorCode.CANCEL, str(error))
+                    return error.status
+                return await _reply(stream, error.status, str(error))
+            if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)):
+                if head_sent:
+                    raise
+                return await _reply(stream, 502, f"upstream {head.service} unreachable: {exc}")
+            if isinstance(exc, TimeoutError):
+                if head_sent:
+                    stream.reset(ErrorCode.UPSTREAM_ERROR, "upstream timed out")
+                    return 504
+                return await _reply(stream, 504, f"upstream {head.service} timed out {exc}".strip())
             if head_sent:
                 stream.reset(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc}")
                 return 502
             return await _reply(stream, 502, f"upstream {head.service} failed: {exc}")
 
 
-async def _request_body(stream: ChannelStream) -> AsyncIterator[bytes]:
+async def _request_body(stream: ChannelStream, counter: BodyCounter) -> AsyncIterator[bytes]:
+    """The viewer's body as it arrives; BadRequest (recorded in `counter.error`) before a chunk
+    that would break the declared length or the service's limit."""
     while chunk := await stream.read():
+        counter.add(len(chunk))
         yield chunk
+    counter.end()
 
 
 async def _reply(stream: ChannelStream, status: int, text: str) -> int:

@@ -67,11 +67,13 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "signaling": {"url": "ws://127.0.0.1:8787/ws", "reconnect_min": 0.5, "reconnect_max": 30.0},
         "services": {
             "camera": {
+                "max_request_body": 104857600,
                 "upstream": "http://127.0.0.1:8081",
                 "connect_timeout": 5.0,
                 "read_timeout": 60.0,
             },
             "ha": {
+                "max_request_body": 104857600,
                 "upstream": "http://127.0.0.1:8123",
                 "connect_timeout": 5.0,
                 "read_timeout": 60.0,
@@ -85,6 +87,7 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "port_range": None,
         },
         "limits": {
+            "stall_timeout": 60.0,
             "max_peers": 32,
             "max_streams_per_peer": 128,
             "max_header_bytes": 65536,
@@ -473,6 +476,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.device.name == "Camera Pi"
     assert settings.limits.max_peers == 4
     assert settings.services["camera"].model_dump() == {
+        "max_request_body": 104857600,
         "upstream": "http://127.0.0.1:8081",
         "connect_timeout": 5.0,
         "read_timeout": 7.5,
