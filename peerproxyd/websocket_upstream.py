@@ -17,7 +17,12 @@ from yarl import URL
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings
 from peerproxyd.errors import PeerGoneError, StreamResetError
-from peerproxyd.http_headers import downstream_response_headers, upstream_request_headers
+from peerproxyd.http_headers import (
+    BadRequest,
+    check_request,
+    downstream_response_headers,
+    upstream_request_headers,
+)
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.protocol.websocket import MAX_MESSAGE
 from peerproxyd.websocket_relay import CLOSE_TIMEOUT, WebSocketRelay
@@ -101,7 +106,12 @@ async def _open(
     peer: str,
     max_message: int,
 ) -> tuple[int, WebSocketRelay | None]:
-    url = URL(service.upstream + head.target, encoded=True)
+    try:  # the same policy as every request: no path escape, no smuggled headers
+        target = check_request(head).target
+    except BadRequest as exc:
+        logger.info("websocket stream %d refused (%d): %s", stream.id, exc.status, exc)
+        return exc.status, await _refuse(stream, exc.status, str(exc))
+    url = URL(service.upstream + target, encoded=True)
     try:
         async with asyncio.timeout(service.connect_timeout + service.read_timeout):
             ws = await session.ws_connect(

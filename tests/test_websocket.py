@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -234,3 +235,20 @@ async def test_bad_records_reset_only_their_stream(net: Net, http: aiohttp.Clien
             break
         await asyncio.sleep(0.05)
     assert (await upstream_closes(http, net))[before:].count([1001, ""]) == 2
+
+
+@pytest.mark.parametrize(("target", "reason"), [
+    ("/ws/../admin", b"segment"), ("/ws/%2e%2e/admin", b"segment"),
+    ("/ws\\..\\admin", b"backslash"),
+])
+async def test_a_websocket_target_cannot_leave_the_service(net: Net, target: str, reason: bytes):
+    """The upgrade gets the proxy policy of every request: refused with 400, never sent."""
+    head = RequestHead(method="GET", target=target, service="camera", websocket=True)
+    async with RawPeer(net.signal_url, net.device) as peer:
+        stream = peer.link.open_stream(head)
+        response, _ = await asyncio.wait_for(stream.response, 10)
+        body = b""
+        while chunk := await asyncio.wait_for(stream.read(), 10):
+            body += chunk
+    assert response.status == 400 and reason in body, (response, body)
+    net.daemon.wait_for_log(rf"camera WS {re.escape(target)} 400 ")
