@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from peerproxyd import __version__
-from peerproxyd.errors import ConfigError, PeerProxyError
+from peerproxyd.errors import ConfigError, LinkError, PeerProxyError
 
 if TYPE_CHECKING:
     from peerproxyd.daemon import Daemon
@@ -55,10 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen-port", type=int, default=9000)
 
     connect = sub.add_parser("connect", help="expose a device's service on a local port")
-    connect.add_argument("--signal", required=True, help="signaling URL, ws://host:port/ws")
-    connect.add_argument("--device", required=True)
-    connect.add_argument("--service", required=True)
+    connect.add_argument(
+        "link", help="the share link from `peerproxyd share` (- reads it from stdin)"
+    )
     connect.add_argument("--listen", default="127.0.0.1:9000", help="HOST:PORT (port 0: any)")
+    connect.add_argument(
+        "--signal", help="signaling URL (default: from the link, e.g. wss://host/ws)"
+    )
     connect.add_argument(
         "--host-address",
         action="append",
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
+        return 2
+    except LinkError as exc:
+        print(f"link: {exc}", file=sys.stderr)
         return 2
     except PeerProxyError as exc:
         logger.error("failed: %s", exc)
@@ -205,16 +211,17 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
 def _connect(args: argparse.Namespace) -> None:
     from peerproxyd.client import NativeClient
     from peerproxyd.config import IceServer, IceSettings
+    from peerproxyd.viewer_auth import parse_link
 
+    link = parse_link(sys.stdin.readline() if args.link == "-" else args.link)
     host, _, port = args.listen.rpartition(":")
     ice = IceSettings(
         servers=[IceServer(urls=[u]) for u in args.ice_server],
         host_addresses=args.host_address,
     )
     client = NativeClient(
+        link=link,
         signal_url=args.signal,
-        device=args.device,
-        service=args.service,
         listen=(host or "127.0.0.1", int(port)),
         ice=ice,
     )
@@ -225,7 +232,7 @@ def _connect(args: argparse.Namespace) -> None:
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
-            print(f"{args.device}/{args.service} is at {client.url}", flush=True)
+            print(f"{link.device}/{link.service} is at {client.url}", flush=True)
         await task
 
     _run(run())

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import aiohttp
 from peerproxyd import __version__, mdns
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
-from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError
+from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError, ViewerStoreError
 from peerproxyd.notify import Notifier
 from peerproxyd.peer import PeerSession
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
@@ -32,11 +33,14 @@ from peerproxyd.router import Router, new_upstream_session
 from peerproxyd.rtc import configure_ice
 from peerproxyd.signaling import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.viewers import ViewerStore
 
 logger = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
 """Seconds between STATUS= refreshes (peer and stream counts change without an event)."""
+ACCESS_INTERVAL = 1.0
+"""Seconds between checks of the viewer store and of every peer (revoked, expired, idle)."""
 RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
 SHUTDOWN_BODY = b"device is shutting down\n"
@@ -103,8 +107,10 @@ class Daemon:
         *,
         config_path: str | Path | None = None,
         notifier: Notifier | None = None,
+        viewers: ViewerStore | None = None,
     ) -> None:
         self.settings = settings
+        self.viewers = viewers if viewers is not None else ViewerStore(_state_dir(settings))
         self.config_path = Path(config_path) if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier()
         self.sessions: dict[str, PeerSession] = {}
@@ -129,6 +135,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve until cancelled, or until stop() and the drain that follows."""
         configure_ice(self.settings.ice)
+        self._load_viewers()
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
         logger.info("device %s serving %s", self.settings.device.id, names)
         advertisement = (
@@ -146,6 +153,7 @@ class Daemon:
             helpers = [
                 asyncio.create_task(self.notifier.watchdog(self.healthy)),
                 asyncio.create_task(self._status_loop()),
+                asyncio.create_task(self._access_loop()),
             ]
             try:
                 await asyncio.wait({signaling, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -277,6 +285,36 @@ class Daemon:
         limit = self.signaling.backoff_max + 2 * HANDSHAKE_TIMEOUT + 5.0
         return time.monotonic() - self._signaling_changed < limit
 
+    # ----- viewers
+    def _load_viewers(self) -> None:
+        """(Re)read the viewer store; a bad file keeps the viewers known so far."""
+        try:
+            self.viewers.load()
+        except ViewerStoreError as exc:
+            logger.error("viewer store: %s (keeping the %d viewers read before)",
+                         exc, len(self.viewers.records))
+            return
+        logger.info("viewer store %s: %d viewers", self.viewers.path, len(self.viewers.records))
+
+    async def _access_loop(self) -> None:
+        """Every second: re-read the viewer store if it changed, then let every session
+        check its viewer (revoked, expired, shared anew) and its idleness."""
+        while True:
+            await asyncio.sleep(ACCESS_INTERVAL)
+            try:
+                if self.viewers.changed():
+                    self._load_viewers()
+            except ViewerStoreError as exc:
+                logger.error("viewer store: %s", exc)
+            now = datetime.now(UTC)
+            for session in list(self.sessions.values()):
+                session.check(now)
+
+    def _admit(self) -> bool:
+        """Whether one more viewer may authenticate (`[limits] max_peers`)."""
+        served = sum(1 for s in self.sessions.values() if s.granted is not None)
+        return served < self.settings.limits.max_peers
+
     def _update_status(self) -> None:
         self.notifier.status(self.status_text())
 
@@ -325,15 +363,21 @@ class Daemon:
             return
         if old := self.sessions.get(peer):
             await old.close()  # the viewer restarted its connection
+        # max_peers bounds authenticated viewers (auth-error too-many-peers) and, separately,
+        # connections still in their handshake, so strangers cannot crowd viewers out.
         max_peers = self.settings.limits.max_peers
-        if len(self.sessions) >= max_peers:
-            logger.warning("refusing %s: already serving %d peers", peer, max_peers)
+        pending = sum(1 for s in self.sessions.values() if s.granted is None)
+        if pending >= max_peers:
+            logger.warning("refusing %s: %d peers are authenticating", peer, pending)
             await self.signaling.send(
-                "bye", peer, {"reason": f"busy: this device serves at most {max_peers} viewers"}
+                "bye", peer, {"reason": f"busy: {pending} viewers are connecting, try again"}
             )
             return
         assert self._router is not None
-        session = PeerSession(peer, self.settings, self._router, self._forget)
+        session = PeerSession(
+            peer, self.settings, self._router, self._forget,
+            viewers=self.viewers, admit=self._admit,
+        )
         self.sessions[peer] = session
         try:
             answer = await session.accept(offer)
@@ -359,3 +403,8 @@ class Daemon:
     async def close_sessions(self) -> None:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+
+def _state_dir(settings: Settings) -> Path:
+    """PLACEHOLDER until [device] state_dir lands (branch trust-sig)."""
+    return Path(os.environ.get("STATE_DIRECTORY") or Path.home() / ".local/state/peerproxyd")
