@@ -47,6 +47,31 @@ def _parser() -> argparse.ArgumentParser:
         help="also answer STUN binding requests on this UDP port (0: off; default 3478)",
     )
 
+    share = sub.add_parser(
+        "share", help="add a viewer: print its share link (and a QR code) once"
+    )
+    share.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+    share.add_argument("--service", required=True, help="the one service the viewer may use")
+    share.add_argument("--name", required=True, help="the viewer: 1-64 of A-Z a-z 0-9 . _ -")
+    share.add_argument(
+        "--expires", default="never", help="7d, 12h, 30m or never (default: never)"
+    )
+    share.add_argument(
+        "--base-url",
+        help="http(s)://host[:port] the link points at (default: [signaling] public_url, "
+        "else derived from [signaling] url)",
+    )
+    share.add_argument("--no-qr", action="store_true", help="print the link only")
+
+    viewers = sub.add_parser("viewers", help="list the viewers of a device")
+    viewers.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+
+    revoke = sub.add_parser(
+        "revoke", help="revoke a viewer: its live sessions close within a second"
+    )
+    revoke.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+    revoke.add_argument("name", help="the viewer to revoke")
+
     discover = sub.add_parser("discover", help="list the peerproxyd devices on this LAN (mDNS)")
     discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
 
@@ -108,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             _signal(args)
         elif args.command == "connect":
             _connect(args)
+        elif args.command in ("share", "viewers", "revoke"):
+            _viewer_command(args)
         elif args.command == "discover":
             from peerproxyd.mdns import discover, format_devices
 
@@ -129,6 +156,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _viewer_command(args: argparse.Namespace) -> None:
+    """share, viewers, revoke: edit or list the viewer store next to the daemon."""
+    from datetime import UTC, datetime
+
+    from peerproxyd import sharing
+    from peerproxyd.config import load, state_dir
+    from peerproxyd.viewers import ViewerStore
+
+    settings = load(args.config)
+    directory = state_dir(settings, args.config)
+    store = ViewerStore(directory)
+    now = datetime.now(UTC)
+    if args.command == "viewers":
+        store.load()
+        print(sharing.viewers_table(store, now), end="")
+    elif args.command == "revoke":
+        record = store.revoke(args.name, now=now)
+        print(f"revoked {record.name} (service {record.service}); "
+              "a running daemon closes its sessions within a second")
+    else:
+        from peerproxyd.identity import load_or_create
+
+        identity = load_or_create(directory)
+        shared = sharing.share(
+            settings, store, device_id=identity.device_id,
+            fingerprint=identity.fingerprint_bytes, service=args.service, name=args.name,
+            expires=args.expires, base=args.base_url, now=now,
+        )
+        if not args.no_qr:
+            print(sharing.terminal_qr(shared.link), end="")
+        expires = shared.record.expires
+        print(f"viewer {args.name} may use {args.service} "
+              f"{'until ' + expires.isoformat() if expires else 'with no expiry'}; "
+              "the link is shown only now:", file=sys.stderr)
+        print(shared.link, flush=True)
 
 
 def _check_config(path: str) -> int:

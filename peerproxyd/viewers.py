@@ -185,7 +185,8 @@ class ViewerStore:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = self.path.with_name(FILENAME + ".lock")
         with open(lock_path, "a") as lock:
-            os.chmod(lock_path, 0o600)
+            os.fchmod(lock.fileno(), 0o600)
+            _own_like_directory(lock.fileno(), self.path.parent)
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.load()
             records = dict(self.records)
@@ -196,6 +197,7 @@ class ViewerStore:
     def _write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".viewers.", suffix=".tmp", dir=self.path.parent)
         try:
+            _own_like_directory(fd, self.path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp: mode 0600
                 f.write(text)
                 f.flush()
@@ -236,3 +238,13 @@ class ViewerStore:
                 return old
             records[name] = replace(old, revoked=now)
         return records[name]
+
+
+def _own_like_directory(fd: int, directory: Path) -> None:
+    """As root (`sudo peerproxyd share`), give a new file the state directory's owner: the
+    daemon may run as another user (systemd DynamicUser) and must still read it."""
+    if os.geteuid() != 0:
+        return
+    st = directory.stat()
+    if st.st_uid != 0 or st.st_gid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)

@@ -152,3 +152,14 @@ def test_concurrent_adds_lose_nothing(tmp_path: Path) -> None:
     store.load()
     assert sorted(store.records) == sorted(f"v{i}" for i in range(8))
     assert os.stat(tmp_path / "viewers.json.lock").st_mode & 0o077 == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files for another user")
+def test_root_writes_files_the_daemon_user_can_read(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4321, 4321)  # the daemon's (dynamic) user owns its state directory
+    ViewerStore(state).add("alice", "camera", expires=None, now=NOW)
+    for name in ("viewers.json", "viewers.json.lock"):
+        st = (state / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 4321, 0o600)
