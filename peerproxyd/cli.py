@@ -1,4 +1,4 @@
-"""Command line: serve, signal, connect, check-config."""
+"""Command line: serve, signal, connect, check-config, id."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", help="TOML configuration file")
 
+    ident = sub.add_parser(
+        "id", help="print the device id and DTLS fingerprint (creating the device key if needed)"
+    )
+    ident.add_argument("--config", required=True, help="TOML configuration file")
+
     signal = sub.add_parser("signal", help="run the signaling server")
     signal.add_argument("--config", help="TOML file with [server], [limits], [log] tables")
     signal.add_argument("--host", help="listen address (default 127.0.0.1; overrides the file)")
@@ -45,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument(
         "--stun-port", type=int, default=3478,
         help="also answer STUN binding requests on this UDP port (0: off; default 3478)",
+    )
+    signal.add_argument(
+        "--redis", metavar="URL",
+        help="share state with other instances through Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(overrides [redis] url in the file)",
     )
 
     share = sub.add_parser(
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command == "id":
+            _print_id(args.config)
         if args.command == "serve":
             _serve(args.config)
         elif args.command == "signal":
@@ -163,11 +175,11 @@ def _viewer_command(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
     from peerproxyd import sharing
-    from peerproxyd.config import load, state_dir
+    from peerproxyd.config import load
     from peerproxyd.viewers import ViewerStore
 
     settings = load(args.config)
-    directory = state_dir(settings, args.config)
+    directory = settings.device.state_path
     store = ViewerStore(directory)
     now = datetime.now(UTC)
     if args.command == "viewers":
@@ -209,8 +221,29 @@ def _check_config(path: str) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    print(f"ok: {len(settings.services)} services")
+    from peerproxyd import identity
+
+    state_dir = settings.device.state_path
+    line = f"ok: {len(settings.services)} services"
+    if identity.identity_exists(state_dir):  # never created here: check-config changes nothing
+        try:
+            line += f", device id {identity.load(state_dir).device_id}"
+        except PeerProxyError as exc:
+            print(f"device identity: {exc}", file=sys.stderr)
+            return 1
+    else:
+        line += f" (no device key yet in {state_dir}: the first start creates it)"
+    print(line)
     return 0
+
+
+def _print_id(path: str) -> None:
+    from peerproxyd.config import load
+    from peerproxyd.identity import load_or_create
+
+    identity = load_or_create(load(path).device.state_path)
+    print(f"device id: {identity.device_id}")
+    print(f"fingerprint: sha-256 {identity.fingerprint}")
 
 
 def _signal(args: argparse.Namespace) -> None:
@@ -225,7 +258,10 @@ def _signal(args: argparse.Namespace) -> None:
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
     stun = (host, args.stun_port) if args.stun_port else None
-    _run(run_signaling(host, port, stun=stun, **settings.app_kwargs()))
+    kwargs = settings.app_kwargs()
+    if args.redis:
+        kwargs.update(redis_url=args.redis, redis_options=settings.redis_options())
+    _run(run_signaling(host, port, stun=stun, **kwargs))
 
 
 def _serve(path: str) -> None:

@@ -6,7 +6,7 @@ Design (tests/browser/harness.py): the namespace holds the app, `peerproxyd sign
 which also runs in the namespace (its DevTools port exists only there) and takes Playwright
 calls from this process as JSON lines over a pipe. `world.agent.page` is the top page (the
 connection manager), `world.agent.app` the app's frame. Each test opens a fresh browser
-context (no service worker, no storage) at http://test-pi--camera.localhost:8787/.
+context (no service worker, no storage) at http://<world.device>--camera.localhost:8787/.
 Peer connections are counted on the daemon side ("answered" lines in its log).
 """
 
@@ -70,7 +70,7 @@ def test_app_renders_through_the_data_channel(world: BrowserWorld) -> None:
     assert page.text_content("#status") == "Connected"
     assert page.text_content("#path") == "direct (LAN)"
     assert re.fullmatch(r"RTT \d+(\.\d)? ms", page.text_content("#rtt"))
-    assert page.evaluate("document.title") == "Test app home · test-pi · camera"
+    assert page.evaluate("document.title") == f"Test app home · {world.device} · camera"
     assert world.answered() - before == 1
 
 
@@ -88,7 +88,7 @@ def test_fetch_and_xhr_with_json(world: BrowserWorld) -> None:
     assert got["body"]["query"] == {"x": "1", "y": "é"}
     headers = got["body"]["headers"]
     assert headers["x-forwarded-proto"] == "http"
-    assert headers["x-forwarded-host"] == "test-pi--camera.localhost:8787"
+    assert headers["x-forwarded-host"] == f"{world.device}--camera.localhost:8787"
     posted = app.evaluate(
         """async () => {
             const r = await fetch('/api/echo', {method: 'POST',
@@ -100,7 +100,7 @@ def test_fetch_and_xhr_with_json(world: BrowserWorld) -> None:
     assert posted["method"] == "POST"
     assert posted["json"] == {"a": 1, "text": "grüße", "list": [1, 2, 3]}
     assert posted["headers"]["x-custom"] == "yes"
-    assert posted["headers"]["origin"] == "http://test-pi--camera.localhost:8787"
+    assert posted["headers"]["origin"] == f"http://{world.device}--camera.localhost:8787"
     xhr = app.evaluate(
         """() => new Promise((resolve) => {
             const x = new XMLHttpRequest();
@@ -232,9 +232,10 @@ def test_deep_link_opens_the_app_at_that_path(world: BrowserWorld) -> None:
 
 
 def test_device_offline_is_reported(world: BrowserWorld) -> None:
-    world.open("/", device="ghost", phase="offline")
+    ghost = "g" * 32  # a device id nobody registered
+    world.open("/", device=ghost, phase="offline")
     page = world.agent.page
-    assert page.text_content("#status") == "ghost is offline."
+    assert page.text_content("#status") == f"{ghost} is offline."
     assert page.text_content("#detail") == "Waiting for it to come online…"
     assert page.evaluate("document.getElementById('app')") is None
     world.screenshot("offline")
@@ -242,7 +243,7 @@ def test_device_offline_is_reported(world: BrowserWorld) -> None:
 
 def test_unknown_service_is_reported(world: BrowserWorld) -> None:
     world.open("/", service="nope", phase="unknown-service")
-    assert world.agent.page.text_content("#message") == "test-pi has no service “nope”."
+    assert world.agent.page.text_content("#message") == f"{world.device} has no service “nope”."
 
 
 def test_cookie_login_protected_page_and_logout(world: BrowserWorld) -> None:
@@ -301,7 +302,9 @@ def test_daemon_restart_reconnects_and_next_navigation_works(world: BrowserWorld
     world.stop_daemon()
     world.wait_phase("lost")
     assert page.text_content("#status") == "Connection lost — reconnecting…"
-    page.wait_for_function("() => document.getElementById('detail').textContent === 'test-pi is offline.'")
+    page.wait_for_function(
+        "d => document.getElementById('detail').textContent === d + ' is offline.'",
+        arg=world.device)
     world.screenshot("lost")
     world.start_daemon()
     world.wait_phase("connected", timeout=30)

@@ -7,7 +7,9 @@ would. In every test a bystander viewer is served before and after the attack.""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiortc import RTCSessionDescription
@@ -404,6 +407,38 @@ async def test_idle_viewer_is_closed(tmp_path: Path) -> None:
             assert viewer.link.rtt is not None  # our heartbeats were answered meanwhile
         finally:
             await asyncio.gather(*(v.close() for v in made), return_exceptions=True)
+
+
+async def fingerprint_swapping_relay(signal_url: str) -> TestServer:
+    """A signaling "server" in the middle: relays every message to the real one, but writes
+    another fingerprint into each answer, as a hostile operator would."""
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        down = web.WebSocketResponse()
+        await down.prepare(request)
+        async with aiohttp.ClientSession() as http, http.ws_connect(signal_url) as up:
+
+            async def upward() -> None:
+                async for msg in down:
+                    await up.send_str(msg.data)
+                await up.close()
+
+            task = asyncio.create_task(upward())
+            async for msg in up:
+                data = json.loads(msg.data)
+                if data.get("type") == "answer":
+                    data["payload"]["sdp"] = re.sub(
+                        r"(a=fingerprint:sha-256 )[0-9A-F:]+", r"\g<1>" + ":".join(["AB"] * 32),
+                        data["payload"]["sdp"],
+                    )
+                await down.send_str(json.dumps(data))
+            task.cancel()
+        return down
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
 
 
 async def test_native_client_refuses_a_device_that_does_not_match_the_pin(

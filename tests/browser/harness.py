@@ -4,13 +4,14 @@ the daemon and Chromium (recipe A of chromium-webrtc.md: loopback only).
     root namespace                 |  namespace pp-<random> (lo only, 127.0.0.1)
     pytest -- JSON over a pipe --> |  tests.browser.agent -> Chromium (Playwright over CDP)
                                    |  python -m peerproxyd signal   :8787
-                                   |  python -m peerproxyd serve    (device test-pi)
+                                   |  python -m peerproxyd serve    (device world.device)
                                    |  tests.browser.app             :8081 (service camera)
 
 The pytest process never enters the namespace: every process there is started with
 `ip netns exec`, and the agent is the only way to the browser. `down()` ends those processes
 by PID and deletes the namespace. Chromium resolves `*.localhost` to 127.0.0.1 by itself, so
-`http://test-pi--camera.localhost:8787/` needs no DNS and is a secure context.
+`http://<device id>--camera.localhost:8787/` needs no DNS and is a secure context. The device
+key is made up front (world.device is its id) and kept across daemon restarts.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import ROOT, Proc, daemon_config
+from tests.support.procs import ROOT, Proc, daemon_config, new_device
 
-DEVICE = "test-pi"
 SERVICE = "camera"
 OTHER_SERVICE = "admin"  # the same app under a second name: a second origin
 SIGNAL_PORT = 8787
@@ -176,6 +176,9 @@ class BrowserWorld:
         self.procs: dict[str, Proc] = {}
         self.agent: Agent | None = None
         self._made = False
+        self.state_dir = log_dir / "device-state"
+        self.device = new_device(self.state_dir)
+        """The daemon's device id."""
 
     # ----- set-up
     def up(self) -> BrowserWorld:
@@ -198,7 +201,7 @@ class BrowserWorld:
 
     def start_daemon(self) -> Proc:
         config = daemon_config(
-            self.log_dir / "daemon.toml", device=DEVICE, signal_port=SIGNAL_PORT,
+            self.log_dir / "daemon.toml", state_dir=self.state_dir, signal_port=SIGNAL_PORT,
             services={SERVICE: APP_PORT, OTHER_SERVICE: APP_PORT},
         )
         previous = self.procs.get("daemon")
@@ -228,8 +231,8 @@ class BrowserWorld:
             self._made = False
 
     # ----- helpers for tests
-    def origin(self, device: str = DEVICE, service: str = SERVICE) -> str:
-        return f"http://{device}--{service}.localhost:{SIGNAL_PORT}"
+    def origin(self, device: str | None = None, service: str = SERVICE) -> str:
+        return f"http://{device or self.device}--{service}.localhost:{SIGNAL_PORT}"
 
     def answered(self) -> int:
         """Peer connections the daemon has answered so far (across restarts)."""
@@ -240,7 +243,7 @@ class BrowserWorld:
         records = re.findall(r"^STATE (.*)$", self.procs["app"].log(), re.M)
         return json.loads(records[-1]) if records else {}
 
-    def open(self, path: str = "/", *, device: str = DEVICE, service: str = SERVICE,
+    def open(self, path: str = "/", *, device: str | None = None, service: str = SERVICE,
              phase: str = "connected", timeout: float = 20.0) -> None:
         """A fresh browser context at `path` of the device origin; wait for `phase`."""
         assert self.agent is not None
