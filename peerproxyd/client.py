@@ -47,7 +47,7 @@ from peerproxyd.viewer_auth import (
     encode_auth,
     format_time,
     parse_auth_reply,
-    sdp_fingerprint,
+    fingerprint_from_sdp,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class NativeClient:
 
         channel.on("message", on_reply)
         channel.on("close", on_close)
-        mac = auth_mac(self.share.key, sdp_fingerprint(pc.localDescription.sdp),
+        mac = auth_mac(self.share.key, fingerprint_from_sdp(pc.localDescription.sdp),
                        self.share.fingerprint)
         channel.send(encode_auth(self.share.name, mac))
         link = await result

@@ -36,7 +36,7 @@ from peerproxyd.viewer_auth import (
     encode_auth_ok,
     format_time,
     parse_auth,
-    sdp_fingerprint,
+    fingerprint_from_sdp,
 )
 from peerproxyd.viewers import ViewerStore
 
@@ -104,14 +104,14 @@ class PeerSession:
         """Apply the viewer's offer; return our answer (with every candidate gathered).
         FingerprintError if either SDP lacks exactly one sha-256 fingerprint."""
         sdp = str(offer["sdp"])
-        self._viewer_fp = sdp_fingerprint(sdp)
+        self._viewer_fp = fingerprint_from_sdp(sdp)
         self._deadline = self._spawn(self._handshake_deadline())
         await self._pc.setRemoteDescription(
             RTCSessionDescription(sdp=sdp, type=str(offer.get("type", "offer")))
         )
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
-        self._device_fp = sdp_fingerprint(local.sdp)
+        self._device_fp = fingerprint_from_sdp(local.sdp)
         sdp = local.sdp
         if self._settings.ice.mdns:
             sdp = await mdns.hide_host_addresses(sdp, subscriber=self)

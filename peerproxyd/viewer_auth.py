@@ -10,8 +10,6 @@ name; SDP fingerprints are read case-insensitively and used in uppercase.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -22,7 +20,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from peerproxyd import b64u
 from peerproxyd.errors import AuthError, FingerprintError, LinkError
+from peerproxyd.identity import sdp_fingerprint
 from peerproxyd.names import origin_label, valid_device_id, valid_service_name
 
 if TYPE_CHECKING:
@@ -51,19 +51,13 @@ class AuthCode(StrEnum):
 
 
 # ----- encodings
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64u_decode(text: str, size: int) -> bytes | None:
-    """The `size` bytes that `text` (base64url, no padding) encodes; None if it is not that."""
-    if len(text) != (size * 4 + 2) // 3 or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        return None
+def _decode_exact(text: str, size: int) -> bytes | None:
+    """The `size` bytes that `text` (strict base64url, no padding) encodes, or None."""
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        data = b64u.decode(text)
+    except ValueError:
         return None
-    return data if len(data) == size and b64u(data) == text else None
+    return data if len(data) == size else None
 
 
 def format_time(when: datetime | None) -> str | None:
@@ -97,12 +91,7 @@ def token_key(token: str) -> bytes:
 
 
 # ----- fingerprints
-def fingerprint_sdp_form(fingerprint: bytes) -> str:
-    """`AB:CD:...`: 32 uppercase hex pairs, as WebRTC writes them in SDP."""
-    return ":".join(f"{b:02X}" for b in fingerprint)
-
-
-def sdp_fingerprint(sdp: str) -> bytes:
+def fingerprint_from_sdp(sdp: str) -> bytes:
     """The 32 bytes of the SDP's one `a=fingerprint:sha-256` line (session or media level;
     other hash functions are ignored). FingerprintError if there is not exactly one, or it is
     malformed."""
@@ -128,18 +117,18 @@ def sdp_fingerprint(sdp: str) -> bytes:
 def check_pinned(sdp: str, pinned: bytes) -> None:
     """The viewer's check of the answer (1.5 step 1): FingerprintError unless its sha-256
     fingerprint is the pinned one."""
-    got = sdp_fingerprint(sdp)
+    got = fingerprint_from_sdp(sdp)
     if not hmac.compare_digest(got, pinned):
         raise FingerprintError(
             "the device's identity does not match the link: its DTLS fingerprint is "
-            f"{fingerprint_sdp_form(got)}, the link pins {fingerprint_sdp_form(pinned)} "
+            f"{sdp_fingerprint(got)}, the link pins {sdp_fingerprint(pinned)} "
             "(the signaling server or the network tried to intercept the connection)"
         )
 
 
 def auth_mac(key: bytes, viewer_fp: bytes, device_fp: bytes) -> bytes:
     """HMAC-SHA256(K, "peerproxyd-auth-v1\\n" + VIEWER_FP + "\\n" + DEVICE_FP), SDP forms."""
-    text = f"{MAC_LABEL}\n{fingerprint_sdp_form(viewer_fp)}\n{fingerprint_sdp_form(device_fp)}"
+    text = f"{MAC_LABEL}\n{sdp_fingerprint(viewer_fp)}\n{sdp_fingerprint(device_fp)}"
     return hmac.new(key, text.encode("ascii"), hashlib.sha256).digest()
 
 
@@ -170,7 +159,7 @@ class ShareLink:
         fragment = "&".join(
             f"{k}={v}"
             for k, v in (("v", LINK_VERSION), ("d", self.device), ("s", self.service),
-                         ("n", self.name), ("t", self.token), ("f", b64u(self.fingerprint)))
+                         ("n", self.name), ("t", self.token), ("f", b64u.encode(self.fingerprint)))
         )
         return f"{self.scheme}://{origin_label(self.device, self.service)}.{self.host}/#{fragment}"
 
@@ -188,7 +177,7 @@ def build_link(
             f"base URL host must be a DNS name (browsers reach <device>--<service>.<host>), "
             f"got {parts.hostname!r}"
         )
-    if b64u_decode(token, TOKEN_BYTES) is None:
+    if _decode_exact(token, TOKEN_BYTES) is None:
         raise ValueError("token must be base64url of 32 bytes")
     if len(fingerprint) != FINGERPRINT_BYTES:
         raise ValueError("fingerprint must be 32 bytes")
@@ -232,9 +221,9 @@ def parse_link(text: str) -> ShareLink:
         raise LinkError(f"link s is not a service name: {service!r}")
     if not valid_viewer_name(name):
         raise LinkError(f"invalid viewer name {name!r} (1-64 characters of A-Z a-z 0-9 . _ -)")
-    if b64u_decode(values["t"], TOKEN_BYTES) is None:
+    if _decode_exact(values["t"], TOKEN_BYTES) is None:
         raise LinkError("link t must be base64url of 32 bytes")
-    fingerprint = b64u_decode(values["f"], FINGERPRINT_BYTES)
+    fingerprint = _decode_exact(values["f"], FINGERPRINT_BYTES)
     if fingerprint is None:
         raise LinkError("link f must be base64url of 32 bytes")
     prefix = f"{device}--{service}."
@@ -282,7 +271,7 @@ class Granted:
 
 
 def encode_auth(viewer: str, mac: bytes) -> str:
-    return _json({"type": "auth", "v": 1, "viewer": viewer, "mac": b64u(mac)})
+    return _json({"type": "auth", "v": 1, "viewer": viewer, "mac": b64u.encode(mac)})
 
 
 def encode_auth_ok(granted: Granted) -> str:
@@ -309,7 +298,7 @@ def parse_auth(message: str | bytes) -> AuthMessage:
     if not isinstance(viewer, str) or not valid_viewer_name(viewer):
         raise _bad(f"invalid viewer name {_short(viewer)}")
     mac_text = obj.get("mac")
-    mac = b64u_decode(mac_text, 32) if isinstance(mac_text, str) else None
+    mac = _decode_exact(mac_text, 32) if isinstance(mac_text, str) else None
     if mac is None:
         raise _bad("mac must be base64url of 32 bytes")
     return AuthMessage(viewer=viewer, mac=mac)

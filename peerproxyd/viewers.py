@@ -24,11 +24,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from peerproxyd import b64u
 from peerproxyd.errors import ViewerStoreError
 from peerproxyd.names import valid_service_name
 from peerproxyd.viewer_auth import (
     TOKEN_BYTES,
-    b64u,
     check_viewer_name,
     format_time,
     parse_time,
@@ -221,7 +221,7 @@ class ViewerStore:
                     f"viewer {name} already exists (service {old.service}); "
                     f"revoke it first or choose another name"
                 )
-            token = b64u(secrets.token_bytes(TOKEN_BYTES))
+            token = b64u.encode(secrets.token_bytes(TOKEN_BYTES))
             records[name] = ViewerRecord(
                 name=name, key=token_key(token), service=service, created=now,
                 expires=expires, revoked=None,

@@ -24,7 +24,7 @@ NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 def settings(url: str = "ws://127.0.0.1:8787/ws", public_url: str | None = None) -> Settings:
     return Settings(
-        device=DeviceSettings(id="camera-pi", secret="secret-123"),
+        device=DeviceSettings(state_dir="/nonexistent"),
         signaling=SignalingSettings(url=url, public_url=public_url),
         services={"camera": ServiceSettings(upstream="http://127.0.0.1:8081")},
     )

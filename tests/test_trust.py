@@ -44,12 +44,11 @@ from peerproxyd.viewer_auth import (
     auth_mac,
     encode_auth,
     parse_auth_reply,
-    sdp_fingerprint,
+    fingerprint_from_sdp,
     token_key,
 )
 from peerproxyd.viewers import ViewerStore
 
-DEVICE = "trust-pi"
 ICE = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
 STEP = 0.05
 
@@ -85,7 +84,7 @@ async def _stack(tmp_path: Path, **limits: Any) -> AsyncIterator[Stack]:
     await signal.start_server()
     url = f"http://127.0.0.1:{upstream.port}"
     settings = Settings(
-        device=DeviceSettings(id=DEVICE, secret="trust-secret-1"),
+        device=DeviceSettings(state_dir=tmp_path / "state"),
         signaling=SignalingSettings(
             url=f"ws://127.0.0.1:{signal.port}/ws", reconnect_min=0.1, reconnect_max=1.0
         ),
@@ -116,7 +115,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 class Viewer:
     """One browser-like viewer: real aiortc offerer, real signaling, hand-made auth."""
 
-    def __init__(self, signal_url: str) -> None:
+    def __init__(self, signal_url: str, device: str) -> None:
+        self.device = device
         self.signaling = SignalingClient(signal_url, backoff_max=1.0)
         self.texts: asyncio.Queue[str] = asyncio.Queue()
         self.binary: list[bytes] = []
@@ -142,11 +142,11 @@ class Viewer:
         self.channel.on("message", self._record)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.signaling.send(
-            "offer", DEVICE, {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+            "offer", self.device, {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         )
         answer = await asyncio.wait_for(self._answer, 10)
-        self.viewer_fp = sdp_fingerprint(self.pc.localDescription.sdp)
-        self.device_fp = sdp_fingerprint(answer["sdp"])
+        self.viewer_fp = fingerprint_from_sdp(self.pc.localDescription.sdp)
+        self.device_fp = fingerprint_from_sdp(answer["sdp"])
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(opened.wait(), 10)
         return self
@@ -207,7 +207,7 @@ async def viewers(stack: Stack) -> AsyncIterator[list[Viewer]]:
 
 
 async def new_viewer(stack: Stack, viewers: list[Viewer]) -> Viewer:
-    viewer = Viewer(stack.signal_url)
+    viewer = Viewer(stack.signal_url, stack.daemon.device_id)
     viewers.append(viewer)
     return await viewer.open()
 
@@ -441,15 +441,69 @@ async def fingerprint_swapping_relay(signal_url: str) -> TestServer:
     return server
 
 
-async def test_native_client_refuses_a_device_that_does_not_match_the_pin(
-    stack: Stack, tmp_path: Path
+def native_link(stack: Stack, name: str) -> ShareLink:
+    port = stack.signal_url.split(":")[2].split("/")[0]
+    return ShareLink(scheme="http", host=f"localhost:{port}", device=stack.daemon.device_id,
+                     service="camera", name=name, token=stack.tokens[name],
+                     fingerprint=stack.daemon.identity.fingerprint_bytes)
+
+
+async def start_native(link: ShareLink, signal_url: str | None = None) -> tuple[
+    NativeClient, asyncio.Task[None]
+]:
+    client = NativeClient(link=link, signal_url=signal_url, listen=("127.0.0.1", 0), ice=ICE,
+                          connect_timeout=10)
+    ready = asyncio.Event()
+    task = asyncio.create_task(client.run(ready))
+    await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=20,
+                       return_when=asyncio.FIRST_COMPLETED)
+    return client, task
+
+
+async def test_native_client_pins_authenticates_and_is_revoked(
+    stack: Stack, viewers: list[Viewer]
 ) -> None:
-    token = stack.share("alice")
-    link = ShareLink(scheme="http", host="localhost", device=DEVICE, service="camera",
-                     name="alice", token=token, fingerprint=bytes(32))
-    client = NativeClient(link=link, signal_url=stack.signal_url, listen=("127.0.0.1", 0),
-                          ice=ICE, connect_timeout=10)
-    with pytest.raises(FingerprintError, match="does not match the link"):
-        await asyncio.wait_for(client.run(), 20)
+    other = await bystander(stack, viewers)
+    stack.share("alice")
+    link = native_link(stack, "alice")
+    assert link.signal_url == stack.signal_url.replace("127.0.0.1", "localhost")
+    client, task = await start_native(link)  # the signaling URL comes from the link
+    assert client.granted is not None and client.granted.viewer == "alice"
+    async with aiohttp.ClientSession() as http, http.get(client.url) as r:
+        assert (r.status, await r.text()) == (200, "hello from camera\n")
+    stack.store.revoke("alice", now=datetime.now(UTC))
+    with pytest.raises(AuthError) as info:
+        await asyncio.wait_for(task, 10)  # revoked: no reconnecting
+    assert info.value.code == "revoked"
+    await still_served(other)
+
+
+@pytest.mark.parametrize("state", ["unknown", "expired"])
+async def test_native_client_gives_up_on_a_dead_link(stack: Stack, state: str) -> None:
+    stack.share("alice", expires=datetime.now(UTC) - timedelta(minutes=1))
+    link = native_link(stack, "alice")
+    if state == "unknown":
+        link = ShareLink(**{**link.__dict__, "name": "mallory"})
+    client, task = await start_native(link)
+    with pytest.raises(AuthError) as info:
+        await asyncio.wait_for(task, 10)
+    assert info.value.code == {"unknown": "unauthorized", "expired": "expired"}[state]
     assert client.connections == 0
 
+
+async def test_native_client_refuses_a_swapped_fingerprint(
+    stack: Stack, viewers: list[Viewer]
+) -> None:
+    other = await bystander(stack, viewers)
+    stack.share("alice")
+    relay = await fingerprint_swapping_relay(stack.signal_url)
+    try:
+        client, task = await start_native(
+            native_link(stack, "alice"), f"ws://127.0.0.1:{relay.port}/ws"
+        )
+        with pytest.raises(FingerprintError, match="does not match the link"):
+            await asyncio.wait_for(task, 10)
+        assert client.connections == 0
+    finally:
+        await relay.close()
+    await still_served(other)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from peerproxyd.errors import AuthError, FingerprintError, LinkError
+from peerproxyd.identity import sdp_fingerprint
 from peerproxyd.viewer_auth import (
     AuthCode,
     AuthMessage,
@@ -25,11 +26,10 @@ from peerproxyd.viewer_auth import (
     encode_auth,
     encode_auth_error,
     encode_auth_ok,
-    fingerprint_sdp_form,
     parse_auth,
     parse_auth_reply,
     parse_link,
-    sdp_fingerprint,
+    fingerprint_from_sdp,
     token_key,
 )
 from peerproxyd.viewers import ViewerRecord
@@ -37,6 +37,7 @@ from peerproxyd.viewers import ViewerRecord
 VECTORS_PATH = Path(__file__).parent / "vectors" / "auth.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+DEVICE = VECTORS["links"][0]["fields"]["d"]
 
 
 def _fp(sdp_form: str) -> bytes:
@@ -56,7 +57,7 @@ def test_link_vector(vector: dict[str, Any]) -> None:
     assert (link.device, link.service, link.name, link.token) == (
         fields["d"], fields["s"], fields["n"], fields["t"]
     )
-    assert fingerprint_sdp_form(link.fingerprint) == vector["fingerprint"]
+    assert sdp_fingerprint(link.fingerprint) == vector["fingerprint"]
     assert link.key.hex() == vector["key_hex"]
     assert link.signal_url == vector["signal_url"]
     # Building it again gives the canonical order v d s n t f.
@@ -92,10 +93,10 @@ def test_macs_differ_per_session() -> None:
 def test_sdp_vector(vector: dict[str, Any]) -> None:
     if "error" in vector:
         with pytest.raises(FingerprintError) as info:
-            sdp_fingerprint(vector["sdp"])
+            fingerprint_from_sdp(vector["sdp"])
         assert str(info.value) == vector["error"]
     else:
-        assert fingerprint_sdp_form(sdp_fingerprint(vector["sdp"])) == vector["fingerprint"]
+        assert sdp_fingerprint(fingerprint_from_sdp(vector["sdp"])) == vector["fingerprint"]
 
 
 def test_message_vectors_are_what_we_write() -> None:
@@ -127,21 +128,21 @@ def test_check_pinned() -> None:
 
 def test_build_link_and_base_url() -> None:
     token = VECTORS["macs"][0]["token"]
-    link = build_link("http://localhost:8787", device="demo-pi", service="dashboard",
+    link = build_link("http://localhost:8787", device=DEVICE, service="dashboard",
                       name="demo", token=token, fingerprint=bytes(32))
-    assert link.startswith("http://demo-pi--dashboard.localhost:8787/#v=1&d=demo-pi&s=dashboard")
+    assert link.startswith(f"http://{DEVICE}--dashboard.localhost:8787/#v=1&d={DEVICE}&s=dashboard")
     assert parse_link(link).signal_url == "ws://localhost:8787/ws"
     assert base_url_from_signaling("ws://127.0.0.1:8787/ws") == "http://localhost:8787"
     assert base_url_from_signaling("ws://[::1]:99/ws") == "http://localhost:99"
     assert base_url_from_signaling("wss://signal.example.net/ws") == "https://signal.example.net"
     with pytest.raises(ValueError, match="DNS name"):
-        build_link("http://10.0.0.1:8787", device="d", service="s", name="n", token=token,
+        build_link("http://10.0.0.1:8787", device=DEVICE, service="s", name="n", token=token,
                    fingerprint=bytes(32))
     with pytest.raises(ValueError, match="invalid viewer name"):
-        build_link("https://x.example", device="d", service="s", name="a b", token=token,
+        build_link("https://x.example", device=DEVICE, service="s", name="a b", token=token,
                    fingerprint=bytes(32))
     with pytest.raises(ValueError, match="base URL"):
-        build_link("ws://x.example", device="d", service="s", name="n", token=token,
+        build_link("ws://x.example", device=DEVICE, service="s", name="n", token=token,
                    fingerprint=bytes(32))
 
 
