@@ -1,4 +1,4 @@
-"""Command line: serve, signal, connect, check-config, id."""
+"""Command line: serve, signal, connect, check-config, id, share, viewers, revoke."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import os
 import signal as signals
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peerproxyd import __version__
-from peerproxyd.errors import ConfigError, LinkError, PeerProxyError
+from peerproxyd.errors import ConfigError, IdentityError, LinkError, PeerProxyError
 
 if TYPE_CHECKING:
     from peerproxyd.daemon import Daemon
@@ -174,12 +175,20 @@ def _viewer_command(args: argparse.Namespace) -> None:
     """share, viewers, revoke: edit or list the viewer store next to the daemon."""
     from datetime import UTC, datetime
 
-    from peerproxyd import sharing
+    from peerproxyd import identity, sharing
     from peerproxyd.config import load
     from peerproxyd.viewers import ViewerStore
 
     settings = load(args.config)
     directory = settings.device.state_path
+    if not identity.identity_exists(directory):
+        # Most likely the wrong directory (a systemd unit's StateDirectory is not the shell's
+        # default): viewers made here would be for no running device.
+        raise IdentityError(
+            f"no device key in {directory}: start the daemon first, or point this command at "
+            "its state directory ([device] state_dir, or STATE_DIRECTORY=/var/lib/peerproxyd/"
+            f"{Path(args.config).stem} for the systemd unit)"
+        )
     store = ViewerStore(directory)
     now = datetime.now(UTC)
     if args.command == "viewers":
@@ -190,12 +199,10 @@ def _viewer_command(args: argparse.Namespace) -> None:
         print(f"revoked {record.name} (service {record.service}); "
               "a running daemon closes its sessions within a second")
     else:
-        from peerproxyd.identity import load_or_create
-
-        identity = load_or_create(directory)
+        device = identity.load(directory)
         shared = sharing.share(
-            settings, store, device_id=identity.device_id,
-            fingerprint=identity.fingerprint_bytes, service=args.service, name=args.name,
+            settings, store, device_id=device.device_id,
+            fingerprint=device.fingerprint_bytes, service=args.service, name=args.name,
             expires=args.expires, base=args.base_url, now=now,
         )
         if not args.no_qr:
