@@ -322,16 +322,22 @@ class Daemon:
             return
         logger.info("viewer store %s: %d viewers", self.viewers.path, len(self.viewers.records))
 
+    def _refresh_viewers(self) -> None:
+        """Re-read the viewer store if the file changed (a stat, cheap enough per auth)."""
+        try:
+            changed = self.viewers.changed()
+        except ViewerStoreError as exc:
+            logger.error("viewer store: %s", exc)
+            return
+        if changed:
+            self._load_viewers()
+
     async def _access_loop(self) -> None:
         """Every second: re-read the viewer store if it changed, then let every session
         check its viewer (revoked, expired, shared anew) and its idleness."""
         while True:
             await asyncio.sleep(ACCESS_INTERVAL)
-            try:
-                if self.viewers.changed():
-                    self._load_viewers()
-            except ViewerStoreError as exc:
-                logger.error("viewer store: %s", exc)
+            self._refresh_viewers()
             now = datetime.now(UTC)
             for session in list(self.sessions.values()):
                 session.check(now)
@@ -401,7 +407,7 @@ class Daemon:
         assert self._router is not None
         session = PeerSession(
             peer, self.settings, self._router, self._forget,
-            viewers=self.viewers, admit=self._admit,
+            viewers=self.viewers, refresh_viewers=self._refresh_viewers, admit=self._admit,
         )
         self.sessions[peer] = session
         try:

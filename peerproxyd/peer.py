@@ -59,6 +59,7 @@ class PeerSession:
         on_closed: Callable[[PeerSession], None],
         *,
         viewers: ViewerStore,
+        refresh_viewers: Callable[[], None] = lambda: None,
         admit: Callable[[], bool] = lambda: True,
     ) -> None:
         self.peer_id = peer_id
@@ -66,6 +67,7 @@ class PeerSession:
         self._router = router
         self._on_closed = on_closed
         self._viewers = viewers
+        self._refresh_viewers = refresh_viewers
         self._admit = admit
         self._pc: RTCPeerConnection = new_peer_connection(settings.ice)
         self._channel: RTCDataChannel | None = None
@@ -171,6 +173,7 @@ class PeerSession:
             return
         try:
             auth = parse_auth(message)
+            self._refresh_viewers()  # a link shared a moment ago works at once
             record = self._viewers.get(auth.viewer)
             granted = decide(
                 record, auth, viewer_fp=self._viewer_fp, device_fp=self._device_fp,
