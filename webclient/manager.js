@@ -10,6 +10,7 @@ import { PeerLink } from "./link.js";
 import { isLocalAddress, parseHost } from "./origin.js";
 import { Relay } from "./relay.js";
 import { Signaling, SignalingError } from "./signaling.js";
+import { startWebSocketBridge } from "./wsbridge.js";
 
 const CONNECT_TIMEOUT = 15_000; // offer -> data channel open
 const ANSWER_TIMEOUT = 10_000;
@@ -276,6 +277,7 @@ async function run() {
     },
   });
   state.relay = relay;
+  startWebSocketBridge(relay);
   try {
     await startWorker(relay);
   } catch (exc) {
