@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,6 +32,7 @@ class Net:
     down: str  # native client for service "down" (nothing listens upstream)
     upstream: str
     daemon: Proc
+    link: Callable[[str], str]  # a new viewer of a service: its share link
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         daemon = stack.daemon({"camera": stack.upstream_ports["camera"], "down": free_port()})
         _, camera = stack.client("camera")
         _, down = stack.client("down")
-        yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon)
+        yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon, stack.link)
     finally:
         stack.stop()
 
@@ -191,7 +192,7 @@ async def test_an_upstream_message_over_the_limit_closes_with_1009(
 async def test_bad_records_reset_only_their_stream(net: Net, http: aiohttp.ClientSession):
     before = len(await upstream_closes(http, net))
     head = RequestHead(method="GET", target="/ws", service="camera", websocket=True)
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("camera")) as peer:
 
         async def opened() -> ChannelStream:
             stream = peer.link.open_stream(head)

@@ -94,9 +94,11 @@ def new_device(state_dir: Path) -> str:
     return load_or_create(state_dir).device_id
 
 
-def share_link(state_dir: Path, service: str, name: str) -> str:
+def share_link(
+    state_dir: Path, service: str, name: str, base: str = "http://localhost"
+) -> str:
     """A new viewer `name` of `service` on the device in `state_dir`, stored as `peerproxyd
-    share` stores it; its share link (base http://localhost: tests pass --signal anyway)."""
+    share` stores it; its share link (native clients in tests pass --signal anyway)."""
     from datetime import UTC, datetime
 
     from peerproxyd.identity import load_or_create
@@ -105,7 +107,7 @@ def share_link(state_dir: Path, service: str, name: str) -> str:
 
     identity = load_or_create(state_dir)
     token = ViewerStore(state_dir).add(name, service, expires=None, now=datetime.now(UTC))
-    return build_link("http://localhost", device=identity.device_id, service=service,
+    return build_link(base, device=identity.device_id, service=service,
                       name=name, token=token, fingerprint=identity.fingerprint_bytes)
 
 

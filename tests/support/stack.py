@@ -69,9 +69,11 @@ class Stack:
         return proc
 
     def link(self, service: str) -> str:
-        """The share link of a new viewer of `service` (each client is its own viewer)."""
+        """The share link of a new viewer of `service` (each client is its own viewer), at
+        http://<device>--<service>.localhost:<signaling port>/ as a browser opens it."""
         self.viewers += 1
-        return share_link(self.state_dir, service, f"{service}-viewer-{self.viewers}")
+        return share_link(self.state_dir, service, f"{service}-viewer-{self.viewers}",
+                          base=f"http://localhost:{self.signal_port}")
 
     def connect_args(self, service: str, port: int) -> list[str]:
         return python(
