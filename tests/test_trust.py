@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ async def _stack(tmp_path: Path, **limits: Any) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async for s in _stack(tmp_path, handshake_timeout=2.0):
+    async for s in _stack(tmp_path, handshake_timeout=4.0):
         yield s
 
 
@@ -300,10 +300,13 @@ async def test_expired_viewer(stack: Stack, viewers: list[Viewer]) -> None:
     viewer = await new_viewer(stack, viewers)
     error = await viewer.refused(viewer.auth_message("old", old))
     assert error.code == "expired"
-    # A live session is closed when its viewer expires.
-    brief = stack.share("brief", expires=now + timedelta(seconds=2))
+    # A live session is closed when its viewer expires (here: its expiry is moved to now).
+    brief = stack.share("brief", expires=now + timedelta(days=1))
     live = await new_viewer(stack, viewers)
     await live.login("brief", brief)
+    assert await live.get() == (200, b"hello from camera\n")
+    with stack.store.edit() as records:
+        records["brief"] = replace(records["brief"], expires=datetime.now(UTC))
     with pytest.raises(AuthError) as info:
         parse_auth_reply(await live.reply(timeout=6))
     assert info.value.code == "expired"
@@ -347,7 +350,7 @@ async def test_binary_before_auth_closes_without_an_answer(
 async def test_no_auth_within_handshake_timeout(stack: Stack, viewers: list[Viewer]) -> None:
     other = await bystander(stack, viewers)
     viewer = await new_viewer(stack, viewers)
-    await asyncio.wait_for(viewer.closed.wait(), 10)  # handshake_timeout = 2 s
+    await asyncio.wait_for(viewer.closed.wait(), 20)  # handshake_timeout = 4 s
     assert viewer.texts.empty() and viewer.binary == []
     await still_served(other)
 
