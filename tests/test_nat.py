@@ -11,6 +11,7 @@ import pytest
 
 from tests.netns import (
     DEV,
+    DEVICE,
     INET,
     LAN_VIEWER,
     PRIVATE_ADDRESS,
@@ -23,6 +24,7 @@ from tests.netns import (
     setup_ms,
     unavailable_reason,
 )
+from tests.support.procs import share_link
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 NEW_DEV = "192.168.50.11"
@@ -147,8 +149,9 @@ async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: Net
     assert connected == {f"{INET}:{TURN_PORT}"}, sockets  # TURN allocations
 
     third = stack.net.python(
-        "lanv", "client-third", "-m", "peerproxyd", "connect", "--signal", stack.signal_url,
-        "--device", stack.device_id(), "--service", "camera", "--listen", "127.0.0.1:9001",
+        "lanv", "client-third", "-m", "peerproxyd", "connect",
+        share_link(stack.state_dir(DEVICE), "camera", "third"), "--signal", stack.signal_url,
+        "--listen", "127.0.0.1:9001",
         "--ice-server", f"stun:{INET}:{TURN_PORT}",
     )
     third.wait_for_log(r"all 2 UDP ports of \[ice\] port_range 50000-50001 are in use")

@@ -141,8 +141,8 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
     assert (state.parent.stat().st_mode & 0o777, (state / "camera").stat().st_mode & 0o777) \
         == (0o700, 0o700)
     assert not (state / "signal").exists()
-    assert ("camera: peerproxyd connect --signal ws://signal.example.net:8787/ws "
-            f"--device {device} --service camera --listen 127.0.0.1:9000") in first.stdout
+    assert ("camera: sudo STATE_DIRECTORY=/var/lib/private/peerproxyd/camera peerproxyd share "
+            "--config /etc/peerproxyd/camera.toml --service camera --name NAME") in first.stdout
     assert (etc / "share.txt").read_text() == first.stdout
     key = (state / "camera/device.key").read_bytes()
     again = chroot(rootfs, "/opt/peerproxyd/bin/python /usr/local/lib/peerproxyd/firstboot.py")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
+from tests.support.procs import (
+    Proc,
+    daemon_config,
+    free_port,
+    new_device,
+    python,
+    share_link,
+    wait_http,
+)
 
 
 class Stack:
@@ -18,6 +26,7 @@ class Stack:
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
         """The daemon's device id (its key is made up front, in state_dir)."""
+        self.viewers = 0
 
     @property
     def signal_url(self) -> str:
@@ -59,16 +68,22 @@ class Stack:
         proc.wait_for_log("registered as")
         return proc
 
+    def link(self, service: str) -> str:
+        """The share link of a new viewer of `service` (each client is its own viewer), at
+        http://<device>--<service>.localhost:<signaling port>/ as a browser opens it."""
+        self.viewers += 1
+        return share_link(self.state_dir, service, f"{service}-viewer-{self.viewers}",
+                          base=f"http://localhost:{self.signal_port}")
+
+    def connect_args(self, service: str, port: int) -> list[str]:
+        return python(
+            "-m", "peerproxyd", "connect", self.link(service), "--signal", self.signal_url,
+            "--listen", f"127.0.0.1:{port}", "--host-address", "127.0.0.1",
+        )
+
     def client(self, service: str) -> tuple[Proc, str]:
         port = free_port()
-        proc = self._start(
-            f"client-{service}",
-            python(
-                "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", self.device,
-                "--service", service, "--listen", f"127.0.0.1:{port}",
-                "--host-address", "127.0.0.1",
-            ),
-        )
+        proc = self._start(f"client-{service}", self.connect_args(service, port))
         proc.wait_for_log("is at http")
         return proc, f"http://127.0.0.1:{port}"
 

@@ -50,8 +50,9 @@ def daemon_configs(etc: Path) -> list[Path]:
     return found
 
 
-def share_details(path: Path, device: str) -> list[str]:
-    """Lines telling a viewer how to reach the services of `path` (device id `device`)."""
+def share_details(path: Path, device: str, state_dir: Path) -> list[str]:
+    """Lines telling the owner how to invite viewers to the services of `path` (device id
+    `device`, key and viewers in `state_dir`)."""
     try:
         settings = load(path)
     except ConfigError as exc:
@@ -62,10 +63,11 @@ def share_details(path: Path, device: str) -> list[str]:
         f"{path.stem}: device {device} (systemctl enable --now peerproxyd@{path.stem})",
         f"  signaling server: {url}",
     ]
-    for port, service in enumerate(settings.services, start=9000):
+    lines.append("  invite a viewer (prints a share link to open, or to pass to peerproxyd connect):")
+    for service in settings.services:
         lines.append(
-            f"  {service}: peerproxyd connect --signal {url} --device {device} "
-            f"--service {service} --listen 127.0.0.1:{port}"
+            f"  {service}: sudo STATE_DIRECTORY={state_dir} peerproxyd share --config {path} "
+            f"--service {service} --name NAME"
         )
     return lines
 
@@ -89,7 +91,7 @@ def main() -> int:
             lines.append(f"{path.stem}: no device key: {exc}")
             continue
         devices.append(f"{path.stem}={device}\n")
-        lines += share_details(path, device)
+        lines += share_details(path, device, state_root / path.stem)
     text = "\n".join(lines) + "\n"
     write_private(etc / "share.txt", text)
     write_private(marker, "".join(devices))
