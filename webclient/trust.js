@@ -100,10 +100,13 @@ export function sdpFingerprint(sdp) {
 export function checkPinned(sdp, pinned) {
   const got = sdpFingerprint(sdp);
   if (got !== pinned) {
-    throw new FingerprintError(
+    const error = new FingerprintError(
       `the device's identity does not match the link: its DTLS fingerprint is ${got}, ` +
         `the link pins ${pinned}`,
     );
+    error.got = got;
+    error.pinned = pinned;
+    throw error;
   }
   return got;
 }
