@@ -18,7 +18,7 @@ import { PeerLink } from "./link.js";
 import { isLocalAddress, parseHost } from "./origin.js";
 import { Relay } from "./relay.js";
 import { Signaling, SignalingError } from "./signaling.js";
-import { AuthError, FingerprintError, authProblem, checkPinned, sdpFingerprint } from "./trust.js";
+import { AuthError, FingerprintError, authProblem, checkPinned, parseAuthReply, sdpFingerprint } from "./trust.js";
 
 // First of all: the secret part of the link leaves the address bar (and history).
 const linkHref = takeLinkFromAddressBar();
@@ -413,6 +413,17 @@ async function run() {
   const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
   let frame = null;
   let delay = BACKOFF_MIN;
+  // Refused for good (or an impostor answered): stop connecting, take the app away, say why.
+  const giveUp = (problem) => {
+    frame?.remove();
+    frame = null;
+    signaling.close();
+    ui.path.textContent = "";
+    ui.rtt.textContent = "";
+    ui.viewer.textContent = "";
+    setPhase(problem.phase, problem.message, problem.detail);
+    if (problem.help) showHelp(...problem.help);
+  };
   setInterval(async () => {
     showRtt();
     if (state.phase === "connected" && state.pc) {
@@ -433,14 +444,7 @@ async function run() {
       state.lastError = exc.message;
       const problem = describeFailure(exc, target, credential);
       if (problem.final) {
-        // Refused for good (or an impostor answered): stop, and take the app away.
-        frame?.remove();
-        frame = null;
-        signaling.close();
-        ui.path.textContent = "";
-        ui.rtt.textContent = "";
-        setPhase(problem.phase, problem.message, problem.detail);
-        if (problem.help) showHelp(...problem.help);
+        giveUp(problem);
         return;
       }
       if (state.everConnected) {
@@ -463,7 +467,19 @@ async function run() {
     const closed = new Promise((resolve) => {
       lost = resolve;
     });
-    const link = new PeerLink(channel, { onClose: (reason) => lost(reason) });
+    // The device ends a session it no longer serves (revoked, expired) with an auth-error.
+    let refusal = null;
+    const onText = (text) => {
+      try {
+        parseAuthReply(text);
+      } catch (exc) {
+        if (exc instanceof AuthError && exc.code !== "bad-auth") {
+          refusal = exc;
+          link.close(`${target.device} ended the session: ${exc.message}`);
+        }
+      }
+    };
+    const link = new PeerLink(channel, { onClose: (reason) => lost(reason), onText });
     pc.addEventListener("connectionstatechange", () => {
       if (["failed", "closed"].includes(pc.connectionState)) link.close(`connection ${pc.connectionState}`);
     });
@@ -485,9 +501,16 @@ async function run() {
     pc.close();
     state.pc = null;
     state.lastError = reason;
+    if (refusal) {
+      const problem = describeFailure(refusal, target, credential);
+      if (problem.final) {
+        giveUp(problem);
+        return;
+      }
+    }
     ui.path.textContent = "";
     ui.rtt.textContent = "";
-    setPhase("lost", "Connection lost — reconnecting…", reason);
+    setPhase("lost", LOST, reason);
   }
 }
 

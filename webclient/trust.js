@@ -277,6 +277,13 @@ export function authProblem(error, { device, service, name }) {
       return { phase: "revoked", message: `Access for “${name}” was revoked.`, detail: newLink, retry: false };
     case "expired":
       return { phase: "expired", message: `This link for “${name}” has expired.`, detail: newLink, retry: false };
+    case "wrong-service": // ours: auth-ok named another service than this page's (manager.js)
+      return {
+        phase: "unauthorized",
+        message: `This link does not open “${service}”.`,
+        detail: `${error.message}. ${newLink}`,
+        retry: false,
+      };
     case "too-many-peers":
       return {
         phase: "full",
