@@ -14,7 +14,10 @@
 //      .generateCertificate) and, since the device's fingerprint is pinned by the link, computes
 //      the one MAC this certificate will ever need, MAC(K, our fingerprint, the pinned one);
 //   3. the token and K are dropped. Every peer connection of the visit (reconnects included) uses
-//      that certificate, so the precomputed MAC is right for each of them.
+//      that certificate, so the precomputed MAC is right for each of them;
+//   4. the page loads itself again without the fragment (location.replace): the first
+//      document's navigation timing entry keeps the URL it was loaded with, token included, and
+//      no API removes it (performance.getEntriesByType("navigation")[0].name).
 //
 // What is kept is {certificate, MAC, name, pinned fingerprint}: in memory, and in IndexedDB
 // under a per-tab id held in sessionStorage, so that a reload of this tab reconnects. The app
@@ -136,15 +139,23 @@ async function loadRecord() {
 }
 
 /**
- * This tab's credential for `target` ({device, service}): from `linkHref` (a link just taken
- * from the address bar), else the one saved by an earlier load of this tab. NoCredential if
- * there is none.
+ * This tab's credential for `target` ({device, service}): the one saved by an earlier load of
+ * this tab, or, given `linkHref` (a link just taken from the address bar), a new one. With a
+ * link it saves the credential and reloads the page (step 4 above) and returns null: the next
+ * document carries on. NoCredential if there is none.
  */
 export async function loadCredential(linkHref, target) {
   if (linkHref) {
     const credential = await credentialFromLink(linkHref, target);
-    await saveRecord(credential).catch((exc) => console.warn("peerproxy: cannot keep the credential:", exc));
-    return credential;
+    try {
+      await saveRecord(credential);
+    } catch (exc) {
+      // No storage: carry on in this document rather than not at all.
+      console.warn("peerproxy: cannot keep the credential (a reload will need the link):", exc);
+      return credential;
+    }
+    location.replace(location.href);
+    return null;
   }
   const saved = await loadRecord().catch(() => null);
   if (saved && saved.device === target.device && saved.service === target.service) {

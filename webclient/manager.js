@@ -391,6 +391,7 @@ async function run() {
     showNoCredential(exc, target);
     return;
   }
+  if (!credential) return; // reloading without the link's fragment (access.js)
 
   const relay = new Relay(target.service, {
     describeOutage: () => `not connected to ${target.device}: ${state.lastError || state.phase}`,

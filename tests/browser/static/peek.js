@@ -57,6 +57,10 @@ async function peek() {
   look("referrer", () => document.referrer);
   look("parentHistoryState", () => parent.history.state);
   look("navigationEntries", () => (parent.navigation ? parent.navigation.entries().map((e) => e.url) : "none"));
+  look("activation", () => {
+    const a = parent.navigation?.activation;
+    return a ? [a.entry?.url ?? "", a.from?.url ?? ""] : [];
+  });
   look("navigationTiming", () => parent.performance.getEntriesByType("navigation").map((e) => e.name));
   look("sessionStorage", () => ({ ...sessionStorage }));
   look("parentSessionStorage", () => ({ ...parent.sessionStorage }));
