@@ -23,9 +23,8 @@ from __future__ import annotations
 import os
 import sys
 
-# `python bench/core.py` puts bench/ first on sys.path, where a script can shadow a stdlib
-# module (bench/signal.py shadows `signal`): drop it before importing anything else, and
-# import the helpers from the repository root instead.
+# `python bench/core.py` puts bench/ first on sys.path: replace it with the repository root,
+# so the helpers import as `bench._procs` and no bench script can shadow a stdlib module.
 _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH_DIR]
 sys.path.insert(0, os.path.dirname(_BENCH_DIR))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The repository, not bench/, first on the path: bench/signal.py would shadow the stdlib.
+# The repository, not bench/, first on the path (imports as `tests.netns`).
 sys.path[0] = str(ROOT)
 
 import argparse  # noqa: E402

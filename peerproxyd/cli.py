@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         "--stun-port", type=int, default=3478,
         help="also answer STUN binding requests on this UDP port (0: off; default 3478)",
     )
+    signal.add_argument(
+        "--redis", metavar="URL",
+        help="share state with other instances through Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(overrides [redis] url in the file)",
+    )
 
     discover = sub.add_parser("discover", help="list the peerproxyd devices on this LAN (mDNS)")
     discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
@@ -155,7 +160,10 @@ def _signal(args: argparse.Namespace) -> None:
     host = args.host if args.host is not None else settings.server.host
     port = args.port if args.port is not None else settings.server.port
     stun = (host, args.stun_port) if args.stun_port else None
-    _run(run_signaling(host, port, stun=stun, **settings.app_kwargs()))
+    kwargs = settings.app_kwargs()
+    if args.redis:
+        kwargs.update(redis_url=args.redis, redis_options=settings.redis_options())
+    _run(run_signaling(host, port, stun=stun, **kwargs))
 
 
 def _serve(path: str) -> None:

@@ -13,22 +13,17 @@ no WebRTC) in this process, spread over 16 loopback source addresses (127.0.0.2-
 shared per-address rate limit sees 16 clients, not one. Devices answer every offer at once
 with a ~2.5 KB SDP-sized answer.
 
-    python bench/signal.py            # full, about 3 minutes
-    python bench/signal.py --quick    # under a minute, smaller counts
+    python bench/signaling.py            # full, about 3 minutes
+    python bench/signaling.py --quick    # under a minute, smaller counts
 
 Results, with per-process CPU seconds, go to bench/results/signal-<timestamp>.json
-(gitignored) and the logs to bench/results/signal-<timestamp>/. Figures: bench/signal.md.
+(gitignored) and the logs to bench/results/signal-<timestamp>/. Figures: bench/README.md ("Signaling").
 """
 
 from __future__ import annotations
 
 import os
 import sys
-
-# Run as a script, this file's directory comes first on sys.path, and this file would
-# shadow the standard library's `signal` module: take the directory off before importing.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    del sys.path[0]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
