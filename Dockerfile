@@ -3,7 +3,12 @@
 #
 #   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t peerproxyd .
 #   docker run -d --name peerproxyd --network host --stop-timeout 30 \
-#       -v "$PWD/camera.toml:/etc/peerproxyd/peerproxyd.toml:ro" peerproxyd
+#       -v "$PWD/camera.toml:/etc/peerproxyd/peerproxyd.toml:ro" \
+#       -v peerproxyd-state:/var/lib/peerproxyd peerproxyd
+#
+# /var/lib/peerproxyd is the state directory: the device key, created on the first start,
+# from which the device id is derived. Keep it in a volume, or every new container is a new
+# device. `docker run ... peerproxyd id` prints the id.
 #
 # --network host: ICE offers the host's own addresses (LAN viewers connect directly) and
 # the upstreams on 127.0.0.1 are the host's. See docs/deploy.md.
@@ -51,9 +56,11 @@ COPY config/camera.toml config/homeassistant.toml config/signal.toml config/exam
 ENV PATH=/opt/peerproxyd/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PEERPROXYD_HEALTH_FILE=/tmp/peerproxyd.health
+    PEERPROXYD_HEALTH_FILE=/tmp/peerproxyd.health \
+    STATE_DIRECTORY=/var/lib/peerproxyd
 USER peerproxyd:peerproxyd
 WORKDIR /var/lib/peerproxyd
+VOLUME /var/lib/peerproxyd
 # Only the signaling server listens (TCP); the daemon dials out.
 EXPOSE 8787
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \

@@ -35,10 +35,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from peerproxyd.channel import HIGH_WATER, LOW_WATER  # noqa: E402
-from tests.support.procs import Proc, free_port, python, wait_http  # noqa: E402
+from tests.support.procs import Proc, free_port, new_device, python, wait_http  # noqa: E402
 
 MESSAGE = 16 * 1024
-DEVICE = "bench-pi"
 SERVICE = "bench"
 
 
@@ -72,13 +71,14 @@ class ProxyStack:
         wait_http(f"http://127.0.0.1:{signal_port}/healthz")
 
         # Defaults everywhere except what loopback needs: a deployment-like daemon.
+        state_dir = self.log_dir / "device-state"
+        device = new_device(state_dir)
         config = self.log_dir / "daemon.toml"
         config.write_text(
             "\n".join(
                 [
                     "[device]",
-                    f'id = "{DEVICE}"',
-                    'secret = "bench-secret-123"',
+                    f'state_dir = "{state_dir}"',
                     "[signaling]",
                     f'url = "ws://127.0.0.1:{signal_port}/ws"',
                     "[ice]",
@@ -99,7 +99,7 @@ class ProxyStack:
             python(
                 "-m", "peerproxyd", "connect",
                 "--signal", f"ws://127.0.0.1:{signal_port}/ws",
-                "--device", DEVICE, "--service", SERVICE,
+                "--device", device, "--service", SERVICE,
                 "--listen", f"127.0.0.1:{listen}", "--host-address", "127.0.0.1",
             ),
         )

@@ -4,7 +4,7 @@ Everything runs in a network namespace made for the run (loopback only, recipe A
 chromium-webrtc.md), with the same processes as tests/test_browser.py: the test app, the
 signaling server, the daemon and Chromium driven over Playwright (tests/browser/harness.py).
 
-    proxied  the app in the viewer's frame, http://test-pi--camera.localhost:8787/ : every
+    proxied  the app in the viewer's frame, http://<device id>--camera.localhost:8787/ : every
              request goes service worker -> page -> data channel -> daemon -> app
     direct   the same app opened at http://127.0.0.1:8081/ in the same browser
 

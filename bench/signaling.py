@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from peerproxyd.identity import Identity  # noqa: E402
 from tests.support.procs import Proc, free_port, python  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -55,6 +56,14 @@ from Redis, as it would with the default 20/s, burst 100."""
 MAX_LOOPS = 10_000_000
 RSS_TARGET_MB = 200.0
 REDIS_SHARE_TARGET = 0.70
+_IDENTITIES: list[Identity] = []
+
+
+def identities(count: int) -> list[Identity]:
+    """`count` device identities, made once per run (key generation is not what we measure)."""
+    while len(_IDENTITIES) < count:
+        _IDENTITIES.append(Identity.generate())
+    return _IDENTITIES[:count]
 
 
 def raise_fd_limit() -> None:
@@ -68,7 +77,6 @@ def run_instance(spec: dict[str, Any]) -> None:
 
     import uvloop
 
-    from peerproxyd.device_auth import SecretBinding
     from peerproxyd.signaling_server import run_signaling
 
     raise_fd_limit()
@@ -79,9 +87,6 @@ def run_instance(spec: dict[str, Any]) -> None:
 
         kwargs["redis_url"] = spec["redis_url"]
         kwargs["redis_options"] = RedisOptions(**spec["options"])
-    else:
-        kwargs["authenticator"] = SecretBinding(cost=spec["options"]["secret_cost"],
-                                                max_bindings=spec["options"]["max_bindings"])
     uvloop.run(run_signaling("127.0.0.1", spec["port"], **kwargs))
 
 
@@ -107,7 +112,6 @@ class Setup:
     name: str
     log_dir: Path
     redis_port: int | None
-    secret_cost: int
     instances: list[tuple[Proc, int]] = field(default_factory=list)
     redis_proc: Proc | None = None
 
@@ -122,7 +126,7 @@ class Setup:
             self.redis_proc.wait_for_log("Ready to accept connections", timeout=10)
         for i in range(count):
             port = free_port()
-            options: dict[str, Any] = {"secret_cost": self.secret_cost, "max_bindings": 100_000}
+            options: dict[str, Any] = {}
             spec: dict[str, Any] = {"port": port, **NO_LIMIT, "options": options}
             if self.redis_port is not None:
                 spec["redis_url"] = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -190,16 +194,21 @@ class Peers:
         ]
         self.sockets: list[Any] = []
 
-    async def connect(self, url: str, i: int) -> Any:
+    async def connect_hello(self, url: str, i: int) -> Any:
         ws = await self.sessions[i % len(self.sessions)].ws_connect(url, max_msg_size=0)
         self.sockets.append(ws)
-        hello = json.loads((await ws.receive(timeout=30)).data)
+        return ws, json.loads((await ws.receive(timeout=30)).data)
+
+    async def connect(self, url: str, i: int) -> Any:
+        ws, hello = await self.connect_hello(url, i)
         return ws, hello["id"]
 
-    async def register(self, url: str, i: int, device_id: str) -> Any:
-        ws, _ = await self.connect(url, i)
-        await ws.send_str(json.dumps({"type": "register", "device": device_id,
-                                      "secret": f"secret-{device_id}"}))
+    async def register(self, url: str, i: int, identity: Identity) -> Any:
+        """A device connection: it signs its hello's challenge (docs/security.md 1.2)."""
+        ws, hello = await self.connect_hello(url, i)
+        device_id = identity.device_id
+        await ws.send_str(json.dumps({"type": "register",
+                                      **identity.register_fields(hello["challenge"])}))
         for _ in range(10):
             reply = json.loads((await ws.receive(timeout=60)).data)
             if reply["type"] == "registered":
@@ -214,14 +223,14 @@ class Peers:
             await session.close()
 
 
-async def register_many(peers: Peers, urls: list[str], count: int, concurrency: int,
-                        prefix: str = "dev") -> float:
+async def register_many(peers: Peers, urls: list[str], count: int, concurrency: int) -> float:
     """Register `count` devices round-robin over `urls`; registrations per second."""
     gate = asyncio.Semaphore(concurrency)
+    devices = identities(count)
 
     async def one(i: int) -> None:
         async with gate:
-            await peers.register(urls[i % len(urls)], i, f"{prefix}-{i}")
+            await peers.register(urls[i % len(urls)], i, devices[i])
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -279,10 +288,11 @@ async def measure_offers(setup: Setup, devices: int, viewers: int, seconds: floa
                 latencies.append(done - started)
 
     try:
-        device_ids = [f"dev-{d}" for d in range(devices)]
+        keys = identities(devices)
+        device_ids = [k.device_id for k in keys]
         homes = {d: d % len(urls) for d in range(devices)}
         device_ws = await asyncio.gather(*(
-            peers.register(urls[homes[d]], d, device_ids[d]) for d in range(devices)))
+            peers.register(urls[homes[d]], d, keys[d]) for d in range(devices)))
         viewer_ws = []
         targets = []
         for v in range(viewers):
@@ -356,9 +366,9 @@ async def measure_memory(setup: Setup, count: int) -> dict[str, Any]:
 CONFIGS = {"memory": (False, 1), "redis-1": (True, 1), "redis-3": (True, 3)}
 
 
-async def with_setup(name: str, log_dir: Path, secret_cost: int, what: Any) -> dict[str, Any]:
+async def with_setup(name: str, log_dir: Path, what: Any) -> dict[str, Any]:
     redis, count = CONFIGS[name]
-    setup = Setup(name, log_dir, free_port() if redis else None, secret_cost)
+    setup = Setup(name, log_dir, free_port() if redis else None)
     try:
         await setup.start(count)
         result: dict[str, Any] = await what(setup)
@@ -375,7 +385,6 @@ async def main_async(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     reg_count = 300 if quick else 2000
-    slow_count = 40 if quick else 120
     seconds, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
     memory_devices = 2000 if quick else 10_000
     parts = args.part or ["registrations", "offers", "memory"]
@@ -393,17 +402,13 @@ async def main_async(args: argparse.Namespace) -> int:
     for name in CONFIGS:
         results[name] = {}
         if "registrations" in parts:
-            low = await with_setup(name, log_dir, 2**4, lambda s: measure_registrations(
+            reg = await with_setup(name, log_dir, lambda s: measure_registrations(
                 s, reg_count, 50))
-            show(f"{name}: registrations/s (scrypt N=2^4)", f"{low['registrations_per_s']:.0f}")
-            real = await with_setup(name, log_dir, 2**14, lambda s: measure_registrations(
-                s, slow_count, 50))
-            show(f"{name}: registrations/s (scrypt N=2^14, default)",
-                 f"{real['registrations_per_s']:.0f}")
-            results[name]["registrations_low_cost"] = low
-            results[name]["registrations_default_cost"] = real
+            show(f"{name}: registrations/s (signed challenge, ECDSA P-256)",
+                 f"{reg['registrations_per_s']:.0f}")
+            results[name]["registrations"] = reg
         if "offers" in parts:
-            offers = await with_setup(name, log_dir, 2**4, lambda s: measure_offers(
+            offers = await with_setup(name, log_dir, lambda s: measure_offers(
                 s, devices=20, viewers=args.viewers, seconds=seconds, warmup=warmup))
             rate = offers["round_trips_per_s"]
             cpu = offers["cpu_s"]
@@ -420,8 +425,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
     if "memory" in parts:
         for name in ("memory", "redis-1"):
-            mem = await with_setup(name, log_dir, 2**4,
-                                   lambda s: measure_memory(s, memory_devices))
+            mem = await with_setup(name, log_dir, lambda s: measure_memory(s, memory_devices))
             show(f"{name}: RSS with {memory_devices} devices",
                  f"{mem['rss_after_mb']:.0f} MB (idle {mem['rss_before_mb']:.0f} MB, "
                  f"{mem['per_device_kb']:.1f} KB/device, peak {mem['rss_peak_mb']:.0f} MB)")

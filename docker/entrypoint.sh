@@ -6,6 +6,7 @@
 #   docker run ... peerproxyd signal          signaling server: /etc/peerproxyd/signal.toml if
 #                                             mounted, else every interface on port 8787
 #   docker run ... peerproxyd check-config [FILE]
+#   docker run ... peerproxyd id              the device id (creates the device key if needed)
 #   docker run ... peerproxyd connect ...     any other peerproxyd subcommand
 #   docker run ... peerproxyd sh              anything else runs as given
 #
@@ -42,6 +43,10 @@ case "$1" in
     check-config)
         shift
         exec peerproxyd check-config "${1:-$config}"
+        ;;
+    id)
+        shift
+        exec peerproxyd id --config "$config" "$@"
         ;;
     connect | demo | -v | --verbose | --version | -h | --help)
         exec peerproxyd "$@"

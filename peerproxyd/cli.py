@@ -1,4 +1,4 @@
-"""Command line: serve, signal, connect, check-config."""
+"""Command line: serve, signal, connect, check-config, id."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a configuration file (daemon or signaling server) and exit"
     )
     check.add_argument("config", help="TOML configuration file")
+
+    ident = sub.add_parser(
+        "id", help="print the device id and DTLS fingerprint (creating the device key if needed)"
+    )
+    ident.add_argument("--config", required=True, help="TOML configuration file")
 
     signal = sub.add_parser("signal", help="run the signaling server")
     signal.add_argument("--config", help="TOML file with [server], [limits], [log] tables")
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command == "id":
+            _print_id(args.config)
         if args.command == "serve":
             _serve(args.config)
         elif args.command == "signal":
@@ -144,8 +151,29 @@ def _check_config(path: str) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    print(f"ok: {len(settings.services)} services")
+    from peerproxyd import identity
+
+    state_dir = settings.device.state_path
+    line = f"ok: {len(settings.services)} services"
+    if identity.identity_exists(state_dir):  # never created here: check-config changes nothing
+        try:
+            line += f", device id {identity.load(state_dir).device_id}"
+        except PeerProxyError as exc:
+            print(f"device identity: {exc}", file=sys.stderr)
+            return 1
+    else:
+        line += f" (no device key yet in {state_dir}: the first start creates it)"
+    print(line)
     return 0
+
+
+def _print_id(path: str) -> None:
+    from peerproxyd.config import load
+    from peerproxyd.identity import load_or_create
+
+    identity = load_or_create(load(path).device.state_path)
+    print(f"device id: {identity.device_id}")
+    print(f"fingerprint: sha-256 {identity.fingerprint}")
 
 
 def _signal(args: argparse.Namespace) -> None:

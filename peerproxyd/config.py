@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     WebsocketUrl,
@@ -37,7 +36,8 @@ from pydantic_settings import (
 )
 
 from peerproxyd.errors import ConfigError
-from peerproxyd.names import DNS_LABEL_MAX, valid_device_id, valid_service_name
+from peerproxyd.identity import default_state_dir
+from peerproxyd.names import valid_service_name
 
 __all__ = [
     "DaemonSettings",
@@ -52,7 +52,6 @@ __all__ = [
     "load",
 ]
 
-SECRET_MIN_LENGTH = 8
 ICE_URL_RE = re.compile(
     r"^(?P<scheme>[a-z]+):(?P<host>[^\s:?/@\[\]]+)(:(?P<port>[0-9]{1,5}))?"
     r"(\?transport=(?P<transport>udp|tcp))?$"
@@ -61,7 +60,7 @@ ICE_SCHEMES = ("stun", "turn", "turns")
 
 # The file `load()` is reading. pydantic-settings has no per-call TOML path (pydantic-settings
 # issue #259), so `Settings.settings_customise_sources` reads it from here; a ContextVar keeps
-# concurrent loads apart. It also anchors a relative `device.secret_file`.
+# concurrent loads apart. It also anchors a relative `device.state_dir` and names the default one.
 _toml_file: ContextVar[Path | None] = ContextVar("peerproxyd_toml_file", default=None)
 
 # Error type for a problem found by a model validator that belongs to one of the model's keys.
@@ -79,49 +78,69 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+REMOVED_DEVICE_KEYS = ("id", "secret", "secret_file")
+"""[device] keys of releases before the device key: the id is derived from the key now."""
+FRIENDLY_NAME_MAX = 64
+
+
 class DeviceSettings(_Section):
-    """`[device]`: who this daemon is on the signaling server."""
+    """`[device]`: where this daemon keeps its identity, and what to call it.
 
-    id: str
-    """Required. The device name browsers ask for: a lowercase DNS label of at most 40
-    characters, so that `<device>--<service>` still fits a 63-character DNS label."""
+    The device id is not configured: it is derived from the device key in `state_dir`
+    (docs/security.md 1.1), created on first start. `peerproxyd id --config FILE` prints it."""
 
-    secret: SecretStr = SecretStr("")
-    """The shared secret browsers must know (at least 8 characters). Set exactly one of
-    `secret` and `secret_file`; after `load()` it always holds the secret."""
+    state_dir: Path | None = None
+    """The directory of the device key and certificate (and later the viewer list); created
+    (mode 0700) on first start. Back it up: a lost key is a new device id. A relative path is
+    relative to the configuration file's directory. **Default:** `$STATE_DIRECTORY` (set by
+    systemd's `StateDirectory=`), else `$XDG_STATE_HOME/peerproxyd/<config name>`, else
+    `~/.local/state/peerproxyd/<config name>`, where `<config name>` is the configuration
+    file's name without `.toml`. After `load()` it always holds the directory."""
 
-    secret_file: Path | None = None
-    """A file holding the secret, read at load time; a trailing newline is stripped. A relative
-    path is relative to the configuration file's directory. **Default:** unset."""
+    name: str | None = None
+    """A friendly name for people (e.g. "Garden camera"), shown in the LAN advertisement
+    (DNS-SD TXT) and in logs; 1-64 printable characters. **Default:** unset."""
 
-    @field_validator("id")
+    @model_validator(mode="before")
     @classmethod
-    def _check_id(cls, value: str) -> str:
-        if not valid_device_id(value):
+    def _refuse_removed_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in REMOVED_DEVICE_KEYS:
+                if key in data:
+                    raise _key_error(
+                        key,
+                        "no longer supported: the device id is now derived from the device key "
+                        "in state_dir, and no secret is needed; remove id, secret and "
+                        "secret_file from [device] (`peerproxyd id --config FILE` prints the id)",
+                    )
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not 1 <= len(value) <= FRIENDLY_NAME_MAX or not value.isprintable():
             raise ValueError(
-                "must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-                f"not starting or ending with '-', no '--'), got {value!r}"
+                f"must be 1-{FRIENDLY_NAME_MAX} printable characters, got {value[:80]!r}"
             )
         return value
 
-    @field_validator("secret")
-    @classmethod
-    def _check_secret(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < SECRET_MIN_LENGTH:
-            raise ValueError(f"must be at least {SECRET_MIN_LENGTH} characters")
-        return value
-
     @model_validator(mode="after")
-    def _resolve_secret(self) -> Self:
-        has_secret = "secret" in self.model_fields_set
-        if has_secret and self.secret_file is not None:
-            raise _key_error("secret", "set either secret or secret_file, not both")
-        if not has_secret and self.secret_file is None:
-            raise _key_error("secret", "required (or set secret_file)")
-        if self.secret_file is not None:
-            self.secret_file = _resolve(self.secret_file)
-            self.secret = _read_secret_file(self.secret_file)
+    def _resolve_state_dir(self) -> Self:
+        if self.state_dir is None:
+            toml_file = _toml_file.get()
+            self.state_dir = default_state_dir(toml_file.stem if toml_file else "peerproxyd")
+        else:
+            self.state_dir = _resolve(self.state_dir.expanduser())
         return self
+
+    @property
+    def state_path(self) -> Path:
+        """`state_dir`, resolved (it always is after validation)."""
+        assert self.state_dir is not None
+        return self.state_dir
 
 
 def _resolve(path: Path) -> Path:
@@ -130,23 +149,6 @@ def _resolve(path: Path) -> Path:
     if path.is_absolute() or toml_file is None:
         return path
     return toml_file.parent / path
-
-
-def _read_secret_file(path: Path) -> SecretStr:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _key_error("secret_file", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise _key_error("secret_file", f"cannot read {path}: not UTF-8 text") from None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        raise _key_error("secret_file", f"{path} is empty")
-    if len(secret) < SECRET_MIN_LENGTH:
-        raise _key_error(
-            "secret_file", f"the secret in {path} must be at least {SECRET_MIN_LENGTH} characters"
-        )
-    return SecretStr(secret)
 
 
 def _url_problem(exc: ValidationError) -> PydanticCustomError:
@@ -359,20 +361,12 @@ class DaemonSettings(_Section):
     (new requests meanwhile get 503). 0 closes at once. **Default:** 10.0."""
 
 
-def _check_service_name(name: str, info: ValidationInfo) -> str:
+def _check_service_name(name: str) -> str:
     if not valid_service_name(name):
         raise ValueError(
-            "service name must be a lowercase DNS label of 1-22 characters "
+            "service name must be a lowercase DNS label of 1-29 characters "
             "(a-z, 0-9 and '-', not starting or ending with '-', no '--')"
         )
-    device = info.data.get("device")
-    if isinstance(device, DeviceSettings):
-        label = f"{device.id}--{name}"
-        if len(label) > DNS_LABEL_MAX:
-            raise ValueError(
-                f"{label!r} is {len(label)} characters, longer than a DNS label "
-                f"({DNS_LABEL_MAX}); shorten device.id or the service name"
-            )
     return name
 
 
@@ -389,15 +383,15 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
     )
 
-    device: DeviceSettings
-    """Required. `[device]`."""
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
+    """`[device]`. **Default:** all defaults."""
 
     signaling: SignalingSettings
     """Required. `[signaling]`."""
 
     services: dict[ServiceName, ServiceSettings] = {}
     """`[services.<name>]` tables; at least one. The name is a lowercase DNS label of at most
-    22 characters; browsers reach the service as `<device>--<name>`."""
+    29 characters; browsers reach the service as `<device>--<name>`."""
 
     ice: IceSettings = Field(default_factory=IceSettings)
     """`[ice]`. **Default:** all defaults."""

@@ -1,5 +1,8 @@
 """Daemon: keeps the device registered with the signaling server and answers viewers.
 
+The device is its identity (identity.py): loaded from `[device] state_dir`, created there on
+first start. It registers with it and uses its certificate for every peer connection.
+
 Lifecycle, for systemd (`Type=notify`, see notify.py): READY=1 once the first signaling
 attempt has ended, registered or not, so boot never waits on the network; STATUS= kept
 current; WATCHDOG=1 while the signaling loop is alive. `stop()` (SIGTERM) sends STOPPING=1
@@ -22,9 +25,11 @@ from typing import Any
 import aiohttp
 
 from peerproxyd import __version__, mdns
+from peerproxyd.aiortc_certificate import device_certificate
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
 from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError
+from peerproxyd.identity import Identity, load_or_create
 from peerproxyd.notify import Notifier
 from peerproxyd.peer import PeerSession
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
@@ -103,15 +108,21 @@ class Daemon:
         *,
         config_path: str | Path | None = None,
         notifier: Notifier | None = None,
+        identity: Identity | None = None,
     ) -> None:
+        """`identity` defaults to the one in `[device] state_dir` (created if there is
+        none); IdentityError if it cannot be read."""
         self.settings = settings
+        self.identity = (
+            identity if identity is not None else load_or_create(settings.device.state_path)
+        )
+        self.device_id = self.identity.device_id
         self.config_path = Path(config_path) if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier()
         self.sessions: dict[str, PeerSession] = {}
         self.signaling = SignalingClient(
             settings.signaling.url,
-            device_id=settings.device.id,
-            secret=settings.device.secret.get_secret_value(),
+            identity=self.identity,
             backoff_min=settings.signaling.reconnect_min,
             backoff_max=settings.signaling.reconnect_max,
         )
@@ -126,16 +137,28 @@ class Daemon:
         self._reload_problem: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @property
+    def label(self) -> str:
+        """The device id, with the friendly name if there is one, for logs."""
+        name = self.settings.device.name
+        return f"{self.device_id} ({name})" if name else self.device_id
+
     async def run(self) -> None:
         """Serve until cancelled, or until stop() and the drain that follows."""
         configure_ice(self.settings.ice)
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
-        logger.info("device %s serving %s", self.settings.device.id, names)
+        logger.info("device %s serving %s", self.label, names)
+        logger.info("DTLS fingerprint sha-256 %s", self.identity.fingerprint)
         advertisement = (
-            mdns.advertise(self.settings.device.id, __version__, list(self.settings.services))
+            mdns.advertise(self.device_id, __version__, list(self.settings.services),
+                           name=self.settings.device.name)
             if self.settings.ice.mdns
             else contextlib.nullcontext()
         )
+        with device_certificate(self.identity):
+            await self._serve(advertisement)
+
+    async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:
         async with new_upstream_session() as http, advertisement:
             self._router = DrainingRouter(self.settings.services, http)
             signaling = asyncio.create_task(
@@ -254,7 +277,7 @@ class Daemon:
             in_flight = self._router.in_flight if self._router else 0
             state = f"stopping: draining {in_flight} open requests"
         elif self.signaling.connected:
-            state = f"registered as {self.settings.device.id} at {url}"
+            state = f"registered as {self.device_id} at {url}"
         elif not self._attempted:
             state = f"connecting to {url}"
         else:
@@ -289,8 +312,7 @@ class Daemon:
     def _on_signaling_state(self, connected: bool) -> None:
         self._signaling_changed = time.monotonic()
         if connected:
-            logger.info("registered as %s at %s",
-                        self.settings.device.id, self.settings.signaling.url)
+            logger.info("registered as %s at %s", self.label, self.settings.signaling.url)
             self.registered.set()
         else:
             self.registered.clear()

@@ -1,15 +1,17 @@
 """`peerproxyd demo`: the whole path on one machine, for `make run`.
 
 Starts a signaling server, a small demo web app, a daemon in front of it and a native
-client, all on 127.0.0.1 and in this process, then prints where to look.
+client, all on 127.0.0.1 and in this process, then prints where to look. The daemon's
+device key lives in a temporary directory: every demo is a new device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import tempfile
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -22,11 +24,12 @@ from peerproxyd.config import (
     SignalingSettings,
 )
 from peerproxyd.daemon import Daemon
+from peerproxyd.identity import load_or_create
 from peerproxyd.signaling_server import build_signaling_app
 
 logger = logging.getLogger(__name__)
 
-DEVICE = "demo-pi"
+NAME = "demo"
 SERVICE = "dashboard"
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>peerproxyd demo</title>
@@ -44,11 +47,11 @@ tick(); setInterval(tick, 1000);
 """
 
 
-def demo_app() -> web.Application:
+def demo_app(device: str) -> web.Application:
     app = web.Application()
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE % {"device": DEVICE}, content_type="text/html")
+        return web.Response(text=PAGE % {"device": device}, content_type="text/html")
 
     async def now(request: web.Request) -> web.Response:
         return web.json_response({"time": time.strftime("%H:%M:%S")})
@@ -66,19 +69,26 @@ async def _site(app: web.Application, port: int) -> tuple[web.AppRunner, int]:
 
 
 async def run_demo(*, signal_port: int = 8787, listen_port: int = 9000) -> None:
+    with tempfile.TemporaryDirectory(prefix="peerproxyd-demo-") as state_dir:
+        await _run_demo(Path(state_dir), signal_port, listen_port)
+
+
+async def _run_demo(state_dir: Path, signal_port: int, listen_port: int) -> None:
+    identity = load_or_create(state_dir)
+    device = identity.device_id
     signal_runner, signal_port = await _site(build_signaling_app(), signal_port)
-    upstream_runner, upstream_port = await _site(demo_app(), 0)
+    upstream_runner, upstream_port = await _site(demo_app(f"{NAME} ({device})"), 0)
     ice = IceSettings(host_addresses=["127.0.0.1"])
     settings = Settings(
-        device=DeviceSettings(id=DEVICE, secret=secrets.token_urlsafe(16)),
+        device=DeviceSettings(state_dir=state_dir, name=NAME),
         signaling=SignalingSettings(url=f"ws://127.0.0.1:{signal_port}/ws"),
         services={SERVICE: ServiceSettings(upstream=f"http://127.0.0.1:{upstream_port}")},
         ice=ice,
     )
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, identity=identity)
     client = NativeClient(
         signal_url=settings.signaling.url,
-        device=DEVICE,
+        device=device,
         service=SERVICE,
         listen=("127.0.0.1", listen_port),
         ice=ice,
@@ -91,8 +101,9 @@ async def run_demo(*, signal_port: int = 8787, listen_port: int = 9000) -> None:
         print(
             f"\npeerproxyd demo is running (Ctrl-C stops it)\n"
             f"  signaling server  http://127.0.0.1:{signal_port}/\n"
-            f"  device            {DEVICE}: service {SERVICE!r} -> http://127.0.0.1:{upstream_port}\n"
-            f"  share link (browser):  http://{DEVICE}--{SERVICE}.localhost:{signal_port}/\n"
+            f"  device            {device} ({NAME}): service {SERVICE!r} -> "
+            f"http://127.0.0.1:{upstream_port}\n"
+            f"  share link (browser):  http://{device}--{SERVICE}.localhost:{signal_port}/\n"
             f"  native client:         {client.url}\n",
             flush=True,
         )

@@ -15,6 +15,17 @@ class ConfigError(PeerProxyError):
         self.problems = problems
 
 
+class IdentityError(PeerProxyError):
+    """The device identity in the state directory cannot be read, created or trusted."""
+
+
+class RegistrationError(PeerProxyError):
+    """A device registration failed a check of docs/security.md 1.2; `code` is always
+    `unauthorized` and the message says which check failed."""
+
+    code = "unauthorized"
+
+
 class SignalingError(PeerProxyError):
     """The signaling server refused us or sent something we cannot use."""
 

@@ -13,7 +13,8 @@ The names live as long as aioice's shared protocol: each caller holds a referenc
 `release()`, and aioice closes the socket (and we forget the names) when the last one goes.
 
 Service discovery (`advertise()`, `discover()`): the daemon announces `_peerproxy._tcp.local.`
-with TXT `id`, `version` and `services`, with python-zeroconf, so LAN tools (and
+with TXT `id` (the device id), `version`, `services` and, when configured, `name` (the
+friendly `[device] name`), with python-zeroconf, so LAN tools (and
 `peerproxyd discover`) can list the devices on the LAN.
 """
 
@@ -145,11 +146,14 @@ class Device:
     services: tuple[str, ...]
     addresses: tuple[str, ...]
     port: int
+    name: str = ""
+    """The friendly name, if the device has one."""
 
 
 @asynccontextmanager
 async def advertise(
-    device_id: str, version: str, services: Sequence[str], *, port: int = 0
+    device_id: str, version: str, services: Sequence[str], *, name: str | None = None,
+    port: int = 0,
 ) -> AsyncIterator[None]:
     """Announce this device as `<device_id>._peerproxy._tcp.local.` while the block runs.
 
@@ -165,11 +169,14 @@ async def advertise(
     from zeroconf import IPVersion
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+    properties = {"id": device_id, "version": version, "services": ",".join(services)}
+    if name:
+        properties["name"] = name
     info = AsyncServiceInfo(
         SERVICE_TYPE,
         f"{device_id}.{SERVICE_TYPE}",
         port=port,
-        properties={"id": device_id, "version": version, "services": ",".join(services)},
+        properties=properties,
         server=f"{device_id}.local.",
         parsed_addresses=addresses,
     )
@@ -196,11 +203,13 @@ async def _register(zc: AsyncZeroconf, info: AsyncServiceInfo) -> None:
 
 
 def format_devices(devices: Sequence[Device]) -> str:
-    """`peerproxyd discover`'s output: one line per device, or a line saying there is none."""
+    """`peerproxyd discover`'s output: one line per device (id, version, services,
+    addresses, friendly name), or a line saying there is none."""
     if not devices:
         return "no peerproxyd device answered on this LAN"
     return "\n".join(
         f"{d.id}\t{d.version}\t{','.join(d.services) or '-'}\t{' '.join(d.addresses) or '-'}"
+        f"\t{d.name or '-'}"
         for d in devices
     )
 
@@ -247,6 +256,7 @@ async def discover(timeout: float = 3.0) -> list[Device]:
                     services=tuple(s for s in props.get("services", "").split(",") if s),
                     addresses=tuple(info.parsed_addresses()),
                     port=info.port or 0,
+                    name=props.get("name", ""),
                 )
             )
         return sorted(devices, key=lambda d: d.id)

@@ -2,23 +2,24 @@
 
 Each device+service gets its own browser origin, `<device>--<service>.<domain>`, so both must
 be lowercase DNS-label text, neither may contain "--" (the separator), and together they fit
-one 63-character DNS label (one wildcard certificate covers every device).
+one 63-character DNS label (one wildcard certificate covers every device). A device id is
+derived from the device key (identity.py, docs/security.md 1.1): 32 characters of base32.
 """
 
 from __future__ import annotations
 
 import re
 
-DEVICE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
-"""At most 40 characters."""
-SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?")
-"""At most 22 characters: 40 + 2 + 22 > 63, so the pair is checked as a whole too."""
+DEVICE_ID = re.compile(r"[a-z2-7]{32}")
+"""Lowercase RFC 4648 base32 of 160 bits, no padding."""
+SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,27}[a-z0-9])?")
+"""At most 29 characters: 32 + 2 + 29 = 63."""
 SEPARATOR = "--"
 DNS_LABEL_MAX = 63
 
 
 def valid_device_id(device_id: str) -> bool:
-    return DEVICE_ID.fullmatch(device_id) is not None and SEPARATOR not in device_id
+    return DEVICE_ID.fullmatch(device_id) is not None
 
 
 def valid_service_name(name: str) -> bool:

@@ -1,8 +1,8 @@
 """SignalingClient: our side of the signaling server's WebSocket, with reconnects.
 
-The daemon uses it with a device id and secret (it registers); the native client uses
-it anonymously (its id is the hello id, new on every connection). Wire format:
-signaling_messages.py.
+The daemon uses it with its Identity: it registers by signing the challenge of each
+connection's hello (docs/security.md 1.2). The native client uses it anonymously (its id is
+the hello id, new on every connection). Wire format: signaling_messages.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from peerproxyd.errors import SignalingError
+from peerproxyd.identity import Identity
 from peerproxyd.signaling_messages import Message, encode, parse_message
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ HANDSHAKE_TIMEOUT = 10.0
 STABLE_AFTER = 10.0
 """A connection that lasted this long resets the backoff."""
 MAX_INCOMING_SIZE = 1024 * 1024
-FATAL_CODES = frozenset({"unauthorized", "invalid-device-id"})
+FATAL_CODES = frozenset({"unauthorized"})
 
 
 class _Disconnected(Exception):
@@ -38,16 +39,13 @@ class SignalingClient:
         self,
         url: str,
         *,
-        device_id: str | None = None,
-        secret: str | None = None,
+        identity: Identity | None = None,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
     ) -> None:
-        if device_id is not None and not secret:
-            raise ValueError("a device needs a secret")
         self.url = url
-        self.device_id = device_id
-        self._secret = secret
+        self.identity = identity
+        self.device_id = identity.device_id if identity is not None else None
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.id: str | None = None
@@ -68,7 +66,7 @@ class SignalingClient:
     ) -> None:
         """Stay connected until close() or cancellation; see the module docstring.
 
-        Raises SignalingError if the server refuses our device id or secret.
+        Raises SignalingError if the server refuses our registration.
         """
         ceiling = self.backoff_min
         async with aiohttp.ClientSession() as session:
@@ -129,8 +127,8 @@ class SignalingClient:
                 if hello.type != "hello":
                     raise SignalingError("bad-message", f"expected hello, got {hello.type}")
                 self.id = hello.get("id")
-                if self.device_id is not None:
-                    await self._register(ws)
+                if self.identity is not None:
+                    await self._register(ws, hello)
                     outcome.registered = True
             self._set_state(True, on_state)
             while True:
@@ -149,10 +147,14 @@ class SignalingClient:
             self._ws = None
             await ws.close()
 
-    async def _register(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        assert self.device_id is not None and self._secret is not None
-        register = Message(type="register",
-                           extra={"device": self.device_id, "secret": self._secret})
+    async def _register(self, ws: aiohttp.ClientWebSocketResponse, hello: Message) -> None:
+        assert self.identity is not None
+        challenge = hello.get("challenge")
+        if not isinstance(challenge, str) or not challenge:
+            raise SignalingError(
+                "bad-message", "the server's hello has no registration challenge "
+                "(a signaling server older than device keys?)")
+        register = Message(type="register", extra=self.identity.register_fields(challenge))
         await ws.send_str(encode(register))
         while True:
             reply = await self._receive(ws)

@@ -30,15 +30,16 @@ PEER_ID = re.compile(r"c-[0-9a-f]{16}")
 _NEEDS_PAYLOAD = frozenset({"offer", "answer", "candidate"})
 _REQUIRED_STRINGS: dict[str, tuple[str, ...]] = {
     "hello": ("id",),
-    "register": ("device", "secret"),
+    "register": ("device", "key", "signature"),
     "registered": ("device",),
     "error": ("code", "message"),
 }
 
 
 def valid_device_id(device_id: str) -> bool:
-    """True if `device_id` is a DNS label of at most 40 characters and not a peer id."""
-    return names.valid_device_id(device_id) and PEER_ID.fullmatch(device_id) is None
+    """True if `device_id` has the form of a device id (derived from a device key, see
+    identity.py); such an id can never be a peer id."""
+    return names.valid_device_id(device_id)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

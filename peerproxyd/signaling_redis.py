@@ -1,4 +1,4 @@
-"""Several signaling instances, one Redis: presence, routing, takeover, limits, bindings.
+"""Several signaling instances, one Redis: presence, routing, takeover, limits.
 
 Keys, all under `RedisOptions.prefix` ("peerproxyd:"):
 
@@ -7,7 +7,6 @@ Keys, all under `RedisOptions.prefix` ("peerproxyd:"):
                       it every presence_ttl/3, so a crashed instance's devices expire, and
                       writes it again when Redis has lost it (a restart)
     tag:<tag>         the instance owning a 4-hex-digit tag, PX presence_ttl
-    bindings          hash: device id -> "salt:scrypt hash" of its secret (RedisSecretBinding)
     rl:<client>       token bucket of one client address, shared by every instance
 
 Every instance subscribes to `to:<tag>`. Its viewers' hello ids carry the tag
@@ -19,6 +18,8 @@ the same script. Envelopes are lines (JSON text never holds a raw newline):
     u <sender> <to> <type>                             undeliverable: sender gets *-offline
     k <device id> <hello id>                           that connection lost the device
 
+Who may register a device id needs no shared state: the device proves it holds the key the
+id is derived from (identity.py), checked by whichever instance it connects to.
 A registration is one script: SET the device key, and if another instance held it,
 PUBLISH "k" there; Redis runs scripts one at a time, so the last registration wins and
 every earlier holder hears so. Redis calls that fail raise ClusterUnavailable (a
@@ -28,11 +29,9 @@ ConnectionError); the instance keeps serving what it can locally and retries.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import ipaddress
 import logging
-import os
 import re
 import secrets
 from collections.abc import Awaitable
@@ -47,7 +46,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from peerproxyd.device_auth import SALT_SIZE, hash_secret, presented_secret
 from peerproxyd.errors import SignalingError
 from peerproxyd.signal_metrics import SignalMetrics
 from peerproxyd.signaling_messages import PEER_ID, valid_device_id
@@ -63,8 +61,6 @@ T = TypeVar("T")
 LEASE_TIME = 0.5
 """Rate-limit tokens an instance took from Redis expire unused after this many seconds."""
 REFRESH_BATCH = 500
-KNOWN_BINDINGS = 100_000
-"""Binding records an instance keeps to write back after Redis lost them (most recent)."""
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 START_TIMEOUT = 10.0
 TAG = re.compile(r"[0-9a-f]{4}")
@@ -127,15 +123,6 @@ redis.call('HSET', KEYS[1], 't', string.format('%.6f', tokens - got),
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return got
 """
-# KEYS[1] bindings hash. ARGV: device id, record, max bindings. 1 bound, 0 exists, -1 full.
-_BIND = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
 class ClusterUnavailable(ConnectionError):
     """Redis could not be reached (or answered with an error); try again later."""
 
@@ -151,9 +138,6 @@ class RedisOptions:
     """Messages/s one client address may send through all instances (None: `rate`)."""
     client_burst: int | None = None
     """Messages one client address may send at once through all instances (None: `burst`)."""
-    secret_cost: int = 2**14
-    """scrypt N of RedisSecretBinding (as SecretBinding's `cost`)."""
-    max_bindings: int = 1_000_000
     trusted_proxies: tuple[str, ...] = ()
     """Load balancers (addresses or networks) whose X-Forwarded-For names the client."""
     max_connections: int = 64
@@ -235,7 +219,6 @@ class RedisCluster:
         self._refresh_devices = self.redis.register_script(_REFRESH)
         self._hold_tag = self.redis.register_script(_TAG)
         self._take = self.redis.register_script(_TAKE)
-        self.binding: RedisSecretBinding | None = None
         self._registry: Registry | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -607,86 +590,6 @@ class RedisCluster:
         if written:
             self.metrics.reannounced += len(written)
             logger.info("re-announced %d devices to Redis", len(written))
-            if self.binding is not None:
-                await self.binding.restore(written)
         now = asyncio.get_running_loop().time()
         for client in [c for c, lease in self._leases.items() if lease.until <= now]:
             del self._leases[client]
-
-
-class RedisSecretBinding:
-    """SecretBinding kept in Redis: a device id bound through one instance is bound on all.
-
-    The record is "salt:hash" (hex) in the `bindings` hash; the check runs scrypt in a
-    worker thread. Records of devices that registered here are remembered, so that when
-    Redis comes back empty (no persistence) the instance writes them back with the
-    re-announced presence, before anyone else can bind those ids.
-    """
-
-    def __init__(self, cluster: RedisCluster, *, cost: int = 2**14,
-                 max_bindings: int = 1_000_000) -> None:
-        self.cluster = cluster
-        self.cost = cost
-        self.max_bindings = max_bindings
-        self._key = cluster.key("bindings")
-        self._bind = cluster.redis.register_script(_BIND)
-        self._known: dict[str, str] = {}
-
-    async def verify(self, device_id: str, credentials: dict[str, Any]) -> bool:
-        secret = presented_secret(credentials)
-        if secret is None:
-            return False
-        call, redis = self.cluster.call, self.cluster.redis
-        record: str | None = await call(redis.hget(self._key, device_id))  # type: ignore[arg-type]
-        if record is None:
-            salt = os.urandom(SALT_SIZE)
-            digest = await asyncio.to_thread(hash_secret, secret, salt, self.cost)
-            record = f"{salt.hex()}:{digest.hex()}"
-            outcome = int(await call(self._bind(
-                keys=[self._key], args=[device_id, record, self.max_bindings])))
-            if outcome == 1:
-                logger.info("device id %s bound to its secret", device_id)
-                self._remember(device_id, record)
-                return True
-            if outcome == -1:
-                logger.warning("refusing device %s: %d ids bound already",
-                               device_id, self.max_bindings)
-                return False
-            # bound by another registration meanwhile
-            record = await call(redis.hget(self._key, device_id))  # type: ignore[arg-type]
-            if record is None:
-                return False
-        ok = await asyncio.to_thread(self._check, secret, record)
-        if ok:
-            self._remember(device_id, record)
-        return ok
-
-    def _check(self, secret: str, record: str) -> bool:
-        salt_hex, _, digest_hex = record.partition(":")
-        try:
-            salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
-        except ValueError:
-            logger.error("unreadable binding record in Redis; refusing")
-            return False
-        return hmac.compare_digest(digest, hash_secret(secret, salt, self.cost))
-
-    def _remember(self, device_id: str, record: str) -> None:
-        self._known.pop(device_id, None)
-        self._known[device_id] = record
-        while len(self._known) > KNOWN_BINDINGS:
-            del self._known[next(iter(self._known))]
-
-    async def restore(self, device_ids: list[str]) -> None:
-        """Write back the records of `device_ids` that Redis no longer has."""
-        records = [(d, self._known[d]) for d in device_ids if d in self._known]
-        if not records:
-            return
-        async with self.cluster.redis.pipeline(transaction=False) as pipe:
-            for device_id, record in records:
-                pipe.hsetnx(self._key, device_id, record)
-            await self.cluster.call(pipe.execute())
-
-    async def forget(self, device_id: str) -> None:
-        """Drop a binding everywhere (an operator reset)."""
-        self._known.pop(device_id, None)
-        await self.cluster.call(self.cluster.redis.hdel(self._key, device_id))

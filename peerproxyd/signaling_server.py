@@ -5,9 +5,13 @@ Routes: `/ws` (the JSON protocol of signaling_messages.py), `GET /healthz`, `GET
 `build_signaling_app()` returns an Application that can run alone (`run_signaling()`) or as
 a sub-app.
 
+A device registers by proving it holds the key its id is derived from (docs/security.md
+1.2): the hello carries a fresh challenge, the register message its signature. Nothing is
+stored about devices beyond who is online.
+
 Alone, one process keeps everything in memory. With `redis_url`, several instances share
-presence, routing, registration, secret bindings and rate limits through Redis
-(signaling_redis.py); the `Cluster` protocol below is all this module knows of it.
+presence, routing, registration and rate limits through Redis (signaling_redis.py); the
+`Cluster` protocol below is all this module knows of it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from peerproxyd import stun_server, turn_credentials
-from peerproxyd.device_auth import Authenticator, SecretBinding, authenticate
-from peerproxyd.errors import SignalingError
+from peerproxyd import identity, stun_server, turn_credentials
+from peerproxyd.errors import RegistrationError, SignalingError
 from peerproxyd.signal_metrics import SignalMetrics, render_json, render_prometheus
 from peerproxyd.signaling_messages import (
     PEER_ID,
@@ -72,6 +75,8 @@ class Connection:
     hello_id: str
     remote: str | None
     bucket: TokenBucket
+    challenge: str | None = None
+    """The registration challenge of this connection's hello; None once used."""
     client: str = ""
     """Whose shared rate limit this connection spends (with Redis: its address)."""
     strikes: TokenBucket | None = None
@@ -256,8 +261,6 @@ class Registry:
 
 REGISTRY = web.AppKey("signaling_registry", Registry)
 LIMITS = web.AppKey("signaling_limits", Limits)
-# A Protocol is no concrete class, so the type goes in the annotation (mypy type-abstract).
-AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("signaling_authenticator")
 
 
 @dataclass(frozen=True)
@@ -281,12 +284,11 @@ def _offline(to: str, ref: str) -> Message:
 class _Handler:
     """The messages of one connection, handled in order."""
 
-    __slots__ = ("registry", "limits", "authenticator", "conn")
+    __slots__ = ("registry", "limits", "conn")
 
     def __init__(self, app: web.Application, conn: Connection) -> None:
         self.registry = app[REGISTRY]
         self.limits = app[LIMITS]
-        self.authenticator = app[AUTHENTICATOR]
         self.conn = conn
 
     async def on_text(self, text: str) -> bool:
@@ -332,32 +334,25 @@ class _Handler:
                 "bad-message", f"this connection is registered as device {conn.device_id}",
                 ref="register"))
             return
-        if not valid_device_id(device_id):
-            await conn.send(error_message(
-                "invalid-device-id",
-                f"device id {device_id[:64]!r} is not a DNS label of 1-40 characters "
-                "a-z, 0-9 and '-'", ref="register"))
-            return
-        credentials = {"type": msg.type, **msg.extra}
         try:
-            ok = await authenticate(self.authenticator, device_id, credentials)
-            if ok and registry.cluster is not None:
+            self.check_proof(device_id, msg)
+        except RegistrationError as exc:
+            registry.metrics.registrations_refused += 1
+            logger.warning("refused registration of device %s from %s: %s",
+                           device_id[:64], conn.remote, exc)
+            await conn.send(error_message(exc.code, str(exc), ref="register"))
+            return
+        if registry.cluster is not None:
+            try:
                 await registry.cluster.claim(device_id, conn.hello_id)
-        except ConnectionError as exc:
-            registry.metrics.registrations_refused += 1
-            logger.warning("cannot register device %s now: %s", device_id, exc)
-            await conn.send(error_message(
-                "unavailable", "the signaling service cannot register devices right now; "
-                "try again shortly", ref="register"))
-            return
-        if not ok:
-            registry.metrics.registrations_refused += 1
-            logger.warning("refused registration of device %s from %s: wrong secret",
-                           device_id, conn.remote)
-            await conn.send(error_message(
-                "unauthorized", f"device id {device_id} is registered with another secret",
-                ref="register"))
-            return
+            except ConnectionError as exc:
+                registry.metrics.registrations_refused += 1
+                logger.warning("cannot register device %s now: %s", device_id, exc)
+                await conn.send(error_message(
+                    "unavailable", "the signaling service cannot register devices right now; "
+                    "try again shortly", ref="register"))
+                return
+        conn.challenge = None  # good for one registration
         old = registry.bind_device(conn, device_id)
         registry.metrics.registrations += 1
         if old is not None:
@@ -370,6 +365,21 @@ class _Handler:
         logger.info("device %s registered from %s%s", device_id, conn.remote,
                     " (replacing its previous connection)" if old is not None else "")
         await conn.send(Message(type="registered", extra={"device": device_id}))
+
+    def check_proof(self, device_id: str, msg: Message) -> None:
+        """Raise RegistrationError unless `msg` proves the sender holds `device_id`'s key
+        for this connection's challenge (docs/security.md 1.2). Costs one ECDSA verification
+        (about 0.1 ms), run only for a well-formed register with an unused challenge."""
+        if not valid_device_id(device_id):
+            raise RegistrationError(
+                f"device id {device_id[:64]!r} is not a device id (32 characters a-z, 2-7, "
+                "derived from the device key)")
+        challenge = self.conn.challenge
+        if challenge is None:
+            raise RegistrationError(
+                "this connection's challenge was used already; reconnect to register again")
+        identity.verify_registration(
+            device_id, msg.get("key"), msg.get("signature"), challenge)
 
     async def relay(self, msg: Message) -> None:
         conn, to, registry = self.conn, msg.to, self.registry
@@ -436,12 +446,13 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
         remote=request.remote,
         client=cluster.client_key(request) if cluster is not None else "",
         bucket=TokenBucket(limits.rate, limits.burst),
+        challenge=identity.new_challenge(),
     )
     registry.add(conn)
     handler = _Handler(app, conn)
     logger.debug("peer %s connected from %s", conn.hello_id, conn.remote)
     try:
-        hello: dict[str, Any] = {"id": conn.hello_id}
+        hello: dict[str, Any] = {"id": conn.hello_id, "challenge": conn.challenge}
         ice = app[ICE]
         if ice.urls:  # browsers' RTCConfiguration.iceServers, TURN credentials minted per peer
             hello["iceServers"] = turn_credentials.ice_servers(
@@ -527,7 +538,6 @@ def build_signaling_app(
     max_message_size: int = 65536,
     rate: float = 20.0,
     burst: int = 100,
-    authenticator: Authenticator | None = None,
     redis_url: str | None = None,
     redis_options: RedisOptions | None = None,
     ice_urls: Sequence[str] = (),
@@ -537,31 +547,25 @@ def build_signaling_app(
 ) -> web.Application:
     """The signaling server.
 
-    Without `redis_url` everything lives in this process, and `authenticator` defaults to an
-    in-memory SecretBinding. With it (`redis://host:6379/0`), this is one of several
-    instances sharing Redis: the authenticator defaults to a RedisSecretBinding, and a
-    client address's `rate`/`burst` hold across all instances (RedisOptions tunes both).
+    Without `redis_url` everything lives in this process. With it (`redis://host:6379/0`),
+    this is one of several instances sharing Redis: presence and routing span them all, and
+    a client address's `rate`/`burst` hold across all instances (RedisOptions tunes them).
     """
     app = web.Application()
     metrics = SignalMetrics()
     cluster = None
     limits = Limits(max_message_size=max_message_size, rate=rate, burst=burst)
     if redis_url is not None:
-        from peerproxyd.signaling_redis import RedisCluster, RedisOptions, RedisSecretBinding
+        from peerproxyd.signaling_redis import RedisCluster, RedisOptions
 
         options = redis_options if redis_options is not None else RedisOptions()
         cluster = RedisCluster(redis_url, options, rate=rate, burst=burst, metrics=metrics)
-        if authenticator is None:
-            cluster.binding = RedisSecretBinding(
-                cluster, cost=options.secret_cost, max_bindings=options.max_bindings)
-            authenticator = cluster.binding
         app.cleanup_ctx.append(_cluster_ctx)
     app[REGISTRY] = Registry(cluster, metrics)
     app[LIMITS] = limits
     app[ICE] = IceOffer(tuple(ice_urls), turn_secret, turn_ttl)
     if stun is not None:
         app.cleanup_ctx.append(stun_server.cleanup_ctx(*stun))
-    app[AUTHENTICATOR] = authenticator if authenticator is not None else SecretBinding()
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _healthz)

@@ -5,7 +5,7 @@ One origin per device and service: `http(s)://<device>--<service>.<domain>/`. On
 - `/__peerproxy/<file>` are the client's own files (`webclient/`); the service worker never
   forwards this prefix to the device;
 - every other path is the connection-manager page, so a deep link
-  `https://camera-pi--camera.example.net/settings?tab=2` opens the manager, which then opens
+  `https://<device id>--camera.example.net/settings?tab=2` opens the manager, which then opens
   the app frame at that same path.
 
 On any other host (the bare signaling host) `/` is a small landing page. `/ws` and `/healthz`

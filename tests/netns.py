@@ -305,7 +305,7 @@ class Network:
 
 
 DEVICE = "test-pi"
-DAEMON_SECRET = "test-secret-123"
+"""The default daemon's name (its files and log); NetStack.device_id() gives its id."""
 SETUP_RE = re.compile(r"data channel open in (\d+) ms")
 REPORT_RE = re.compile(
     r"connected via (?P<type>host|srflx|relay) \((?P<protocol>\w+)\) (?P<rest>.*)"
@@ -336,6 +336,15 @@ class NetStack:
         self.clients = 0
         self.coturn: Proc | None = None
 
+    def state_dir(self, name: str = DEVICE) -> Path:
+        return self.net.log_dir / f"{name}.state"
+
+    def device_id(self, name: str = DEVICE) -> str:
+        """The device id of the daemon called `name` (its key is made on first use)."""
+        from peerproxyd.identity import load_or_create
+
+        return load_or_create(self.state_dir(name)).device_id
+
     def services(self, *, coturn: bool = True) -> NetStack:
         if coturn:
             self.coturn = self.net.coturn()
@@ -358,14 +367,15 @@ class NetStack:
         servers = []
         if stun:
             servers.append(f'{{urls = "stun:{stun}"}}')
+        device_id = self.device_id(device)
         if turn:
-            cred = mint(TURN_SECRET, device)
+            cred = mint(TURN_SECRET, device_id)
             servers.append(
                 f'{{urls = "turn:{turn}?transport={turn_transport}", '
                 f'username = "{cred.username}", credential = "{cred.credential}"}}'
             )
         lines = [
-            "[device]", f'id = "{device}"', f'secret = "{DAEMON_SECRET}"',
+            "[device]", f'state_dir = "{self.state_dir(device)}"',
             "[signaling]", f'url = "{self.signal_url}"', "reconnect_min = 0.1",
             "reconnect_max = 1.0",
             "[ice]", f"mdns = {'true' if mdns else 'false'}", f"servers = [{', '.join(servers)}]",
@@ -385,7 +395,8 @@ class NetStack:
     ) -> tuple[Proc, str]:
         """A native client in `role`'s namespace; returns it and its URL (in that namespace)."""
         self.clients += 1
-        args = ["-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", device,
+        args = ["-m", "peerproxyd", "connect", "--signal", self.signal_url,
+                "--device", self.device_id(device),
                 "--service", "camera", "--listen", f"127.0.0.1:{port}"]
         if stun:
             args += ["--ice-server", f"stun:{stun}"]

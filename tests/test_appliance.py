@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from peerproxyd.config import load
-from tests.support.procs import Proc, daemon_config, free_port, python, wait_http
+from peerproxyd import identity
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -116,7 +117,7 @@ def test_daemon_unit_integrates_with_the_daemon():
     # The stop timeout leaves room for the default 10 s drain.
     assert int(single["TimeoutStopSec"].rstrip("s")) > 10
     assert single["DynamicUser"] == "yes" and single["StateDirectory"] == "peerproxyd/%i"
-    assert single["EnvironmentFile"] == "-/etc/peerproxyd/%i.env"  # first boot's identity
+    assert single["EnvironmentFile"] == "-/etc/peerproxyd/%i.env"  # optional overrides
     assert single["CapabilityBoundingSet"] == ""
     assert single["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
     for key in ("ProtectSystem", "ProtectHome", "NoNewPrivileges", "PrivateTmp"):
@@ -145,14 +146,18 @@ def test_no_timestamps_under_journald():
 
 
 @pytest.mark.parametrize(("name", "output"), [
-    ("camera.toml", "ok: 2 services\n"),
-    ("homeassistant.toml", "ok: 1 services\n"),
-    ("example.toml", "ok: 2 services\n"),
+    ("camera.toml", "ok: 2 services"),
+    ("homeassistant.toml", "ok: 1 services"),
+    ("example.toml", "ok: 2 services"),
     ("signal.toml", "ok: signaling server on 0.0.0.0:8787\n"),
 ])
-def test_example_configurations_pass_check_config(name: str, output: str):
-    result = cli("check-config", f"config/{name}")
+def test_example_configurations_pass_check_config(name: str, output: str, tmp_path: Path):
+    env = {"STATE_DIRECTORY": str(tmp_path / "state")}
+    result = cli("check-config", f"config/{name}", env=env)
+    if name != "signal.toml":
+        output += f" (no device key yet in {tmp_path / 'state'}: the first start creates it)\n"
     assert (result.returncode, result.stdout, result.stderr) == (0, output, "")
+    assert not (tmp_path / "state").exists()  # check-config creates nothing
 
 
 def test_example_services():
@@ -294,10 +299,12 @@ def test_entrypoint_without_a_configuration_says_what_to_mount(tmp_path: Path):
 
 
 def test_entrypoint_check_config_and_passthrough(tmp_path: Path):
-    proc = entrypoint("check-config", env={"PEERPROXYD_CONFIG": str(ROOT / "config/camera.toml")},
+    device = new_device(tmp_path / "state")
+    proc = entrypoint("check-config", env={"PEERPROXYD_CONFIG": str(ROOT / "config/camera.toml"),
+                                           "STATE_DIRECTORY": str(tmp_path / "state")},
                       tmp_path=tmp_path, name="check")
     assert proc.popen.wait(30) == 0
-    assert proc.log() == "ok: 2 services\n"
+    assert proc.log() == f"ok: 2 services, device id {device}\n"
     proc = entrypoint("sh", "-c", "echo passthrough", env={}, tmp_path=tmp_path, name="sh")
     assert proc.popen.wait(30) == 0
     assert proc.log() == "passthrough\n"
@@ -316,12 +323,13 @@ def test_container_serves_reports_health_and_stops_gracefully_under_tini(tmp_pat
     container = None
     try:
         wait_http(f"http://127.0.0.1:{signal_port}/healthz")
-        config = daemon_config(tmp_path / "peerproxyd.toml", device="box-pi",
+        box = new_device(tmp_path / "state")
+        config = daemon_config(tmp_path / "peerproxyd.toml", state_dir=tmp_path / "state",
                                signal_port=signal_port, services={"camera": free_port()})
         health = tmp_path / "peerproxyd.health"
         env = {"PEERPROXYD_CONFIG": str(config), "PEERPROXYD_HEALTH_FILE": str(health)}
         container = entrypoint(env=env, tmp_path=tmp_path, init=True)
-        container.wait_for_log("registered as box-pi")
+        container.wait_for_log(f"registered as {box}")
         # tini's child is the daemon itself: the entry point exec'd it.
         children = Path(f"/proc/{container.pid}/task/{container.pid}/children").read_text().split()
         assert len(children) == 1
@@ -333,7 +341,7 @@ def test_container_serves_reports_health_and_stops_gracefully_under_tini(tmp_pat
             time.sleep(0.05)
         check = healthcheck({"PEERPROXYD_HEALTH_FILE": str(health)})
         assert check.returncode == 0, check.stdout
-        assert check.stdout.startswith(f"registered as box-pi at ws://127.0.0.1:{signal_port}/ws")
+        assert check.stdout.startswith(f"registered as {box} at ws://127.0.0.1:{signal_port}/ws")
 
         os.utime(health, (time.time() - 60, time.time() - 60))  # as if the daemon hung
         stale = healthcheck({"PEERPROXYD_HEALTH_FILE": str(health),
@@ -387,7 +395,8 @@ def test_addon_follows_current_conventions():
     assert config["timeout"] > 10  # room for the drain
     assert config["options"].keys() == config["schema"].keys()
     assert config["schema"]["services"] == [{"name": "str", "url": "url"}]
-    assert config["schema"]["secret"] == "password?"
+    assert config["schema"]["name"] == "str?"
+    assert "device_id" not in config["schema"] and "secret" not in config["schema"]
     translations = yaml.safe_load((ADDON / "translations/en.yaml").read_text())
     assert translations["configuration"].keys() == config["schema"].keys()
     assert all(t["name"] and t["description"] for t in translations["configuration"].values())
@@ -423,27 +432,21 @@ def convert(options: dict, data: Path) -> subprocess.CompletedProcess[str]:
 
 def test_addon_default_options_become_a_valid_configuration(tmp_path: Path):
     result = convert(addon_config()["options"], tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode, result.stderr) == (0, "")
     settings = load(tmp_path / "peerproxyd.toml")
-    identity = json.loads((tmp_path / "identity.json").read_text())
-    assert settings.device.id == identity["device_id"]
-    assert re.fullmatch(r"ha-[0-9a-f]{8}", settings.device.id)
-    assert settings.device.secret.get_secret_value() == identity["secret"]
-    assert f"secret for viewers: {identity['secret']}" in result.stderr
-    assert (tmp_path / "identity.json").stat().st_mode & 0o777 == 0o600
+    # The device key goes in the add-on's /data (here tmp_path), made by the daemon.
+    assert settings.device.state_dir == tmp_path
+    assert settings.device.name == "Home Assistant"
+    assert not identity.identity_exists(tmp_path)
     assert (tmp_path / "peerproxyd.toml").stat().st_mode & 0o777 == 0o600
     assert {n: s.upstream for n, s in settings.services.items()} == {"ha": "http://127.0.0.1:8123"}
     assert settings.limits.max_peers == 16 and settings.log.level == "info"
     assert settings.ice.servers == []
-    # The identity is kept: the next start uses the same one and says nothing.
-    again = convert(addon_config()["options"], tmp_path)
-    assert again.stderr == ""
-    assert load(tmp_path / "peerproxyd.toml").device.id == settings.device.id
 
 
 def test_addon_options_map_key_by_key(tmp_path: Path):
     options = {
-        "device_id": "home", "secret": 'quote"and\\backslash', "signaling_url":
+        "name": 'quote"and\\backslash', "signaling_url":
         "wss://signal.example.net/ws", "services": [
             {"name": "ha", "url": "http://127.0.0.1:8123"},
             {"name": "printer", "url": "http://192.168.1.40/"}],
@@ -451,20 +454,20 @@ def test_addon_options_map_key_by_key(tmp_path: Path):
     }
     assert convert(options, tmp_path).returncode == 0
     settings = load(tmp_path / "peerproxyd.toml")
-    assert settings.device.id == "home"
-    assert settings.device.secret.get_secret_value() == 'quote"and\\backslash'
+    assert settings.device.name == 'quote"and\\backslash'
     assert settings.signaling.url == "wss://signal.example.net/ws"
     assert {n: s.upstream for n, s in settings.services.items()} == {
         "ha": "http://127.0.0.1:8123", "printer": "http://192.168.1.40"}
     assert [s.urls for s in settings.ice.servers] == [["stun:stun.example.net:3478"]]
     assert (settings.limits.max_peers, settings.log.level) == (4, "debug")
-    assert not (tmp_path / "identity.json").exists()  # nothing to generate
+    assert convert({**options, "name": ""}, tmp_path).returncode == 0
+    assert load(tmp_path / "peerproxyd.toml").device.name is None
 
 
 @pytest.mark.parametrize(("options", "problem"), [
     ({"services": [{"name": "cam", "url": "ftp://x"}]},
      "config: services.cam.upstream: URL scheme should be 'http' or 'https'"),
-    ({"device_id": "Bad_Id"}, "config: device.id: must be a lowercase DNS label"),
+    ({"name": "x" * 65}, "config: device.name: must be 1-64 printable characters"),
     ({"signaling_url": "http://x"}, "config: signaling.url: URL scheme should be 'ws' or 'wss'"),
     ({"services": [{"name": "Home Assistant", "url": "http://127.0.0.1:8123"}]},
      "config: services.Home Assistant: service name must be a lowercase DNS label"),
@@ -514,19 +517,21 @@ def test_addon_start_script_runs_the_daemon(tmp_path: Path):
     addon = None
     try:
         wait_http(f"http://127.0.0.1:{signal_port}/healthz")
-        options = {**addon_config()["options"], "device_id": "addon-test",
+        options = {**addon_config()["options"], "name": "Addon Test",
                    "signaling_url": f"ws://127.0.0.1:{signal_port}/ws"}
         (tmp_path / "options.json").write_text(json.dumps(options))
         env = addon_env(tmp_path)
         addon = Proc("addon", [str(tmp_path / "bin/bashio"), str(ADDON_RUN)], tmp_path, env=env)
-        addon.wait_for_log("registered as addon-test")
+        match = addon.wait_for_log(r"registered as ([a-z2-7]{32}) \(Addon Test\)")
+        # The daemon created the device key in the add-on's data on its first start.
+        assert match[1] == identity.load(tmp_path).device_id
         log = addon.log()
         assert f"[info] Writing {tmp_path}/peerproxyd.toml from the add-on options" in log
         assert "[info] Starting peerproxyd" in log
         addon.popen.send_signal(signal.SIGTERM)  # s6 stopping the service: exec'd, so direct
         assert addon.popen.wait(20) == 0
         toml = tomllib.loads((tmp_path / "peerproxyd.toml").read_text())
-        assert toml["device"]["id"] == "addon-test"
+        assert toml["device"] == {"state_dir": str(tmp_path), "name": "Addon Test"}
     finally:
         if addon is not None:
             addon.stop()

@@ -7,8 +7,9 @@ which also runs in the namespace (its DevTools port exists only there) and takes
 calls from this process as JSON lines over a pipe. `world.agent.page` is the top page (the
 connection manager), `world.agent.app` the app's frame. Each test opens a fresh browser
 context (no service worker, no storage) through the share link of the service's viewer
-(http://<device>--camera.localhost:8787/#v=1&...). The trust side (links, refusals, what the
-app can see) is tests/test_browser_trust.py. Peer connections are counted on the daemon side ("answered" lines in its log).
+(http://<world.device>--camera.localhost:8787/#v=1&...). The trust side (links, refusals,
+what the app can see) is tests/test_browser_trust.py. Peer connections are counted on the
+daemon side ("answered" lines in its log).
 """
 
 from __future__ import annotations
@@ -234,9 +235,10 @@ def test_deep_link_opens_the_app_at_that_path(world: BrowserWorld) -> None:
 
 
 def test_device_offline_is_reported(world: BrowserWorld) -> None:
-    world.open("/", device="ghost", phase="offline")
+    ghost = "g" * 32  # a device id nobody registered
+    world.open("/", device=ghost, phase="offline")
     page = world.agent.page
-    assert page.text_content("#status") == "ghost is offline."
+    assert page.text_content("#status") == f"{ghost} is offline."
     assert page.text_content("#detail") == "Waiting for it to come online…"
     assert page.evaluate("document.getElementById('app')") is None
     world.screenshot("offline")
@@ -310,8 +312,9 @@ def test_daemon_restart_reconnects_and_next_navigation_works(world: BrowserWorld
     world.stop_daemon()
     world.wait_phase("lost")
     assert page.text_content("#status") == "Connection lost — reconnecting…"
-    page.wait_for_function("d => document.getElementById('detail').textContent === d + ' is offline.'",
-                           arg=world.device)
+    page.wait_for_function(
+        "d => document.getElementById('detail').textContent === d + ' is offline.'",
+        arg=world.device)
     world.screenshot("lost")
     world.start_daemon()
     world.wait_phase("connected", timeout=30)

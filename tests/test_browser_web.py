@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient
 from peerproxyd.signaling_server import build_signaling_app
 from peerproxyd.web import PREFIX, device_service
 
-DEVICE_HOST = "test-pi--camera.localhost:8787"
+DEVICE = "abcdefghijklmnopqrstuvwxyz234567"
+DEVICE_HOST = f"{DEVICE}--camera.localhost:8787"
 
 
 @pytest.fixture
@@ -22,13 +23,13 @@ async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
-        ("test-pi--camera.localhost:8787", ("test-pi", "camera")),
-        ("Camera-Pi--HA.example.net", ("camera-pi", "ha")),
-        ("a--b", ("a", "b")),
+        (f"{DEVICE}--camera.localhost:8787", (DEVICE, "camera")),
+        (f"{DEVICE.upper()}--HA.example.net", (DEVICE, "ha")),
+        (f"{DEVICE}--b", (DEVICE, "b")),
         ("signal.example.net", None),
-        ("-bad--camera.example.net", None),
-        ("pi--ca--mera.example.net", None),
-        ("pi--.example.net", None),
+        ("test-pi--camera.localhost:8787", None),  # not a device id (derived, 32 characters)
+        (f"{DEVICE}--ca--mera.example.net", None),
+        (f"{DEVICE}--.example.net", None),
         ("[::1]:8787", None),
         ("127.0.0.1:8787", None),
     ],

@@ -2,32 +2,78 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from peerproxyd import identity
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "peerproxyd", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
-def test_check_config_accepts_the_example():
-    result = run("check-config", "config/example.toml")
-    assert (result.returncode, result.stdout) == (0, "ok: 2 services\n")
+def test_check_config_accepts_the_example_and_id_makes_the_key(tmp_path):
+    env = {"STATE_DIRECTORY": str(tmp_path / "state")}
+    result = run("check-config", "config/example.toml", env=env)
+    assert (result.returncode, result.stdout) == (
+        0, f"ok: 2 services (no device key yet in {tmp_path / 'state'}: "
+        "the first start creates it)\n")
+    assert not (tmp_path / "state").exists()
+
+    result = run("id", "--config", "config/example.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    ident = identity.load(tmp_path / "state")
+    assert result.stdout == (
+        f"device id: {ident.device_id}\nfingerprint: sha-256 {ident.fingerprint}\n")
+    assert re.fullmatch(r"[a-z2-7]{32}", ident.device_id)
+    # Again: the same identity, not a new one.
+    assert run("id", "--config", "config/example.toml", env=env).stdout == result.stdout
+
+    result = run("check-config", "config/example.toml", env=env)
+    assert (result.returncode, result.stdout) == (
+        0, f"ok: 2 services, device id {ident.device_id}\n")
+
+
+def test_a_corrupt_device_key_stops_check_config_and_serve(tmp_path):
+    env = {"STATE_DIRECTORY": str(tmp_path)}
+    (tmp_path / "device.key").write_text("not a key\n")
+    result = run("check-config", "config/example.toml", env=env)
+    assert result.returncode == 1
+    assert f"device identity: {tmp_path / 'device.key'} is not a PEM private key" in result.stderr
+    result = run("serve", "--config", "config/example.toml", env=env)
+    assert result.returncode == 1
+    assert f"failed: {tmp_path / 'device.key'} is not a PEM private key" in result.stderr
+    assert (tmp_path / "device.key").read_text() == "not a key\n"  # kept for the owner
+
+
+def test_old_device_keys_are_refused_with_a_pointer(tmp_path):
+    old = tmp_path / "old.toml"
+    old.write_text(
+        '[device]\nid = "camera-pi"\nsecret = "long-enough-secret"\n'
+        '[signaling]\nurl = "ws://x/ws"\n[services.camera]\nupstream = "http://x"\n'
+    )
+    result = run("serve", "--config", str(old))
+    assert result.returncode == 2
+    assert "config: device.id: no longer supported: the device id is now derived from the " \
+        "device key" in result.stderr
 
 
 def test_check_config_reports_each_problem_and_exits_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        '[device]\nid = "Bad_Id"\nsecret = "long-enough-secret"\ncolour = "red"\n'
+        '[device]\nname = ""\ncolour = "red"\n'
         '[signaling]\nurl = "http://x"\n[services.camera]\nupstream = "ftp://x"\n'
     )
     result = run("check-config", str(bad))
@@ -35,7 +81,7 @@ def test_check_config_reports_each_problem_and_exits_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 4, result.stderr
     assert any(line.startswith("unknown key: device.colour") for line in lines)
-    assert any(line.startswith("device.id: ") for line in lines)
+    assert any(line.startswith("device.name: ") for line in lines)
     assert any(line.startswith("signaling.url: ") for line in lines)
     assert any(line.startswith("services.camera.upstream: ") for line in lines)
 

@@ -16,8 +16,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
 
 BASE = """\
 [device]
-id = "camera-pi"
-secret = "change-me"
+name = "Camera Pi"
 
 [signaling]
 url = "ws://127.0.0.1:8787/ws"
@@ -59,12 +58,12 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 # -- loading ------------------------------------------------------------------------------
 
 
-def test_example_loads() -> None:
+def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     settings = load(EXAMPLE)
     assert isinstance(settings, Settings)
-    assert settings.device.secret.get_secret_value() == "change-me"
-    assert settings.model_dump(exclude={"device": {"secret"}}) == {
-        "device": {"id": "camera-pi", "secret_file": None},
+    assert settings.model_dump() == {
+        "device": {"state_dir": tmp_path / "peerproxyd" / "example", "name": "Camera Pi"},
         "signaling": {"url": "ws://127.0.0.1:8787/ws", "reconnect_min": 0.5, "reconnect_max": 30.0},
         "services": {
             "camera": {
@@ -98,7 +97,7 @@ def test_example_loads() -> None:
 
 
 def test_load_accepts_str_path() -> None:
-    assert load(str(EXAMPLE)).device.id == "camera-pi"
+    assert load(str(EXAMPLE)).device.name == "Camera Pi"
 
 
 def test_every_field_is_documented() -> None:
@@ -163,7 +162,7 @@ level = "DEBUG"
     [
         pytest.param('colour = "red"\n' + BASE, "unknown key: colour", id="top-level"),
         pytest.param(
-            edit(('id = "camera-pi"', 'id = "camera-pi"\ncolour = "red"')),
+            edit(('name = "Camera Pi"', 'name = "Camera Pi"\ncolour = "red"')),
             "unknown key: device.colour",
             id="nested",
         ),
@@ -183,42 +182,80 @@ def test_unknown_key(tmp_path: Path, text: str, expected: str) -> None:
     assert problems(tmp_path, text) == [expected]
 
 
-def test_bad_device_id(tmp_path: Path) -> None:
-    text = edit(('id = "camera-pi"', 'id = "Camera_Pi"'))
+@pytest.mark.parametrize("key", ["id", "secret", "secret_file"])
+def test_removed_device_keys_say_the_id_is_derived(tmp_path: Path, key: str) -> None:
+    text = edit(('name = "Camera Pi"', f'{key} = "camera-pi-secret"'))
     assert problems(tmp_path, text) == [
-        "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        "not starting or ending with '-', no '--'), got 'Camera_Pi'"
+        f"device.{key}: no longer supported: the device id is now derived from the device key "
+        "in state_dir, and no secret is needed; remove id, secret and secret_file from [device] "
+        "(`peerproxyd id --config FILE` prints the id)"
     ]
 
 
-def test_device_id_longer_than_40(tmp_path: Path) -> None:
-    text = edit(('id = "camera-pi"', f'id = "{"a" * 41}"'))
-    assert problems(tmp_path, text) == [
-        "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        f"not starting or ending with '-', no '--'), got '{'a' * 41}'"
-    ]
+def test_removed_device_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PEERPROXYD_DEVICE__ID", "garage-pi")
+    assert problems(tmp_path, BASE)[0].startswith("device.id: no longer supported: ")
+
+
+def test_state_dir_default_is_systemds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert load(write(tmp_path, BASE)).device.state_dir == tmp_path / "a"
+
+
+def test_state_dir_default_is_per_config_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    path = tmp_path / "garden.toml"
+    path.write_text(BASE)
+    assert load(path).device.state_dir == tmp_path / "xdg" / "peerproxyd" / "garden"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load(path).device.state_dir == tmp_path / "home/.local/state/peerproxyd/garden"
+
+
+def test_state_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = edit(('name = "Camera Pi"', 'state_dir = "state"'))
+    assert load(write(tmp_path, text)).device.state_dir == tmp_path / "state"
+
+
+def test_state_dir_absolute(tmp_path: Path) -> None:
+    text = edit(('name = "Camera Pi"', f'state_dir = "{tmp_path}/abs"'))
+    assert load(write(tmp_path, text)).device.state_dir == tmp_path / "abs"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 65, "tab\there"])
+def test_bad_friendly_name(tmp_path: Path, name: str) -> None:
+    text = edit(('"Camera Pi"', f'"{name}"'))
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith("device.name: must be 1-64 printable characters, got ")
+
+
+def test_device_table_is_optional(tmp_path: Path) -> None:
+    device = load(write(tmp_path, edit(('[device]\nname = "Camera Pi"\n', "")))).device
+    assert device.name is None
+    assert device.state_dir is not None
 
 
 def test_bad_service_name(tmp_path: Path) -> None:
     text = edit(("[services.camera]", "[services.-cam]"))
     assert problems(tmp_path, text) == [
-        "services.-cam: service name must be a lowercase DNS label of 1-22 characters "
+        "services.-cam: service name must be a lowercase DNS label of 1-29 characters "
         "(a-z, 0-9 and '-', not starting or ending with '-', no '--')"
     ]
 
 
-def test_device_and_service_longer_than_a_dns_label(tmp_path: Path) -> None:
-    device, service = "d" * 40, "s" * 22
-    text = edit(("camera-pi", device), ("[services.camera]", f"[services.{service}]"))
+def test_service_name_of_29_characters(tmp_path: Path) -> None:
+    text = edit(("[services.camera]", f"[services.{'s' * 29}]"))
+    assert list(load(write(tmp_path, text)).services) == ["s" * 29]
+    text = edit(("[services.camera]", f"[services.{'s' * 30}]"))
     assert problems(tmp_path, text) == [
-        f"services.{service}: '{device}--{service}' is 64 characters, longer than a DNS label "
-        "(63); shorten device.id or the service name"
+        f"services.{'s' * 30}: service name must be a lowercase DNS label of 1-29 characters "
+        "(a-z, 0-9 and '-', not starting or ending with '-', no '--')"
     ]
-
-
-def test_device_and_service_of_exactly_63_characters(tmp_path: Path) -> None:
-    text = edit(("camera-pi", "d" * 39), ("[services.camera]", f"[services.{'s' * 22}]"))
-    assert list(load(write(tmp_path, text)).services) == ["s" * 22]
 
 
 @pytest.mark.parametrize(
@@ -243,7 +280,6 @@ def test_bad_signaling_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "expected"),
     [
-        ('id = "camera-pi"\n', "device.id: required"),
         ('url = "ws://127.0.0.1:8787/ws"\n', "signaling.url: required"),
         ('upstream = "http://127.0.0.1:8081"\n', "services.camera.upstream: required"),
         ('[signaling]\nurl = "ws://127.0.0.1:8787/ws"\n', "signaling: required"),
@@ -255,62 +291,6 @@ def test_bad_signaling_url(tmp_path: Path) -> None:
 )
 def test_missing_required(tmp_path: Path, old: str, expected: str) -> None:
     assert problems(tmp_path, edit((old, ""))) == [expected]
-
-
-# -- the device secret --------------------------------------------------------------------
-
-
-def test_secret_and_secret_file_both(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("from-a-file\n")
-    text = edit(('secret = "change-me"', 'secret = "change-me"\nsecret_file = "secret"'))
-    assert problems(tmp_path, text) == ["device.secret: set either secret or secret_file, not both"]
-
-
-def test_secret_and_secret_file_neither(tmp_path: Path) -> None:
-    text = edit(('secret = "change-me"\n', ""))
-    assert problems(tmp_path, text) == ["device.secret: required (or set secret_file)"]
-
-
-def test_secret_too_short(tmp_path: Path) -> None:
-    text = edit(('"change-me"', '"1234567"'))
-    assert problems(tmp_path, text) == ["device.secret: must be at least 8 characters"]
-
-
-def test_secret_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("from-a-file\r\n")
-    text = edit(('secret = "change-me"', 'secret_file = "secret"'))
-    device = load(write(tmp_path, text)).device
-    assert device.secret.get_secret_value() == "from-a-file"
-    assert device.secret_file == tmp_path / "secret"
-
-
-def test_secret_file_absolute(tmp_path: Path) -> None:
-    secret = tmp_path / "elsewhere" / "secret"
-    secret.parent.mkdir()
-    secret.write_text("s3cr3t-value")
-    text = edit(('secret = "change-me"', f'secret_file = "{secret}"'))
-    assert load(write(tmp_path, text)).device.secret.get_secret_value() == "s3cr3t-value"
-
-
-def test_secret_file_missing(tmp_path: Path) -> None:
-    text = edit(('secret = "change-me"', 'secret_file = "nope"'))
-    assert problems(tmp_path, text) == [
-        f"device.secret_file: cannot read {tmp_path / 'nope'}: No such file or directory"
-    ]
-
-
-def test_secret_file_empty(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("\n")
-    text = edit(('secret = "change-me"', 'secret_file = "secret"'))
-    assert problems(tmp_path, text) == [f"device.secret_file: {tmp_path / 'secret'} is empty"]
-
-
-def test_secret_file_too_short(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("short\n")
-    text = edit(('secret = "change-me"', 'secret_file = "secret"'))
-    assert problems(tmp_path, text) == [
-        f"device.secret_file: the secret in {tmp_path / 'secret'} must be at least 8 characters"
-    ]
 
 
 # -- ICE ----------------------------------------------------------------------------------
@@ -437,12 +417,12 @@ def test_bad_log_level(tmp_path: Path) -> None:
 
 def test_invalid_toml(tmp_path: Path) -> None:
     text = edit(('url = "ws://127.0.0.1:8787/ws"', "url = ws://127.0.0.1:8787/ws"))
-    assert problems(tmp_path, text) == ["invalid TOML: Invalid value (at line 6, column 7)"]
+    assert problems(tmp_path, text) == ["invalid TOML: Invalid value (at line 5, column 7)"]
 
 
 def test_toml_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
-    path.write_bytes(BASE.replace("change-me", "chang\xe9-me").encode("latin-1"))
+    path.write_bytes(BASE.replace("Camera Pi", "Cam\xe9ra Pi").encode("latin-1"))
     with pytest.raises(ConfigError) as info:
         load(path)
     assert info.value.problems == [f"invalid TOML: {path} is not UTF-8 text"]
@@ -462,14 +442,13 @@ def test_directory_is_not_a_config_file(tmp_path: Path) -> None:
 
 def test_multiple_problems_are_reported_together(tmp_path: Path) -> None:
     text = edit(
-        ('id = "camera-pi"', 'id = "Camera"\ncolour = "red"'),
+        ('name = "Camera Pi"', 'name = ""\ncolour = "red"'),
         ('"ws://127.0.0.1:8787/ws"', '"ws://127.0.0.1:8787/ws"\nreconnect_min = 0'),
         ('"http://127.0.0.1:8081"', '"ftp://127.0.0.1:8081"'),
         text=BASE + "[limits]\nmax_peers = 0\nheartbeat_timeout = 1\n",
     )
     assert problems(tmp_path, text) == [
-        "device.id: must be a lowercase DNS label of 1-40 characters (a-z, 0-9 and '-', "
-        "not starting or ending with '-', no '--'), got 'Camera'",
+        "device.name: must be 1-64 printable characters, got ''",
         "unknown key: device.colour",
         "signaling.reconnect_min: Input should be greater than 0",
         "services.camera.upstream: URL scheme should be 'http' or 'https'",
@@ -482,7 +461,7 @@ def test_multiple_problems_are_reported_together(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PEERPROXYD_DEVICE__ID", "garage-pi")
+    monkeypatch.setenv("PEERPROXYD_DEVICE__STATE_DIR", str(tmp_path / "garage"))
     monkeypatch.setenv("PEERPROXYD_LIMITS__MAX_PEERS", "4")
     monkeypatch.setenv("PEERPROXYD_SERVICES__CAMERA__READ_TIMEOUT", "7.5")
     monkeypatch.setenv("PEERPROXYD_SERVICES__HA__UPSTREAM", "http://127.0.0.1:8123")
@@ -490,8 +469,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PEERPROXYD_LOG__LEVEL", "WARNING")
     monkeypatch.setenv("PEERPROXYD_DEBUG", "1")  # not a setting: ignored
     settings = load(write(tmp_path, BASE))
-    assert settings.device.id == "garage-pi"
-    assert settings.device.secret.get_secret_value() == "change-me"
+    assert settings.device.state_dir == tmp_path / "garage"
+    assert settings.device.name == "Camera Pi"
     assert settings.limits.max_peers == 4
     assert settings.services["camera"].model_dump() == {
         "upstream": "http://127.0.0.1:8081",

@@ -8,7 +8,7 @@ from peerproxyd.config import load
 from peerproxyd.errors import ConfigError
 
 BASE = (
-    '[device]\nid = "camera-pi"\nsecret = "long-enough-secret"\n'
+    '[device]\nname = "Camera Pi"\n'
     '[signaling]\nurl = "ws://127.0.0.1:8787/ws"\n'
     '[services.camera]\nupstream = "http://127.0.0.1:8081"\n'
 )

@@ -12,8 +12,7 @@ from peerproxyd.errors import ConfigError
 
 BASE = """\
 [device]
-id = "camera-pi"
-secret = "change-me"
+name = "Camera Pi"
 
 [signaling]
 url = "ws://127.0.0.1:8787/ws"

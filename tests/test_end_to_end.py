@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from peerproxyd.protocol import ErrorCode, Flag, Frame
 from tests.support.procs import Proc, free_port
 from tests.support.rawpeer import RawPeer
-from tests.support.stack import DEVICE, Stack
+from tests.support.stack import Stack
 from tests.support.upstream_app import pattern
 
 MB = 1024 * 1024
@@ -24,6 +24,7 @@ MB = 1024 * 1024
 @dataclass
 class Net:
     signal_url: str
+    device: str
     camera_upstream: str
     camera: str  # native client URL for service "camera"
     ha: str  # native client URL for service "ha"
@@ -44,6 +45,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         _, ha_client = stack.client("ha")
         yield Net(
             signal_url=stack.signal_url,
+            device=stack.device,
             camera_upstream=camera,
             camera=camera_client,
             ha=ha_client,
@@ -193,7 +195,7 @@ async def test_client_cancel_mid_download_frees_stream(net: Net, http: aiohttp.C
 
 
 async def test_unknown_service_and_upstream_errors(net: Net):
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with RawPeer(net.signal_url, net.device) as peer:
         head, body = await peer.request("nope", "/")
         assert (head.status, body) == (404, b"unknown service 'nope'\n")
         head, body = await peer.request("down", "/")
@@ -208,14 +210,14 @@ async def test_unknown_service_and_upstream_errors(net: Net):
 async def test_error_reply_stops_a_large_upload(net: Net):
     """The daemon answers 404 without reading the body, then resets the stream (NO_ERROR)
     so the viewer stops sending instead of waiting for window forever."""
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with RawPeer(net.signal_url, net.device) as peer:
         head, body = await peer.request("nope", "/", method="POST", body=b"x" * (3 * MB))
         assert head.status == 404
         assert peer.link.conn.open_streams == 0
 
 
 async def test_malformed_packets_reset_only_that_stream(net: Net, http: aiohttp.ClientSession):
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with RawPeer(net.signal_url, net.device) as peer:
         # A valid request on stream 1 first, so the connection has state.
         head, _ = await peer.request("camera", "/")
         assert head.status == 200

@@ -333,14 +333,17 @@ async def test_aiortc_reads_our_local_candidates(publisher):
 # ----- LAN discovery, in namespaces
 
 
+GARAGE, SHED = "g" * 32, "s" * 32
+
+
 def test_format_devices():
     devices = [
-        mdns.Device(id="garage-pi", version="0.1.0", services=("camera", "ha"),
-                    addresses=("192.168.1.20",), port=0),
-        mdns.Device(id="shed-pi", version="0.1.0", services=(), addresses=(), port=0),
+        mdns.Device(id=GARAGE, version="0.1.0", services=("camera", "ha"),
+                    addresses=("192.168.1.20",), port=0, name="Garage Pi"),
+        mdns.Device(id=SHED, version="0.1.0", services=(), addresses=(), port=0),
     ]
     assert mdns.format_devices(devices) == (
-        "garage-pi\t0.1.0\tcamera,ha\t192.168.1.20\nshed-pi\t0.1.0\t-\t-"
+        f"{GARAGE}\t0.1.0\tcamera,ha\t192.168.1.20\tGarage Pi\n{SHED}\t0.1.0\t-\t-\t-"
     )
     assert mdns.format_devices([]) == "no peerproxyd device answered on this LAN"
 
@@ -348,7 +351,7 @@ ADVERTISE = """
 import asyncio, sys
 from peerproxyd import mdns
 async def main():
-    async with mdns.advertise("test-pi", "9.9.9", ["camera", "ha"]):
+    async with mdns.advertise("tttttttttttttttttttttttttttttttt", "9.9.9", ["camera", "ha"], name="Test Pi"):
         print("advertising", flush=True)
         await asyncio.sleep(60)
 asyncio.run(main())
@@ -372,8 +375,8 @@ async def test_lan_discovery(tmp_path):
         advertiser.wait_for_log("advertising")
         found = json.loads(net.ns["lanv"].run(sys.executable, "-c", DISCOVER))
         assert found == [{
-            "id": "test-pi", "version": "9.9.9", "services": ["camera", "ha"],
-            "addresses": [DEV], "port": 0,
+            "id": "t" * 32, "version": "9.9.9", "services": ["camera", "ha"],
+            "addresses": [DEV], "port": 0, "name": "Test Pi",
         }]
         # Not across the NAT: the remote viewer sees nothing.
         assert json.loads(net.ns["rv"].run(sys.executable, "-c", DISCOVER)) == []

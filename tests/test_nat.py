@@ -99,7 +99,7 @@ async def test_remote_viewer_behind_symmetric_nat_is_relayed(
     # coturn accepted the minted REST-API credentials and relayed to the viewer.
     assert stack.coturn is not None
     relayed = coturn_relayed(stack.coturn)
-    assert relayed and all(":test-pi>" in line for line in relayed), relayed
+    assert relayed and all(f":{stack.device_id()}>" in line for line in relayed), relayed
     record_property("setup_ms", setup_ms(client))
 
 
@@ -107,11 +107,11 @@ async def test_signaling_server_sees_no_lan_address(stack: NetStack):
     stack.daemon(device="test-pi")
     stack.daemon(device="plain-pi", mdns=False)
 
-    hidden = answer_seen_by_signaling(stack.net, "rv", "test-pi")
+    hidden = answer_seen_by_signaling(stack.net, "rv", stack.device_id("test-pi"))
     assert PRIVATE_ADDRESS.search(hidden) is None, hidden
     assert ".local " in hidden
     # The control: without mDNS the same answer carries the LAN address.
-    plain = answer_seen_by_signaling(stack.net, "rv", "plain-pi")
+    plain = answer_seen_by_signaling(stack.net, "rv", stack.device_id("plain-pi"))
     assert DEV in plain
 
 
@@ -148,7 +148,7 @@ async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: Net
 
     third = stack.net.python(
         "lanv", "client-third", "-m", "peerproxyd", "connect", "--signal", stack.signal_url,
-        "--device", "test-pi", "--service", "camera", "--listen", "127.0.0.1:9001",
+        "--device", stack.device_id(), "--service", "camera", "--listen", "127.0.0.1:9001",
         "--ice-server", f"stun:{INET}:{TURN_PORT}",
     )
     third.wait_for_log(r"all 2 UDP ports of \[ice\] port_range 50000-50001 are in use")
@@ -186,7 +186,7 @@ async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     dev.ip("addr", "add", f"{NEW_DEV}/24", "dev", "eth0")
     dev.ip("route", "add", "default", "via", "192.168.50.1")
 
-    client.wait_for_log(r"connected to test-pi/camera", count=2, timeout=150)
+    client.wait_for_log(rf"connected to {stack.device_id()}/camera", count=2, timeout=150)
     report = report_from_log(client, count=2)
     assert report.type == "host" and f"({NEW_DEV})" in report.line, report
     result = stack.net.fetch("lanv", url + "/")

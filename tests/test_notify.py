@@ -25,7 +25,7 @@ from peerproxyd.notify import Notifier, _one_line
 from peerproxyd.protocol import RequestHead
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
-from tests.support.procs import Proc, daemon_config, free_port, python
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python
 from tests.support.rawpeer import RawPeer
 from tests.support.stack import Stack
 from tests.support.upstream_app import pattern
@@ -106,12 +106,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.stop()
 
 
+def device_id(tmp_path: Path, name: str) -> str:
+    """The device id of the daemon `start_daemon(..., device=name)` runs (made on first use)."""
+    return new_device(tmp_path / f"{name}.state")
+
+
 def start_daemon(stack: Stack, tmp_path: Path, notify: NotifySocket, *, device: str,
                  signal_port: int | None = None, services: dict[str, int] | None = None,
                  extra: str = "", env: dict[str, str] | None = None) -> tuple[Proc, Path]:
+    """Start a daemon named `device` (its files and log); device_id() gives its id."""
+    device_id(tmp_path, device)
     config = daemon_config(
         tmp_path / f"{device}.toml",
-        device=device,
+        state_dir=tmp_path / f"{device}.state",
         signal_port=signal_port or stack.signal_port,
         services=services or {"camera": stack.upstream_ports["camera"]},
     )
@@ -226,8 +233,9 @@ def test_ready_after_registration_then_status_and_watchdog(stack, tmp_path, noti
                              env={"WATCHDOG_USEC": "1000000"})
     ready = notify_socket.wait_for("READY", "1")
     url = stack.signal_url
-    assert ready["STATUS"] == f"registered as ready-pi at {url}; peers 0, open streams 0"
-    assert "registered as ready-pi" in daemon.log()
+    ready_pi = device_id(tmp_path, "ready-pi")
+    assert ready["STATUS"] == f"registered as {ready_pi} at {url}; peers 0, open streams 0"
+    assert f"registered as {ready_pi}" in daemon.log()
     # WATCHDOG=1 every WATCHDOG_USEC/2 = 0.5 s while registered.
     first = notify_socket.wait_for("WATCHDOG", "1")
     assert first == {"WATCHDOG": "1"}
@@ -238,7 +246,7 @@ def test_ready_after_registration_then_status_and_watchdog(stack, tmp_path, noti
     assert all(0.35 < g < 0.75 for g in gaps), gaps
 
     async def viewer() -> None:
-        async with RawPeer(url, "ready-pi") as peer:
+        async with RawPeer(url, ready_pi) as peer:
             await asyncio.to_thread(
                 notify_socket.wait_for, "STATUS", status=r"; peers 1, open streams 0$", timeout=5
             )
@@ -275,7 +283,7 @@ def test_sighup_reloads_services_without_dropping_peers(stack, tmp_path, notify_
     notify_socket.wait_for("READY", "1")
 
     async def scenario() -> None:
-        async with RawPeer(stack.signal_url, "reload-pi") as peer:
+        async with RawPeer(stack.signal_url, device_id(tmp_path, "reload-pi")) as peer:
             head, _ = await peer.request("ha", "/")
             assert head.status == 404  # not configured yet
             config.write_text(config.read_text() + (
@@ -357,7 +365,7 @@ def test_sigterm_sends_stopping_and_drains_an_in_flight_20_mb_download(
     size = 20 * MB
 
     async def scenario() -> None:
-        async with RawPeer(stack.signal_url, "drain-pi") as peer:
+        async with RawPeer(stack.signal_url, device_id(tmp_path, "drain-pi")) as peer:
             stream = await _start_download(peer, size)
             digest = hashlib.sha256()
             received = await _read_some(stream, digest, MB)
@@ -369,7 +377,7 @@ def test_sigterm_sends_stopping_and_drains_an_in_flight_20_mb_download(
             assert (head.status, body) == (503, b"device is shutting down\n")
             assert dict(head.headers)["X-Peerproxy-Error"] == "1"
             # ... and a new viewer is turned away.
-            reply = await offer_reply(stack.signal_url, "drain-pi")
+            reply = await offer_reply(stack.signal_url, device_id(tmp_path, "drain-pi"))
             assert (reply.type, reply.payload) == ("bye", {"reason": "device is shutting down"})
             assert daemon.popen.poll() is None, "the daemon must wait for the download"
             while chunk := await stream.read():

@@ -126,27 +126,31 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
     wants = rootfs / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "peerproxyd@camera.service").is_symlink()
 
-    # First boot: an identity per configuration, root-only, and the share details.
+    # First boot: a device key per configuration, in its state directory, and the share
+    # details.
     first = chroot(rootfs, "/opt/peerproxyd/bin/python /usr/local/lib/peerproxyd/firstboot.py")
     etc = rootfs / "etc/peerproxyd"
-    identity = dict(line.split("=", 1) for line in (etc / "camera.env").read_text().splitlines()
-                    if not line.startswith("#"))
-    device = identity["PEERPROXYD_DEVICE__ID"]
-    assert device.startswith("pi-") and device.endswith("-camera") and len(device) == 16
-    assert len(identity["PEERPROXYD_DEVICE__SECRET"]) >= 20
-    for name in ("camera.env", "homeassistant.env", "share.txt", "identity"):
+    state = rootfs / "var/lib/private/peerproxyd"
+    devices = dict(line.split("=", 1) for line in (etc / "identity").read_text().splitlines())
+    assert devices.keys() == {"camera", "homeassistant"}
+    device = devices["camera"]
+    assert len(device) == 32 and device != devices["homeassistant"]
+    for name in ("share.txt", "identity"):
         assert (etc / name).stat().st_mode & 0o777 == 0o600, name
-    assert not (etc / "signal.env").exists()
+    assert (state / "camera/device.key").stat().st_mode & 0o777 == 0o600
+    assert (state.parent.stat().st_mode & 0o777, (state / "camera").stat().st_mode & 0o777) \
+        == (0o700, 0o700)
+    assert not (state / "signal").exists()
     assert ("camera: peerproxyd connect --signal ws://signal.example.net:8787/ws "
             f"--device {device} --service camera --listen 127.0.0.1:9000") in first.stdout
     assert (etc / "share.txt").read_text() == first.stdout
+    key = (state / "camera/device.key").read_bytes()
     again = chroot(rootfs, "/opt/peerproxyd/bin/python /usr/local/lib/peerproxyd/firstboot.py")
     assert "first boot is done" in again.stdout
-    assert dict(line.split("=", 1) for line in (etc / "camera.env").read_text().splitlines()
-                if not line.startswith("#")) == identity
+    assert (state / "camera/device.key").read_bytes() == key
 
-    # The installed daemon, with that identity (the unit's EnvironmentFile=), registers with
-    # a signaling server on 127.0.0.1, the chroot sharing the host's network.
+    # The installed daemon, with that key (STATE_DIRECTORY as systemd sets it), registers
+    # with a signaling server on 127.0.0.1, the chroot sharing the host's network.
     port = free_port()
     signal = Proc("signal", python("-m", "peerproxyd", "signal", "--port", str(port)), tmp_path)
     daemon = None
@@ -154,7 +158,7 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
         wait_http(f"http://127.0.0.1:{port}/healthz")
         daemon = Proc("daemon", [
             "chroot", str(rootfs), "/usr/bin/env", "-i", "PATH=/usr/bin:/bin",
-            *(f"{k}={v}" for k, v in identity.items()),
+            "STATE_DIRECTORY=/var/lib/private/peerproxyd/camera",
             f"PEERPROXYD_SIGNALING__URL=ws://127.0.0.1:{port}/ws",
             "PEERPROXYD_ICE__HOST_ADDRESSES=[\"127.0.0.1\"]",
             "/opt/peerproxyd/bin/peerproxyd", "serve", "--config", "/etc/peerproxyd/camera.toml",

@@ -35,7 +35,7 @@ async def test_daemon_restart_client_reconnects(stack: Stack):
     stack.daemon({"camera": stack.upstream_ports["camera"]})
     # The next request waits for the new connection instead of failing.
     assert await get_text(url + "/") == (200, "hello from camera\n")
-    client.wait_for_log(r"connected to test-pi/camera", count=2)
+    client.wait_for_log(rf"connected to {stack.device}/camera", count=2)
 
 
 async def test_signaling_restart_daemon_reregisters(stack: Stack):
@@ -45,7 +45,7 @@ async def test_signaling_restart_daemon_reregisters(stack: Stack):
     signal.stop()
     daemon.wait_for_log("signaling link down")
     stack.signal()  # same port
-    daemon.wait_for_log("registered as test-pi", count=2)
+    daemon.wait_for_log(f"registered as {stack.device}", count=2)
     # A viewer arriving after the restart reaches the device.
     _, url = stack.client("camera")
     assert await get_text(url + "/") == (200, "hello from camera\n")
@@ -59,11 +59,11 @@ async def test_device_offline_then_online(stack: Stack):
     client = stack._start(
         "client-early",
         python(
-            "-m", "peerproxyd", "connect", "--signal", stack.signal_url, "--device", "test-pi",
+            "-m", "peerproxyd", "connect", "--signal", stack.signal_url, "--device", stack.device,
             "--service", "camera", "--listen", f"127.0.0.1:{port}", "--host-address", "127.0.0.1",
         ),
     )
-    client.wait_for_log("device test-pi is not online")
+    client.wait_for_log(f"device {stack.device} is not online")
     stack.daemon({"camera": stack.upstream_ports["camera"]})
     client.wait_for_log("is at http", timeout=30)
     assert await get_text(f"http://127.0.0.1:{port}/") == (200, "hello from camera\n")
@@ -89,6 +89,6 @@ async def test_silent_peer_is_dropped_and_reconnects(stack: Stack):
         finally:
             client.popen.send_signal(signals.SIGCONT)
         response.close()
-    client.wait_for_log(r"connected to test-pi/camera", count=2, timeout=30)
+    client.wait_for_log(rf"connected to {stack.device}/camera", count=2, timeout=30)
     await asyncio.sleep(0)
     assert await get_text(url + "/") == (200, "hello from camera\n")

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from peerproxyd.device_auth import DeviceAuthenticator, SecretBinding
+from peerproxyd import b64u
 from peerproxyd.errors import SignalingError
+from peerproxyd.identity import Identity
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import (
     MESSAGE_TYPES,
@@ -32,10 +33,13 @@ WAIT = 5.0
 HELLO_ID = re.compile(r"c-[0-9a-f]{16}")
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
+DEVICE = Identity.generate()
+D = DEVICE.device_id
+"""The device of most tests; THIEF wants its id without its key."""
+THIEF = Identity.generate()
 
 
 def make_app(**kwargs: Any) -> web.Application:
-    kwargs.setdefault("authenticator", SecretBinding(cost=2**10))
     return build_signaling_app(**kwargs)
 
 
@@ -51,20 +55,28 @@ async def send(ws: aiohttp.ClientWebSocketResponse, **data: Any) -> None:
     await ws.send_str(json.dumps(data))
 
 
-async def connect(client: TestClient[Any, Any]) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+async def connect_hello(
+    client: TestClient[Any, Any],
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
     ws = await client.ws_connect("/ws")
     hello = await recv(ws)
     assert hello["type"] == "hello"
     assert HELLO_ID.fullmatch(hello["id"])
+    assert len(b64u.decode(hello["challenge"])) == 32
+    return ws, hello
+
+
+async def connect(client: TestClient[Any, Any]) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    ws, hello = await connect_hello(client)
     return ws, hello["id"]
 
 
 async def register(
-    client: TestClient[Any, Any], device: str = "camera-pi", secret: str = "s3cret"
+    client: TestClient[Any, Any], ident: Identity = DEVICE
 ) -> aiohttp.ClientWebSocketResponse:
-    ws, _ = await connect(client)
-    await send(ws, type="register", device=device, secret=secret)
-    assert await recv(ws) == {"type": "registered", "device": device}
+    ws, hello = await connect_hello(client)
+    await send(ws, type="register", **ident.register_fields(hello["challenge"]))
+    assert await recv(ws) == {"type": "registered", "device": ident.device_id}
     return ws
 
 
@@ -81,7 +93,7 @@ async def client(aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
     return await aiohttp_client(make_app())
 
 
-# --- sans-IO: parse_message, encode, check_inbound, device ids, TokenBucket, SecretBinding
+# --- sans-IO: parse_message, encode, check_inbound, device ids, TokenBucket
 
 
 @pytest.mark.parametrize(
@@ -103,9 +115,11 @@ async def client(aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
         ('{"type": "offer", "to": 5}', "bad-message", "'to' must be a string"),
         ('{"type": "offer", "from": []}', "bad-message", "'from' must be a string"),
         ('{"type": "offer", "payload": "sdp"}', "bad-message", "'payload' must be an object"),
-        ('{"type": "register", "device": "a"}', "bad-message",
-         "register message needs a non-empty 'secret' string"),
-        ('{"type": "register", "device": "", "secret": "x"}', "bad-message",
+        ('{"type": "register", "device": "a", "signature": "s"}', "bad-message",
+         "register message needs a non-empty 'key' string"),
+        ('{"type": "register", "device": "a", "key": "k"}', "bad-message",
+         "register message needs a non-empty 'signature' string"),
+        ('{"type": "register", "device": "", "key": "k", "signature": "s"}', "bad-message",
          "register message needs a non-empty 'device' string"),
         ('{"type": "error", "code": "x"}', "bad-message",
          "error message needs a non-empty 'message' string"),
@@ -161,19 +175,16 @@ def test_check_inbound_accepts_bye_without_payload() -> None:
 @pytest.mark.parametrize(
     ("device_id", "valid"),
     [
-        ("camera-pi", True),
-        ("a", True),
-        ("0", True),
-        ("a" * 40, True),
-        ("a" * 41, False),
+        (D, True),
+        ("abcdefghijklmnopqrstuvwxyz234567", True),
+        ("a" * 31, False),
+        ("a" * 33, False),
         ("", False),
-        ("Camera", False),
-        ("camera_pi", False),
-        ("-camera", False),
-        ("camera-", False),
-        ("camera\n", False),
-        ("c-0123456789abcdef", False),  # looks like a hello id
-        ("c-3po", True),
+        ("camera-pi", False),
+        (D.upper(), False),
+        ("a" * 31 + "1", False),
+        (D + "\n", False),
+        ("c-0123456789abcdef", False),  # a hello id
     ],
 )
 def test_valid_device_id(device_id: str, valid: bool) -> None:
@@ -198,47 +209,32 @@ def test_token_bucket_caps_at_burst_and_ignores_clock_going_back() -> None:
         TokenBucket(rate=0.0, burst=1)
 
 
-def test_secret_binding() -> None:
-    auth: DeviceAuthenticator = SecretBinding(cost=2**10, max_bindings=2)
-    assert auth.verify("camera-pi", {"secret": "one"})
-    assert auth.verify("camera-pi", {"secret": "one"})
-    assert not auth.verify("camera-pi", {"secret": "two"})
-    assert not auth.verify("camera-pi", {})
-    assert not auth.verify("other", {"secret": ""})
-    assert auth.verify("other", {"secret": "two"})
-    assert not auth.verify("third", {"secret": "x"})  # max_bindings reached
-    assert isinstance(auth, SecretBinding)
-    assert b"one" not in b"".join(salt + digest for salt, digest in auth._bindings.values())
-    auth.forget("camera-pi")
-    assert auth.verify("camera-pi", {"secret": "two"})
-
-
 # --- the server, over real sockets
 
 
 async def test_register_and_relay_with_unforgeable_from(client: TestClient[Any, Any]) -> None:
     device = await register(client)
     peer, peer_id = await connect(client)
-    await send(peer, type="offer", to="camera-pi", **{"from": "camera-pi"},
+    await send(peer, type="offer", to=D, **{"from": D},
                payload={"sdp": "v=0 offer"})
     assert await recv(device) == {
-        "type": "offer", "to": "camera-pi", "from": peer_id, "payload": {"sdp": "v=0 offer"},
+        "type": "offer", "to": D, "from": peer_id, "payload": {"sdp": "v=0 offer"},
     }
     await send(device, type="answer", to=peer_id, **{"from": "c-0000000000000000"},
                payload={"sdp": "v=0 answer"}, extra="dropped")
     assert await recv(peer) == {
-        "type": "answer", "to": peer_id, "from": "camera-pi", "payload": {"sdp": "v=0 answer"},
+        "type": "answer", "to": peer_id, "from": D, "payload": {"sdp": "v=0 answer"},
     }
-    await send(peer, type="candidate", to="camera-pi", payload={"candidate": None})
+    await send(peer, type="candidate", to=D, payload={"candidate": None})
     assert (await recv(device))["payload"] == {"candidate": None}
 
 
 async def test_offline_recipients(client: TestClient[Any, Any]) -> None:
     peer, _ = await connect(client)
-    await send(peer, type="offer", to="camera-pi", payload={})
+    await send(peer, type="offer", to=D, payload={})
     assert await recv(peer) == {
-        "type": "error", "code": "device-offline", "message": "device camera-pi is not online",
-        "ref": "offer", "to": "camera-pi",
+        "type": "error", "code": "device-offline", "message": f"device {D} is not online",
+        "ref": "offer", "to": D,
     }
     await send(peer, type="answer", to="c-0123456789abcdef", payload={})
     assert await recv(peer) == {
@@ -247,33 +243,83 @@ async def test_offline_recipients(client: TestClient[Any, Any]) -> None:
     }
 
 
-async def test_wrong_secret_cannot_hijack(client: TestClient[Any, Any]) -> None:
-    device = await register(client, secret="right")
-    thief, _ = await connect(client)
-    await send(thief, type="register", device="camera-pi", secret="wrong")
+async def hijack_refused(
+    client: TestClient[Any, Any], thief: aiohttp.ClientWebSocketResponse, reason: str,
+    **fields: str,
+) -> None:
+    """The register message `fields` is refused with `unauthorized` and `reason`; DEVICE
+    (registered before) stays registered and reachable; the thief stays connected."""
+    await send(thief, type="register", **fields)
     reply = await recv(thief)
-    assert reply["code"] == "unauthorized"
-    assert reply["message"] == "device id camera-pi is registered with another secret"
-    peer, peer_id = await connect(client)
-    await send(peer, type="offer", to="camera-pi", payload={"n": 1})
-    assert (await recv(device))["from"] == peer_id
+    assert (reply["type"], reply["code"], reply["ref"]) == ("error", "unauthorized", "register")
+    assert reason in reply["message"], reply["message"]
     assert not thief.closed
 
 
-async def test_right_secret_takes_over(client: TestClient[Any, Any]) -> None:
+async def test_hijack_attempts_are_refused(client: TestClient[Any, Any]) -> None:
+    device = await register(client)
+    thief, hello = await connect_hello(client)
+    challenge = hello["challenge"]
+    own = DEVICE.register_fields(challenge)
+    stolen = THIEF.register_fields(challenge)
+    # the thief's own key, claiming the device's id
+    await hijack_refused(client, thief, f"device id {D} is not derived from this key",
+                         **{**stolen, "device": D})
+    # the device's public key (public: the server relays it), signed by the thief's key
+    await hijack_refused(client, thief, "signature does not verify",
+                         **{**own, "signature": stolen["signature"]})
+    # a signature the device made for another connection's challenge (replayed)
+    replayed = DEVICE.register_fields(b64u.encode(b"x" * 32))
+    await hijack_refused(client, thief, "signature does not verify", **replayed)
+    # an id that is no device id at all
+    await hijack_refused(client, thief, "is not a device id",
+                         **{**stolen, "device": "camera-pi"})
+    # no key, or one that is not a P-256 key
+    await hijack_refused(client, thief, "key is not a public key",
+                         **{**own, "key": b64u.encode(b"junk")})
+    await hijack_refused(client, thief, "key or signature is not base64url",
+                         **{**own, "key": "not base64!"})
+    metrics = client.server.app[REGISTRY].metrics
+    assert (metrics.registrations, metrics.registrations_refused) == (1, 6)
+    # the device is still the one registered, and reachable
+    assert client.server.app[REGISTRY].devices[D].ws is not None
+    peer, peer_id = await connect(client)
+    await send(peer, type="offer", to=D, payload={"n": 1})
+    assert (await recv(device))["from"] == peer_id
+    # a thief's valid registration of its own id works on the same connection
+    await send(thief, type="register", **stolen)
+    assert await recv(thief) == {"type": "registered", "device": THIEF.device_id}
+
+
+async def test_challenge_is_good_for_one_registration(client: TestClient[Any, Any]) -> None:
+    ws, hello = await connect_hello(client)
+    fields = DEVICE.register_fields(hello["challenge"])
+    await send(ws, type="register", **fields)
+    assert await recv(ws) == {"type": "registered", "device": D}
+    await send(ws, type="register", **fields)
+    reply = await recv(ws)
+    assert reply["code"] == "unauthorized"
+    assert reply["message"] == (
+        "this connection's challenge was used already; reconnect to register again")
+    # each connection has its own challenge
+    _, other = await connect_hello(client)
+    assert other["challenge"] != hello["challenge"]
+
+
+async def test_right_key_takes_over(client: TestClient[Any, Any]) -> None:
     old = await register(client)
     peer, peer_id = await connect(client)
-    await send(peer, type="offer", to="camera-pi", payload={"n": 1})
+    await send(peer, type="offer", to=D, payload={"n": 1})
     assert (await recv(old))["type"] == "offer"
     new = await register(client)
     replaced = await recv(old)
     assert replaced["type"] == "error" and replaced["code"] == "replaced"
     assert await closed_with(old) == WSCloseCode.OK
     # the old device's sessions are over, and the peer hears it before anything else
-    assert await recv(peer) == {"type": "bye", "from": "camera-pi"}
-    await send(peer, type="offer", to="camera-pi", payload={"n": 2})
+    assert await recv(peer) == {"type": "bye", "from": D}
+    await send(peer, type="offer", to=D, payload={"n": 2})
     assert await recv(new) == {
-        "type": "offer", "to": "camera-pi", "from": peer_id, "payload": {"n": 2},
+        "type": "offer", "to": D, "from": peer_id, "payload": {"n": 2},
     }
 
 
@@ -281,15 +327,15 @@ async def test_bye_to_partners_on_disconnect(client: TestClient[Any, Any]) -> No
     device = await register(client)
     peer, peer_id = await connect(client)
     bystander, _ = await connect(client)
-    await send(peer, type="offer", to="camera-pi", payload={})
+    await send(peer, type="offer", to=D, payload={})
     await recv(device)
     await peer.close()
     assert await recv(device) == {"type": "bye", "from": peer_id}
     other, other_id = await connect(client)
-    await send(other, type="offer", to="camera-pi", payload={})
+    await send(other, type="offer", to=D, payload={})
     await recv(device)
     await device.close()
-    assert await recv(other) == {"type": "bye", "from": "camera-pi"}
+    assert await recv(other) == {"type": "bye", "from": D}
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
             await bystander.receive()
@@ -298,7 +344,7 @@ async def test_bye_to_partners_on_disconnect(client: TestClient[Any, Any]) -> No
 async def test_too_large_closes_with_1009(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app(max_message_size=1024))
     peer, _ = await connect(client)
-    text = json.dumps({"type": "offer", "to": "camera-pi", "payload": {"sdp": ""}})
+    text = json.dumps({"type": "offer", "to": D, "payload": {"sdp": ""}})
     await peer.send_str(text[:-2] + "x" * (1025 - len(text)) + text[-2:])
     assert await recv(peer) == {
         "type": "error", "code": "too-large",
@@ -311,7 +357,7 @@ async def test_rate_limit(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app(rate=0.5, burst=3))
     peer, _ = await connect(client)
     for _ in range(4):
-        await send(peer, type="bye", to="camera-pi")
+        await send(peer, type="bye", to=D)
     codes = [(await recv(peer))["code"] for _ in range(4)]
     assert codes == ["device-offline"] * 3 + ["rate-limited"]
     assert not peer.closed
@@ -321,7 +367,7 @@ async def test_persistent_abuse_closes_with_1008(aiohttp_client: ClientFactory) 
     client = await aiohttp_client(make_app(rate=0.5, burst=1))
     peer, _ = await connect(client)
     for _ in range(60):
-        await send(peer, type="bye", to="camera-pi")
+        await send(peer, type="bye", to=D)
     assert await closed_with(peer) == WSCloseCode.POLICY_VIOLATION
 
 
@@ -333,17 +379,17 @@ async def test_persistent_abuse_closes_with_1008(aiohttp_client: ClientFactory) 
         '{"type": "nope"}',
         '{"type": "offer", "payload": {}}',
         '{"type": "offer", "to": 7, "payload": {}}',
-        '{"type": "register", "device": "camera-pi"}',
-        '{"type": "registered", "device": "camera-pi"}',
+        '{"type": "register", "device": "D", "key": "k"}',
+        '{"type": "registered", "device": "D"}',
     ],
 )
 async def test_bad_messages_keep_the_connection(client: TestClient[Any, Any], frame: str) -> None:
-    ws, _ = await connect(client)
-    await ws.send_str(frame)
+    ws, hello = await connect_hello(client)
+    await ws.send_str(frame.replace('"D"', f'"{D}"'))
     reply = await recv(ws)
     assert reply["type"] == "error" and reply["code"] == "bad-message", reply
-    await send(ws, type="register", device="camera-pi", secret="s")
-    assert await recv(ws) == {"type": "registered", "device": "camera-pi"}
+    await send(ws, type="register", **DEVICE.register_fields(hello["challenge"]))
+    assert await recv(ws) == {"type": "registered", "device": D}
 
 
 async def test_binary_frames_are_bad_messages(client: TestClient[Any, Any]) -> None:
@@ -354,23 +400,24 @@ async def test_binary_frames_are_bad_messages(client: TestClient[Any, Any]) -> N
     }
 
 
-@pytest.mark.parametrize("device", ["Camera", "a" * 41, "-x", "c-0123456789abcdef"])
+@pytest.mark.parametrize("device", ["Camera", "a" * 33, "-x", "c-0123456789abcdef"])
 async def test_invalid_device_id(client: TestClient[Any, Any], device: str) -> None:
-    ws, _ = await connect(client)
-    await send(ws, type="register", device=device, secret="s")
+    ws, hello = await connect_hello(client)
+    fields = DEVICE.register_fields(hello["challenge"])
+    await send(ws, type="register", **{**fields, "device": device})
     reply = await recv(ws)
-    assert reply["code"] == "invalid-device-id"
-    assert reply["message"].startswith(f"device id {device!r} is not a DNS label")
+    assert reply["code"] == "unauthorized"
+    assert reply["message"].startswith(f"device id {device!r} is not a device id")
 
 
 async def test_one_device_id_per_connection(client: TestClient[Any, Any]) -> None:
-    ws = await register(client, "one")
-    await send(ws, type="register", device="one", secret="s3cret")
-    assert await recv(ws) == {"type": "registered", "device": "one"}
-    await send(ws, type="register", device="two", secret="s3cret")
+    ws, hello = await connect_hello(client)
+    await send(ws, type="register", **DEVICE.register_fields(hello["challenge"]))
+    assert await recv(ws) == {"type": "registered", "device": D}
+    await send(ws, type="register", **THIEF.register_fields(hello["challenge"]))
     reply = await recv(ws)
     assert reply["code"] == "bad-message"
-    assert reply["message"] == "this connection is registered as device one"
+    assert reply["message"] == f"this connection is registered as device {D}"
 
 
 async def test_healthz_counts(client: TestClient[Any, Any]) -> None:
@@ -459,21 +506,21 @@ async def test_client_relay_and_reconnect_after_server_restart(
     server = await aiohttp_server(make_app())
     port = server.port
     url = server.make_url("/ws")
-    device, device_rec = fast(url, device_id="camera-pi", secret="s3cret"), Recorder()
+    device, device_rec = fast(url, identity=DEVICE), Recorder()
     browser, browser_rec = fast(url), Recorder()
     running(device, device_rec)
     running(browser, browser_rec)
     await device.wait_connected(WAIT)
     await browser.wait_connected(WAIT)
-    assert device.id == "camera-pi" and device.connected
+    assert device.id == D and device.connected
     assert browser.id is not None and HELLO_ID.fullmatch(browser.id)
 
-    await browser.send("offer", "camera-pi", {"sdp": "v=0"})
+    await browser.send("offer", D, {"sdp": "v=0"})
     offer = await device_rec.next()
     assert (offer.type, offer.from_, offer.payload) == ("offer", browser.id, {"sdp": "v=0"})
     await device.send("answer", browser.id, {"sdp": "v=0 answer"})
     answer = await browser_rec.next()
-    assert (answer.type, answer.from_) == ("answer", "camera-pi")
+    assert (answer.type, answer.from_) == ("answer", D)
 
     await server.close()
     await device_rec.wait_state(False)
@@ -487,7 +534,7 @@ async def test_client_relay_and_reconnect_after_server_restart(
     assert restarted.port == port
     await device_rec.wait_state(True)
     await browser_rec.wait_state(True)
-    await browser.send("offer", "camera-pi", {"sdp": "again"})
+    await browser.send("offer", D, {"sdp": "again"})
     offer = await device_rec.next()
     assert (offer.from_, offer.payload) == (browser.id, {"sdp": "again"})
     assert device.last_error is not None
@@ -512,42 +559,44 @@ async def test_client_delivers_errors_and_survives_handler_exceptions(
     running(browser, rec)
     await browser.wait_connected(WAIT)
     await browser.send("offer", "nobody", {})
-    await browser.send("offer", "camera-pi", {})
+    await browser.send("offer", D, {})
     error = await rec.next()
-    assert (error.type, error.get("code"), error.to) == ("error", "device-offline", "camera-pi")
+    assert (error.type, error.get("code"), error.to) == ("error", "device-offline", D)
     assert browser.connected
 
 
-async def test_client_wrong_secret_raises(aiohttp_server: ServerFactory, running: Any) -> None:
+async def test_client_signs_and_a_refusal_is_fatal(
+    aiohttp_server: ServerFactory, running: Any
+) -> None:
     server = await aiohttp_server(make_app())
     url = server.make_url("/ws")
-    owner, owner_rec = fast(url, device_id="camera-pi", secret="right"), Recorder()
+    owner, owner_rec = fast(url, identity=DEVICE), Recorder()
     running(owner, owner_rec)
     await owner.wait_connected(WAIT)
+    assert owner.id == D
 
-    thief, thief_rec = fast(url, device_id="camera-pi", secret="wrong"), Recorder()
+    # An identity whose certificate is right but whose key is not the device's: its
+    # signatures cannot verify, and the client gives up instead of retrying forever.
+    forged = Identity(THIEF.private_key, THIEF.certificate)
+    object.__setattr__(forged, "device_id", D)
+    thief, thief_rec = fast(url, identity=forged), Recorder()
     with pytest.raises(SignalingError) as info:
         async with asyncio.timeout(WAIT):
             await thief.run(thief_rec.on_message, thief_rec.on_state)
     assert info.value.code == "unauthorized"
-    assert thief.last_error == "unauthorized: device id camera-pi is registered with another secret"
+    assert thief.last_error == f"unauthorized: device id {D} is not derived from this key"
     assert not thief.connected
-
-    bad = fast(url, device_id="Bad_Id", secret="x")
-    with pytest.raises(SignalingError) as info:
-        async with asyncio.timeout(WAIT):
-            await bad.run(thief_rec.on_message)
-    assert info.value.code == "invalid-device-id"
     assert owner.connected
+    assert set(server.app[REGISTRY].devices) == {D}
 
 
 async def test_client_replaced_reconnects(aiohttp_server: ServerFactory, running: Any) -> None:
     server = await aiohttp_server(make_app())
     url = server.make_url("/ws")
-    first, first_rec = fast(url, device_id="camera-pi", secret="s"), Recorder()
+    first, first_rec = fast(url, identity=DEVICE), Recorder()
     running(first, first_rec)
     await first_rec.wait_state(True)
-    second, second_rec = fast(url, device_id="camera-pi", secret="s"), Recorder()
+    second, second_rec = fast(url, identity=DEVICE), Recorder()
     running(second, second_rec)
     await second_rec.wait_state(True)
     await first_rec.wait_state(False)  # replaced; it will take the id back after a backoff
@@ -558,10 +607,10 @@ async def test_client_cancel_and_close(aiohttp_server: ServerFactory, running: A
     server = await aiohttp_server(make_app())
     registry = server.app[REGISTRY]
     url = server.make_url("/ws")
-    device, rec = fast(url, device_id="camera-pi", secret="s"), Recorder()
+    device, rec = fast(url, identity=DEVICE), Recorder()
     task = running(device, rec)
     await device.wait_connected(WAIT)
-    assert set(registry.devices) == {"camera-pi"}
+    assert set(registry.devices) == {D}
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -1,5 +1,5 @@
 """Several signaling instances sharing one real redis-server: presence, routing, takeover,
-restarts, secret bindings and rate limits.
+restarts, key-based registration and rate limits.
 
 Redis and the instances are real processes on loopback ports, started here and ended by
 PID; devices and viewers are real SignalingClients (or bare WebSockets where the test looks
@@ -21,18 +21,20 @@ import aiohttp
 import pytest
 
 from peerproxyd.errors import SignalingError
+from peerproxyd.identity import Identity
 from peerproxyd.signal_metrics import SignalMetrics
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
-from peerproxyd.signaling_redis import RedisCluster, RedisOptions, RedisSecretBinding, redact
+from peerproxyd.signaling_redis import RedisCluster, RedisOptions, redact
 from peerproxyd.signaling_server import Registry
-from tests.support.procs import Proc, daemon_config, free_port, python
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python
 
 WAIT = 5.0
 TTL = 5.0
 """Presence TTL of the instances; short enough for the tests, long enough for a busy machine."""
 SHORT_TTL = 2.0
-SECRET_COST = 2**10
+CAMERA, OTHER, RACE, THIEF = (Identity.generate() for _ in range(4))
+CAM = CAMERA.device_id
 INSTANCE = """
 import asyncio, json, logging, sys
 from peerproxyd.signaling_redis import RedisOptions
@@ -75,8 +77,7 @@ class Instance:
                  **kwargs: Any) -> None:
         self.name = name
         self.port = free_port()
-        options = {"prefix": prefix, "presence_ttl": TTL, "secret_cost": SECRET_COST,
-                   **kwargs.pop("options", {})}
+        options = {"prefix": prefix, "presence_ttl": TTL, **kwargs.pop("options", {})}
         spec = {"port": self.port, "redis_url": redis.url, "options": options, **kwargs}
         self.proc = Proc(name, python("-c", INSTANCE, json.dumps(spec)), log_dir)
 
@@ -122,10 +123,8 @@ async def wait_for(check: Any, *, what: str, timeout: float = WAIT, every: float
 class Peer:
     """A running SignalingClient; a device answers every offer itself."""
 
-    def __init__(self, url: str, device_id: str | None = None, secret: str = "s3cret") -> None:
-        self.client = SignalingClient(url, device_id=device_id,
-                                      secret=secret if device_id else None,
-                                      backoff_min=0.05, backoff_max=0.2)
+    def __init__(self, url: str, identity: Identity | None = None) -> None:
+        self.client = SignalingClient(url, identity=identity, backoff_min=0.05, backoff_max=0.2)
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
@@ -181,9 +180,8 @@ class Cluster:
         await asyncio.gather(*(i.wait_up() for i in started))
         return started
 
-    async def peer(self, instance: Instance, device_id: str | None = None,
-                   secret: str = "s3cret") -> Peer:
-        peer = Peer(instance.url, device_id, secret)
+    async def peer(self, instance: Instance, identity: Identity | None = None) -> Peer:
+        peer = Peer(instance.url, identity)
         self.peers.append(peer)
         return await peer.start()
 
@@ -207,9 +205,22 @@ async def cluster(redis_server: RedisServer, request: pytest.FixtureRequest,
 
 async def ws_connect(http: aiohttp.ClientSession, instance: Instance
                      ) -> tuple[aiohttp.ClientWebSocketResponse, str]:
-    ws = await http.ws_connect(instance.url)
-    hello = await recv(ws)
+    ws, hello = await ws_hello(http, instance)
     return ws, hello["id"]
+
+
+async def ws_hello(http: aiohttp.ClientSession, instance: Instance
+                   ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    ws = await http.ws_connect(instance.url)
+    return ws, await recv(ws)
+
+
+async def ws_register(http: aiohttp.ClientSession, instance: Instance, identity: Identity
+                      ) -> aiohttp.ClientWebSocketResponse:
+    """A bare WebSocket that has sent a valid register message (the reply is not read)."""
+    ws, hello = await ws_hello(http, instance)
+    await ws.send_json({"type": "register", **identity.register_fields(hello["challenge"])})
+    return ws
 
 
 async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -225,16 +236,16 @@ async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
 
 async def test_offer_and_answer_across_instances(cluster: Cluster) -> None:
     a, b = await cluster.start("a", "b")
-    device = await cluster.peer(a, "camera-pi")
+    device = await cluster.peer(a, CAMERA)
     viewer = await cluster.peer(b)
     assert viewer.client.id is not None
-    answer = await viewer.offer("camera-pi", "v=0 offer")
-    assert (answer.type, answer.from_, answer.to) == ("answer", "camera-pi", viewer.client.id)
+    answer = await viewer.offer(CAM, "v=0 offer")
+    assert (answer.type, answer.from_, answer.to) == ("answer", CAM, viewer.client.id)
     assert answer.payload == {"sdp": "answer to v=0 offer"}
     offer = await device.next()
     assert (offer.type, offer.from_) == ("offer", viewer.client.id)
 
-    await viewer.client.send("candidate", "camera-pi", {"candidate": None})
+    await viewer.client.send("candidate", CAM, {"candidate": None})
     assert (await device.next()).payload == {"candidate": None}
     unknown = await viewer.offer("nobody", "x")
     assert (unknown.get("code"), unknown.get("message")) == (
@@ -261,9 +272,9 @@ async def test_offer_and_answer_across_instances(cluster: Cluster) -> None:
 
 async def test_killed_instance_expires_and_the_device_moves(cluster: Cluster) -> None:
     a, b, c = await cluster.start("a", "b", "c", options={"presence_ttl": SHORT_TTL})
-    device = await cluster.peer(a, "camera-pi")
+    device = await cluster.peer(a, CAMERA)
     viewer = await cluster.peer(b)
-    assert (await viewer.offer("camera-pi", "1")).type == "answer"
+    assert (await viewer.offer(CAM, "1")).type == "answer"
 
     # A hangs (SIGSTOP): nothing refreshes its devices, so they expire within the TTL.
     a.proc.popen.send_signal(signal.SIGSTOP)
@@ -271,7 +282,7 @@ async def test_killed_instance_expires_and_the_device_moves(cluster: Cluster) ->
     try:
         async def offline() -> bool:
             try:
-                reply = await viewer.offer("camera-pi", "2", timeout=0.3)
+                reply = await viewer.offer(CAM, "2", timeout=0.3)
             except TimeoutError:
                 return False  # published to the hung instance: lost
             return reply.get("code") == "device-offline"
@@ -286,8 +297,8 @@ async def test_killed_instance_expires_and_the_device_moves(cluster: Cluster) ->
 
     # The device notices the dead socket, registers on C; B routes to C now.
     await wait_for(lambda: c.metrics(), what="registration on C", timeout=10)
-    await wait_for(_devices_on(c, 1), what="camera-pi on C", timeout=10)
-    answer = await viewer.offer("camera-pi", "3")
+    await wait_for(_devices_on(c, 1), what="the device on C", timeout=10)
+    answer = await viewer.offer(CAM, "3")
     assert (answer.type, answer.payload) == ("answer", {"sdp": "answer to 3"})
     assert b.alive() and c.alive()
 
@@ -300,17 +311,16 @@ def _devices_on(instance: Instance, count: int) -> Any:
 
 async def test_redis_restart(cluster: Cluster) -> None:
     a, b = await cluster.start("a", "b")
-    await cluster.peer(a, "camera-pi", secret="right")
+    await cluster.peer(a, CAMERA)
     viewer = await cluster.peer(b)
-    assert (await viewer.offer("camera-pi", "before")).type == "answer"
+    assert (await viewer.offer(CAM, "before")).type == "answer"
 
     cluster.redis.stop()
     # Down: what needs Redis fails cleanly, nobody crashes, the local sockets stay.
-    down = await viewer.offer("camera-pi", "during")
+    down = await viewer.offer(CAM, "during")
     assert down.get("code") == "device-offline"
     async with aiohttp.ClientSession() as http:
-        late, _ = await ws_connect(http, b)
-        await late.send_json({"type": "register", "device": "other-pi", "secret": "x"})
+        late = await ws_register(http, b, OTHER)
         assert await recv(late) == {
             "type": "error", "code": "unavailable", "ref": "register",
             "message": "the signaling service cannot register devices right now; "
@@ -321,7 +331,7 @@ async def test_redis_restart(cluster: Cluster) -> None:
 
     async def reachable() -> bool:
         try:
-            return (await viewer.offer("camera-pi", "after", timeout=0.5)).type == "answer"
+            return (await viewer.offer(CAM, "after", timeout=0.5)).type == "answer"
         except TimeoutError:
             return False
 
@@ -331,10 +341,11 @@ async def test_redis_restart(cluster: Cluster) -> None:
     assert metrics_a["reannounced"] == 1 and metrics_a["redis_reconnects"] >= 1
     assert metrics_a["redis_errors"] >= 1
     assert (await a.get("/healthz"))["redis"] == "up"
-    # The binding came back with the presence: a wrong secret is still refused.
+    # Nothing about the device had to come back: a thief is still refused, by any instance.
     async with aiohttp.ClientSession() as http:
-        thief, _ = await ws_connect(http, b)
-        await thief.send_json({"type": "register", "device": "camera-pi", "secret": "wrong"})
+        thief, hello = await ws_hello(http, b)
+        fields = THIEF.register_fields(hello["challenge"])
+        await thief.send_json({"type": "register", **fields, "device": CAM})
         assert (await recv(thief))["code"] == "unauthorized"
     assert a.alive() and b.alive()
 
@@ -342,34 +353,34 @@ async def test_redis_restart(cluster: Cluster) -> None:
 async def test_duplicate_registration_on_two_instances(cluster: Cluster) -> None:
     a, b, c = await cluster.start("a", "b", "c")
     async with aiohttp.ClientSession() as http:
-        first, _ = await ws_connect(http, a)
-        await first.send_json({"type": "register", "device": "camera-pi", "secret": "s"})
-        assert await recv(first) == {"type": "registered", "device": "camera-pi"}
+        first = await ws_register(http, a, CAMERA)
+        assert await recv(first) == {"type": "registered", "device": CAM}
         viewer, viewer_id = await ws_connect(http, c)
-        await viewer.send_json({"type": "offer", "to": "camera-pi", "payload": {"n": 1}})
+        await viewer.send_json({"type": "offer", "to": CAM, "payload": {"n": 1}})
         assert (await recv(first))["from"] == viewer_id
 
-        second, _ = await ws_connect(http, b)
-        await second.send_json({"type": "register", "device": "camera-pi", "secret": "s"})
-        assert await recv(second) == {"type": "registered", "device": "camera-pi"}
+        second = await ws_register(http, b, CAMERA)
+        assert await recv(second) == {"type": "registered", "device": CAM}
         replaced = await recv(first)
         assert (replaced["type"], replaced["code"]) == ("error", "replaced")
-        assert replaced["message"] == "device camera-pi registered again from another connection"
+        assert replaced["message"] == f"device {CAM} registered again from another connection"
         async with asyncio.timeout(WAIT):
             closing = await first.receive()
         assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.OK)
         # The viewer's session with the old connection is over, and it hears so.
-        assert await recv(viewer) == {"type": "bye", "from": "camera-pi"}
-        await viewer.send_json({"type": "offer", "to": "camera-pi", "payload": {"n": 2}})
+        assert await recv(viewer) == {"type": "bye", "from": CAM}
+        await viewer.send_json({"type": "offer", "to": CAM, "payload": {"n": 2}})
         assert await recv(second) == {
-            "type": "offer", "to": "camera-pi", "from": viewer_id, "payload": {"n": 2}}
+            "type": "offer", "to": CAM, "from": viewer_id, "payload": {"n": 2}}
 
         # Both at once: exactly one wins, the other is told.
-        racers = [(await ws_connect(http, i))[0] for i in (a, c)]
-        await asyncio.gather(*(ws.send_json({"type": "register", "device": "race-pi",
-                                             "secret": "s"}) for ws in racers))
+        hellos = [await ws_hello(http, i) for i in (a, c)]
+        racers = [ws for ws, _ in hellos]
+        await asyncio.gather(*(ws.send_json({
+            "type": "register", **RACE.register_fields(hello["challenge"])})
+            for ws, hello in hellos))
         assert [await recv(ws) for ws in racers] == [
-            {"type": "registered", "device": "race-pi"}] * 2
+            {"type": "registered", "device": RACE.device_id}] * 2
         words = [asyncio.create_task(recv(ws)) for ws in racers]
         done, pending = await asyncio.wait(words, timeout=WAIT,
                                            return_when=asyncio.FIRST_COMPLETED)
@@ -381,21 +392,23 @@ async def test_duplicate_registration_on_two_instances(cluster: Cluster) -> None
         loser = words.index(done.pop())
         assert (await words[loser])["code"] == "replaced"
         winner = racers[1 - loser]
-        await viewer.send_json({"type": "offer", "to": "race-pi", "payload": {}})
+        await viewer.send_json({"type": "offer", "to": RACE.device_id, "payload": {}})
         assert (await recv(winner))["from"] == viewer_id
 
 
-async def test_wrong_secret_via_another_instance(cluster: Cluster) -> None:
+async def test_hijack_via_another_instance_is_refused(cluster: Cluster) -> None:
     a, b = await cluster.start("a", "b")
-    device = await cluster.peer(a, "camera-pi", secret="right")
-    thief = Peer(b.url, "camera-pi", secret="wrong")
+    device = await cluster.peer(a, CAMERA)
+    forged = Identity(THIEF.private_key, THIEF.certificate)
+    object.__setattr__(forged, "device_id", CAM)  # claims the id, signs with its own key
+    thief = Peer(b.url, forged)
     with pytest.raises(SignalingError) as info:
         async with asyncio.timeout(WAIT):
             await thief.client.run(thief.on_message)
     assert info.value.code == "unauthorized"
-    assert info.value.message == "device id camera-pi is registered with another secret"
+    assert info.value.message == f"device id {CAM} is not derived from this key"
     viewer = await cluster.peer(b)
-    assert (await viewer.offer("camera-pi", "still mine")).type == "answer"
+    assert (await viewer.offer(CAM, "still mine")).type == "answer"
     assert device.client.connected
 
 
@@ -423,14 +436,15 @@ async def test_native_client_through_another_instance(cluster: Cluster, tmp_path
     procs = [Proc("upstream", python("-m", "tests.support.upstream_app", "--port",
                                      str(upstream_port), "--name", "camera"), tmp_path)]
     try:
-        config = daemon_config(tmp_path / "daemon.toml", device="test-pi",
+        device = new_device(tmp_path / "state")
+        config = daemon_config(tmp_path / "daemon.toml", state_dir=tmp_path / "state",
                                signal_port=a.port, services={"camera": upstream_port})
         procs.append(Proc("daemon", python("-m", "peerproxyd", "serve", "--config",
                                            str(config)), tmp_path))
         procs[-1].wait_for_log("registered as")
         listen = free_port()
         procs.append(Proc("client", python(
-            "-m", "peerproxyd", "connect", "--signal", b.url, "--device", "test-pi",
+            "-m", "peerproxyd", "connect", "--signal", b.url, "--device", device,
             "--service", "camera", "--listen", f"127.0.0.1:{listen}",
             "--host-address", "127.0.0.1"), tmp_path))
         procs[-1].wait_for_log("is at http", timeout=30)
@@ -458,28 +472,6 @@ async def engine(redis_server: RedisServer, request: pytest.FixtureRequest
     await cluster.stop()
 
 
-async def test_secret_binding_in_redis(engine: RedisCluster, redis_server: RedisServer) -> None:
-    binding = RedisSecretBinding(engine, cost=SECRET_COST, max_bindings=2)
-    assert await binding.verify("camera-pi", {"secret": "one"})
-    assert await binding.verify("camera-pi", {"secret": "one"})
-    assert not await binding.verify("camera-pi", {"secret": "two"})
-    assert not await binding.verify("camera-pi", {})
-    assert await binding.verify("other", {"secret": "two"})
-    assert not await binding.verify("third", {"secret": "x"})  # max_bindings reached
-    record = await engine.redis.hget(engine.key("bindings"), "camera-pi")
-    assert record is not None and "one" not in record and len(record) == 32 + 1 + 64
-    # Another instance's binding object sees the same records.
-    elsewhere = RedisSecretBinding(engine, cost=SECRET_COST)
-    assert not await elsewhere.verify("camera-pi", {"secret": "two"})
-    # Lost records come back from the instance that knew them.
-    await engine.redis.delete(engine.key("bindings"))
-    await binding.restore(["camera-pi", "unknown"])
-    assert await engine.redis.hget(engine.key("bindings"), "camera-pi") == record
-    assert not await elsewhere.verify("camera-pi", {"secret": "two"})
-    await binding.forget("camera-pi")
-    assert await elsewhere.verify("camera-pi", {"secret": "two"})
-
-
 async def test_unreachable_redis_is_a_connection_error() -> None:
     port = free_port()
     engine = RedisCluster(f"redis://:pw@127.0.0.1:{port}/0", RedisOptions(), rate=1.0,
@@ -489,11 +481,10 @@ async def test_unreachable_redis_is_a_connection_error() -> None:
         await engine.start(None)  # type: ignore[arg-type]
     assert info.value.code == "redis-unavailable"
     assert info.value.message.startswith(f"cannot reach Redis at redis://***@127.0.0.1:{port}/0")
-    binding = RedisSecretBinding(engine, cost=SECRET_COST)
     with pytest.raises(ConnectionError):
-        await binding.verify("camera-pi", {"secret": "s"})
+        await engine.claim(CAM, "c-0123456789abcdef")
     assert await engine.allow("127.0.0.1")  # fails open
-    assert not await engine.route("camera-pi", "other", "offer", "{}")
+    assert not await engine.route("c-0123456789abcdef", CAM, "offer", "{}")
     assert not engine.up
 
 

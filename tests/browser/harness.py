@@ -4,13 +4,14 @@ the daemon and Chromium (recipe A of chromium-webrtc.md: loopback only).
     root namespace                 |  namespace pp-<random> (lo only, 127.0.0.1)
     pytest -- JSON over a pipe --> |  tests.browser.agent -> Chromium (Playwright over CDP)
                                    |  python -m peerproxyd signal   :8787
-                                   |  python -m peerproxyd serve    (device test-pi)
+                                   |  python -m peerproxyd serve    (device world.device)
                                    |  tests.browser.app             :8081 (service camera)
 
 The pytest process never enters the namespace: every process there is started with
 `ip netns exec`, and the agent is the only way to the browser. `down()` ends those processes
 by PID and deletes the namespace. Chromium resolves `*.localhost` to 127.0.0.1 by itself, so
-`http://<device>--camera.localhost:8787/` needs no DNS and is a secure context.
+`http://<device id>--camera.localhost:8787/` needs no DNS and is a secure context. The device
+key is made up front (world.device is its id) and kept across daemon restarts.
 
 Viewers: `up()` shares each service with one viewer (`peerproxyd share`, VIEWERS) and keeps
 the links; `open()` opens a service through its viewer's link, as a person would.
@@ -33,9 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.support.procs import ROOT, Proc, daemon_config
+from tests.support.procs import ROOT, Proc, daemon_config, new_device
 
-DEVICE = "test-pi"
 SERVICE = "camera"
 OTHER_SERVICE = "admin"  # the same app under a second name: a second origin
 VIEWERS = {SERVICE: "alice", OTHER_SERVICE: "alice-admin"}  # the viewer up() shares each with
@@ -180,10 +180,12 @@ class BrowserWorld:
         self.ns = f"pp-{secrets.token_hex(4)}"
         self.procs: dict[str, Proc] = {}
         self.agent: Agent | None = None
-        self.device = DEVICE  # the daemon's id, as its share links say
         self.links: dict[str, str] = {}  # viewer name -> share link
         self.extra_limits: list[str] = []  # more `[limits]` lines for the daemon's config
         self._made = False
+        self.state_dir = log_dir / "device-state"
+        self.device = new_device(self.state_dir)
+        """The daemon's device id."""
 
     # ----- set-up
     def up(self) -> BrowserWorld:
@@ -212,7 +214,7 @@ class BrowserWorld:
 
     def start_daemon(self) -> Proc:
         config = daemon_config(
-            self.config, device=DEVICE, signal_port=SIGNAL_PORT,
+            self.config, state_dir=self.state_dir, signal_port=SIGNAL_PORT,
             services={SERVICE: APP_PORT, OTHER_SERVICE: APP_PORT},
         )
         if self.extra_limits:
@@ -245,7 +247,7 @@ class BrowserWorld:
         link = out.strip().splitlines()[-1]
         fields = link_fields(link)
         assert fields["n"] == viewer and fields["s"] == service, link
-        self.device = fields["d"]
+        assert fields["d"] == self.device, link
         self.links[viewer] = link
         return link
 

@@ -87,11 +87,20 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
-def daemon_config(path: Path, *, device: str, signal_port: int, services: dict[str, int]) -> Path:
+def new_device(state_dir: Path) -> str:
+    """Create (or load) the device identity in `state_dir`; its device id."""
+    from peerproxyd.identity import load_or_create
+
+    return load_or_create(state_dir).device_id
+
+
+def daemon_config(
+    path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int]
+) -> Path:
+    """A daemon configuration whose device key lives in `state_dir` (see new_device())."""
     lines = [
         "[device]",
-        f'id = "{device}"',
-        'secret = "test-secret-123"',
+        f'state_dir = "{state_dir}"',
         "[signaling]",
         f'url = "ws://127.0.0.1:{signal_port}/ws"',
         "reconnect_min = 0.1",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.procs import Proc, daemon_config, free_port, python, wait_http
-
-DEVICE = "test-pi"
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
 
 
 class Stack:
@@ -17,6 +15,9 @@ class Stack:
         self.upstream_ports: dict[str, int] = {}
         self.services: dict[str, str] = {}  # service name -> upstream URL
         self.extra_config = ""
+        self.state_dir = log_dir / "device-state"
+        self.device = new_device(self.state_dir)
+        """The daemon's device id (its key is made up front, in state_dir)."""
 
     @property
     def signal_url(self) -> str:
@@ -47,7 +48,7 @@ class Stack:
     def daemon(self, services: dict[str, int]) -> Proc:
         config = daemon_config(
             self.log_dir / "daemon.toml",
-            device=DEVICE,
+            state_dir=self.state_dir,
             signal_port=self.signal_port,
             services=services,
         )
@@ -63,7 +64,7 @@ class Stack:
         proc = self._start(
             f"client-{service}",
             python(
-                "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", DEVICE,
+                "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", self.device,
                 "--service", service, "--listen", f"127.0.0.1:{port}",
                 "--host-address", "127.0.0.1",
             ),

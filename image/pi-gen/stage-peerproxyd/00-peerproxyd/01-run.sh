@@ -14,8 +14,8 @@ install -D -m 755 files/peerproxyd-firstboot.py \
     "${ROOTFS_DIR}/usr/local/lib/peerproxyd/firstboot.py"
 install -D -m 644 files/60-peerproxyd.conf "${ROOTFS_DIR}/etc/sysctl.d/60-peerproxyd.conf"
 
-# Configurations are world-readable (the service runs as a dynamic user); the identity
-# that first boot writes into <name>.env is root-only, read by systemd.
+# Configurations are world-readable (the service runs as a dynamic user); the device key
+# that first boot creates in each instance's state directory is the service's only.
 install -d -m 755 "${ROOTFS_DIR}/etc/peerproxyd"
 install -m 644 files/camera.toml files/homeassistant.toml files/signal.toml \
     "${ROOTFS_DIR}/etc/peerproxyd/"

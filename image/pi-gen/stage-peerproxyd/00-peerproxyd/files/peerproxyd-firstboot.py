@@ -1,31 +1,30 @@
-"""First boot of the peerproxyd image: this device's identity, and how to reach it.
+"""First boot of the peerproxyd image: this device's identities, and how to reach them.
 
 Run once by peerproxyd-firstboot.service (as root, before multi-user.target):
 
-1. A device name `pi-<6 hex digits>` and one secret, both random, recorded in
-   /etc/peerproxyd/identity (which also marks first boot as done).
-2. For every daemon configuration /etc/peerproxyd/<name>.toml (not the signaling server's)
-   without a /etc/peerproxyd/<name>.env: that file, root-only, with
-   PEERPROXYD_DEVICE__ID=<device>-<name> and PEERPROXYD_DEVICE__SECRET=<secret>.
-   peerproxyd@<name>.service reads it (EnvironmentFile=), so the shipped examples run
-   under this device's own identity without being edited.
-3. The share details (device, secret, signaling server, a `peerproxyd connect` command per
+1. For every daemon configuration /etc/peerproxyd/<name>.toml (not the signaling server's),
+   its device key, created where peerproxyd@<name>.service will find it: the unit's
+   StateDirectory=peerproxyd/<name>, which with DynamicUser= lives in
+   /var/lib/private/peerproxyd/<name> (systemd hands it to the service's user at start).
+   The device id is derived from that key; nothing needs configuring.
+2. The share details (device id, signaling server, a `peerproxyd connect` command per
    service) on stdout (the console and the journal) and in /etc/peerproxyd/share.txt.
+3. /etc/peerproxyd/identity, listing the device ids, marks first boot as done.
 
-PEERPROXYD_ETC moves /etc/peerproxyd (tests).
+PEERPROXYD_ETC moves /etc/peerproxyd and PEERPROXYD_STATE_ROOT /var/lib/private/peerproxyd
+(tests).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import tomllib
 from pathlib import Path
 
 from peerproxyd.config import load
-from peerproxyd.errors import ConfigError
-from peerproxyd.names import valid_device_id
+from peerproxyd.errors import ConfigError, IdentityError
+from peerproxyd.identity import load_or_create
 
 
 def write_private(path: Path, text: str) -> None:
@@ -51,28 +50,13 @@ def daemon_configs(etc: Path) -> list[Path]:
     return found
 
 
-def instance_device_id(base: str, name: str) -> str:
-    device = f"{base}-{name}"
-    if not valid_device_id(device):  # an instance name that is no DNS label, or too long
-        device = f"{base}-{secrets.token_hex(3)}"
-    return device
-
-
-def share_details(path: Path, env: dict[str, str]) -> list[str]:
-    """Lines telling a viewer how to reach the services of `path` with identity `env`."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+def share_details(path: Path, device: str) -> list[str]:
+    """Lines telling a viewer how to reach the services of `path` (device id `device`)."""
     try:
         settings = load(path)
     except ConfigError as exc:
-        return [f"{path.stem}: {path} is not valid yet:", *(f"  {p}" for p in exc.problems)]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    device = settings.device.id
+        return [f"{path.stem}: device {device}; {path} is not valid yet:",
+                *(f"  {p}" for p in exc.problems)]
     url = settings.signaling.url
     lines = [
         f"{path.stem}: device {device} (systemctl enable --now peerproxyd@{path.stem})",
@@ -88,34 +72,27 @@ def share_details(path: Path, env: dict[str, str]) -> list[str]:
 
 def main() -> int:
     etc = Path(os.environ.get("PEERPROXYD_ETC", "/etc/peerproxyd"))
+    state_root = Path(os.environ.get("PEERPROXYD_STATE_ROOT", "/var/lib/private/peerproxyd"))
     marker = etc / "identity"
     if marker.exists():
         print(f"{marker} exists: first boot is done")
         return 0
-    base = "pi-" + secrets.token_hex(3)
-    secret = secrets.token_urlsafe(18)
-    lines = [
-        "peerproxyd: this device's identity (also in /etc/peerproxyd/share.txt)",
-        f"  secret for viewers: {secret}",
-    ]
+    # systemd wants the private/ directory root-only; it makes it so anyway.
+    state_root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_root.mkdir(mode=0o700, exist_ok=True)
+    lines = ["peerproxyd: this device's identities (also in /etc/peerproxyd/share.txt)"]
+    devices = []
     for path in daemon_configs(etc):
-        env_file = etc / f"{path.stem}.env"
-        if env_file.exists():
-            lines.append(f"{path.stem}: keeps its own {env_file}")
+        try:
+            device = load_or_create(state_root / path.stem).device_id
+        except IdentityError as exc:
+            lines.append(f"{path.stem}: no device key: {exc}")
             continue
-        env = {
-            "PEERPROXYD_DEVICE__ID": instance_device_id(base, path.stem),
-            "PEERPROXYD_DEVICE__SECRET": secret,
-        }
-        write_private(
-            env_file,
-            "# Written at first boot by peerproxyd-firstboot: this device's identity.\n"
-            + "".join(f"{key}={value}\n" for key, value in env.items()),
-        )
-        lines += share_details(path, env)
+        devices.append(f"{path.stem}={device}\n")
+        lines += share_details(path, device)
     text = "\n".join(lines) + "\n"
     write_private(etc / "share.txt", text)
-    write_private(marker, f"device={base}\n")
+    write_private(marker, "".join(devices))
     sys.stdout.write(text)
     return 0
 

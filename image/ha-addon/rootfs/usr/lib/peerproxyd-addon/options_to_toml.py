@@ -7,48 +7,23 @@ messages name the keys below, which follow the options (`services.<name>.upstrea
 `url` of the service called <name>). The one thing checked here is what a mapping would
 lose: two services with the same name.
 
-An empty `device_id` or `secret` is replaced by one generated on the first start and kept
-in identity.json beside the options (the add-on's /data survives updates and restarts),
-so the device keeps its name and viewers their secret.
+The device identity needs no option: peerproxyd creates its key on the first start in the
+state directory, which is the add-on's /data (beside the options; it survives updates and
+restarts), and derives the device id from it. The log shows the id at every start.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
-
-IDENTITY = "identity.json"
 
 
 def toml_string(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's)."""
     return json.dumps(value, ensure_ascii=False)
-
-
-def load_identity(data_dir: Path) -> dict[str, str]:
-    """The generated device id and secret, created on the first call."""
-    path = data_dir / IDENTITY
-    if path.exists():
-        identity = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(identity, dict) and {"device_id", "secret"} <= identity.keys():
-            return {"device_id": str(identity["device_id"]), "secret": str(identity["secret"])}
-    identity = {
-        "device_id": "ha-" + secrets.token_hex(4),
-        "secret": secrets.token_urlsafe(18),
-    }
-    tmp = path.with_name(IDENTITY + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(identity, f)
-    os.replace(tmp, path)
-    print(f"generated device id {identity['device_id']} and its secret (kept in {path})",
-          file=sys.stderr)
-    print(f"secret for viewers: {identity['secret']}", file=sys.stderr)
-    return identity
 
 
 def convert(options: dict[str, Any], data_dir: Path) -> str:
@@ -58,17 +33,14 @@ def convert(options: dict[str, Any], data_dir: Path) -> str:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"services: the name {twice[0]!r} is used more than once")
-    identity: dict[str, str] | None = None
-    if not options.get("device_id") or not options.get("secret"):
-        identity = load_identity(data_dir)
-    device_id = options.get("device_id") or (identity or {})["device_id"]
-    secret = options.get("secret") or (identity or {})["secret"]
-
     lines = [
         "# Written by the peerproxyd add-on from its options at every start: edit those.",
         "[device]",
-        f"id = {toml_string(str(device_id))}",
-        f"secret = {toml_string(str(secret))}",
+        f"state_dir = {toml_string(str(data_dir))}",
+    ]
+    if options.get("name"):
+        lines.append(f"name = {toml_string(str(options['name']))}")
+    lines += [
         "",
         "[signaling]",
         f"url = {toml_string(str(options.get('signaling_url', '')))}",
