@@ -219,3 +219,17 @@ def test_the_secret_is_reused_across_reconnects(world: BrowserWorld) -> None:
     assert fingerprints[0] == fingerprints[1]
     last = page.evaluate("window.__peerproxy.pc.localDescription.sdp.match(/a=fingerprint:sha-256 (\\S+)/)[1]")
     assert last == fingerprints[0]
+
+
+def test_the_landing_page_opens_a_pasted_link(world: BrowserWorld) -> None:
+    world.agent.new_page()
+    page = world.agent.page
+    page.goto(f"http://localhost:{SIGNAL_PORT}/")
+    link = world.links["alice"]
+    page.fill("input[name=link]", link.replace("&t=", "&x="))
+    page.click("button")
+    assert page.text_content("#link-error") == "This is not a whole share link: link lacks t."
+    page.fill("input[name=link]", link)
+    page.click("button")
+    world.wait_phase("connected")
+    assert page.evaluate("location.href") == world.origin() + "/"

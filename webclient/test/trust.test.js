@@ -87,6 +87,8 @@ test("vectors: the auth message as the daemon expects it; auth-ok and auth-error
 
 // ----- known answers computed independently (Python hashlib/hmac, one-off)
 
+const DEVICE = "iagqyuphl22c5flgteck3lgiv7crbrex";
+
 const KAT = {
   token: "Xn7oe8wcAD3CGi2tl9VxaWf7cchUS5IGkcsTtKqZKko", // b64u(sha256("kat token"))
   viewerFp: "18:53:78:7E:54:3D:32:3D:63:C1:30:B2:C5:6F:D3:8B:9D:B8:C4:7F:3F:AE:06:D6:32:A4:A8:EC:B6:3E:2D:4D",
@@ -104,27 +106,27 @@ test("known answer: K = sha256(token text), HMAC-SHA256 over the two SDP-form fi
 
 test("a test-harness link: localhost with a port, the device origin of the tests", () => {
   const link = parseLink(
-    `http://test-pi--camera.localhost:8787/#v=1&d=test-pi&s=camera&n=alice&t=${KAT.token}&f=${KAT.deviceF}`,
+    `http://iagqyuphl22c5flgteck3lgiv7crbrex--camera.localhost:8787/#v=1&d=iagqyuphl22c5flgteck3lgiv7crbrex&s=camera&n=alice&t=${KAT.token}&f=${KAT.deviceF}`,
   );
   assert.deepEqual(link, {
-    scheme: "http", host: "localhost:8787", device: "test-pi", service: "camera", name: "alice",
+    scheme: "http", host: "localhost:8787", device: "iagqyuphl22c5flgteck3lgiv7crbrex", service: "camera", name: "alice",
     token: KAT.token, fingerprint: KAT.deviceFp, signalUrl: "ws://localhost:8787/ws",
   });
   // Percent-encoding and '+' are form-urlencoded; keys in any order.
   const encoded = parseLink(
-    `https://test-pi--camera.x.y/#n=al%69ce&f=${KAT.deviceF}&v=1&s=camera&d=test-pi&t=${KAT.token}`,
+    `https://iagqyuphl22c5flgteck3lgiv7crbrex--camera.x.y/#n=al%69ce&f=${KAT.deviceF}&v=1&s=camera&d=iagqyuphl22c5flgteck3lgiv7crbrex&t=${KAT.token}`,
   );
   assert.equal(encoded.name, "alice");
 });
 
 test("broken links say what is wrong", () => {
-  const base = `https://test-pi--camera.x.y/#v=1&d=test-pi&s=camera&n=alice&t=${KAT.token}&f=${KAT.deviceF}`;
+  const base = `https://iagqyuphl22c5flgteck3lgiv7crbrex--camera.x.y/#v=1&d=iagqyuphl22c5flgteck3lgiv7crbrex&s=camera&n=alice&t=${KAT.token}&f=${KAT.deviceF}`;
   const cases = [
-    [base.replace("&d=test-pi&s=camera", ""), "link lacks d, s"],
+    [base.replace("&d=iagqyuphl22c5flgteck3lgiv7crbrex&s=camera", ""), "link lacks d, s"],
     [base + "&junk", "link fragment is not key=value pairs joined by &"],
     [base.replace("n=alice", "n=%E0%A4%A"), "link fragment is not key=value pairs joined by &"],
     [base.replace("https://", "https://u:p@"), "link must not contain a user name or password"],
-    [base.replace("d=test-pi", "d=Test_Pi"), "link d is not a device id: 'Test_Pi'"],
+    [base.replace("d=iagqyuphl22c5flgteck3lgiv7crbrex", "d=Test_Pi"), "link d is not a device id: 'Test_Pi'"],
     [base.replace("s=camera", "s=ca--m"), "link s is not a service name: 'ca--m'"],
     [base.replace("n=alice", `n=${"a".repeat(65)}`), `invalid viewer name '${"a".repeat(65)}' (1-64 characters of A-Z a-z 0-9 . _ -)`],
     [base.replace(KAT.token, KAT.token.slice(0, -1) + "+"), "link t must be base64url of 32 bytes"],
@@ -190,7 +192,7 @@ test("parseAuthReply refuses what is not an auth-ok or auth-error", () => {
 });
 
 test("authProblem: final refusals do not retry, a full device does", () => {
-  const who = { device: "test-pi", service: "camera", name: "alice" };
+  const who = { device: "iagqyuphl22c5flgteck3lgiv7crbrex", service: "camera", name: "alice" };
   const phases = Object.fromEntries(
     ["unauthorized", "revoked", "expired", "too-many-peers", "bad-auth"].map((code) => {
       const p = authProblem(new AuthError(code, "why"), who);
