@@ -111,6 +111,8 @@ def test_a_revoked_viewer_is_cut_off_and_told(world: BrowserWorld) -> None:
     assert "Ask the owner of" in page.text_content("#detail")
     assert page.is_visible("#card")
     assert page.evaluate("document.getElementById('app')") is None  # the app is gone
+    steps = page.evaluate("[...document.querySelectorAll('#steps li')].map(li => li.className)")
+    assert steps == ["done", "done", "done", "failed", ""]
     world.screenshot("revoked")
     # Opening the link again: refused at once, the same words.
     requests = len(world.app_requests())

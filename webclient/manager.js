@@ -302,10 +302,10 @@ async function describePath(pc) {
 function describeFailure(exc, target, credential) {
   if (exc instanceof AuthError) {
     const p = authProblem(exc, { device: target.device, service: target.service, name: credential.name });
-    return { ...p, final: !p.retry };
+    return { ...p, step: "access", final: !p.retry };
   }
   if (exc.kind === "mismatch") {
-    return { phase: "mismatch", message: exc.message, detail: exc.detail, help: exc.help, final: true };
+    return { phase: "mismatch", message: exc.message, detail: exc.detail, help: exc.help, step: "identity", final: true };
   }
   if (exc instanceof SignalingError && exc.code === "device-offline") {
     return { phase: "offline", message: `${target.device} is offline.`, detail: "Waiting for it to come online…" };
@@ -422,6 +422,7 @@ async function run() {
     ui.path.textContent = "";
     ui.rtt.textContent = "";
     ui.viewer.textContent = "";
+    if (problem.step) state.step = problem.step; // the step that failed (a live session too)
     setPhase(problem.phase, problem.message, problem.detail);
     if (problem.help) showHelp(...problem.help);
   };
