@@ -30,6 +30,7 @@ from peerproxyd.rtc import (
 )
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.websocket_listener import is_websocket_upgrade, serve_local_websocket
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class NativeClient:
             return _text(503, f"device {self.device} is not reachable: {self.last_error}")
         link = self.link
         assert link is not None
+        if is_websocket_upgrade(request):
+            return await serve_local_websocket(request, link, self.service)
         headers = strip_hop_by_hop(request.headers.items())
         headers = [(n, v) for n, v in headers if n.lower() != "x-forwarded-proto"]
         headers.append(("X-Forwarded-Proto", request.scheme))

@@ -20,6 +20,7 @@ from peerproxyd.http_headers import (
     upstream_request_headers,
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
+from peerproxyd.websocket_upstream import serve_websocket
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("peerproxyd.access")
@@ -48,6 +49,9 @@ class Router:
         self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
     ) -> None:
         """Serve one request; never raises (errors become responses or a stream reset)."""
+        if head.websocket and (service := self.services.get(head.service)):
+            await serve_websocket(self.session, service, stream, head, peer=peer)
+            return
         started = time.monotonic()
         status = 0
         try:

@@ -19,6 +19,7 @@ import { isLocalAddress, parseHost } from "./origin.js";
 import { Relay } from "./relay.js";
 import { Signaling, SignalingError } from "./signaling.js";
 import { AuthError, FingerprintError, authProblem, checkPinned, parseAuthReply, sdpFingerprint } from "./trust.js";
+import { startWebSocketBridge } from "./wsbridge.js";
 
 // First of all: the secret part of the link leaves the address bar (and history).
 const linkHref = takeLinkFromAddressBar();
@@ -403,6 +404,7 @@ async function run() {
     },
   });
   state.relay = relay;
+  startWebSocketBridge(relay);
   try {
     await startWorker(relay);
   } catch (exc) {

@@ -306,16 +306,19 @@ function decodeObject(block, keys) {
   return obj;
 }
 
-/** {method, target, headers: [[name, value], ...], service} as the compact JSON block. */
+/**
+ * {method, target, headers: [[name, value], ...], service, websocket?} as the compact JSON
+ * block; `websocket` (docs/protocol.md §12) is written only when true.
+ */
 export function encodeRequestHead(head) {
-  return utf8.encode(
-    JSON.stringify({
-      method: head.method,
-      target: head.target,
-      headers: head.headers ?? [],
-      service: head.service,
-    }),
-  );
+  const obj = {
+    method: head.method,
+    target: head.target,
+    headers: head.headers ?? [],
+    service: head.service,
+  };
+  if (head.websocket) obj.websocket = true;
+  return utf8.encode(JSON.stringify(obj));
 }
 
 export function decodeRequestHead(block) {
@@ -333,7 +336,13 @@ export function decodeRequestHead(block) {
     throw new HeadError(`target ${pyRepr(target)} is not in origin-form`);
   }
   if (!validServiceName(service)) throw new HeadError(`invalid service name ${pyRepr(service)}`);
-  return { method, target, headers: checkHeaders(obj.headers), service };
+  const head = { method, target, headers: checkHeaders(obj.headers), service };
+  if (Object.hasOwn(obj, "websocket")) {
+    if (obj.websocket !== true) throw new HeadError("websocket must be true");
+    if (method !== "GET") throw new HeadError("a websocket stream must use GET");
+    head.websocket = true;
+  }
+  return head;
 }
 
 /** {status, headers} as the compact JSON block. */
@@ -601,6 +610,9 @@ export class ProxyConnection {
       try {
         if (this.role === Role.SERVER) {
           const head = decodeRequestHead(block);
+          if (head.websocket && frame.final) {
+            throw new HeadError("a websocket stream must not end its request with the head");
+          }
           return [{ type: "RequestReceived", streamId: stream.id, head, endStream: frame.final }];
         }
         const head = decodeResponseHead(block);

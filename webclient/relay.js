@@ -37,6 +37,11 @@ export class Relay {
     }
   }
 
+  /** The link, once there is one (rejects after REQUEST_WAIT ms without). */
+  waitLink() {
+    return this._waitLink();
+  }
+
   _waitLink() {
     if (this.link && !this.link.closed) return Promise.resolve(this.link);
     return new Promise((resolve, reject) => {

@@ -5,10 +5,10 @@
 // network: top-level navigations (the manager at any path) and /__peerproxy/.
 //
 // The worker <-> page message protocol is described in relay.js.
-/* global PeerproxyCookies */
+/* global PeerproxyCookies, PeerproxyWsInject */
 "use strict";
 
-importScripts("/__peerproxy/cookies.js");
+importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js");
 
 const PREFIX = "/__peerproxy/";
 const MAX_PAYLOAD = 16372; // one data-channel body message
@@ -37,6 +37,16 @@ self.addEventListener("message", (event) => {
     for (const w of waiters) w();
   } else if (msg.type === "manager-gone" && id) {
     managers.delete(id);
+  } else if (msg.type === "cookie-header" && event.ports[0]) {
+    // The manager opens the app's WebSockets (wsbridge.js): their upgrade carries the jar's
+    // cookies, and their Set-Cookie goes into it.
+    const reply = event.ports[0];
+    PeerproxyCookies.open().cookieHeader(new URL(msg.url))
+      .then((cookie) => reply.postMessage({ cookie }), () => reply.postMessage({}));
+  } else if (msg.type === "set-cookies" && event.ports[0]) {
+    const reply = event.ports[0];
+    PeerproxyCookies.open().store(new URL(msg.url), msg.headers)
+      .then(() => reply.postMessage({}), () => reply.postMessage({}));
   }
 });
 
@@ -356,6 +366,10 @@ async function proxy(event) {
     // Relative Locations resolve against the request, as the network would.
     init.headers.set("location", new URL(init.headers.get("location"), url).href);
   }
-  const bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  let bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  if (frame && (decode || !encoding)) {
+    // The app's documents get the WebSocket shim as their first script (ws-inject.js).
+    bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);
+  }
   return new Response(bodyStream, init);
 }

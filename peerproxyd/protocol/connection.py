@@ -240,13 +240,10 @@ class ProxyConnection:
             block, stream.header_block = bytes(stream.header_block), bytearray()
             try:
                 if self.role is Role.SERVER:
-                    return [
-                        RequestReceived(
-                            stream_id=stream.id,
-                            head=RequestHead.decode(block),
-                            end_stream=frame.final,
-                        )
-                    ]
+                    head = RequestHead.decode(block)
+                    if head.websocket and frame.final:
+                        raise HeadError("a websocket stream must not end its request with the head")
+                    return [RequestReceived(stream_id=stream.id, head=head, end_stream=frame.final)]
                 return [
                     ResponseReceived(
                         stream_id=stream.id, head=ResponseHead.decode(block), end_stream=frame.final

@@ -69,16 +69,19 @@ class RequestHead:
     target: str
     headers: Headers = ()
     service: str
+    websocket: bool = False
+    """The stream carries a WebSocket (docs/protocol.md §12); the key is written only if true."""
 
     def encode(self) -> bytes:
-        return _encode(
-            {
-                "method": self.method,
-                "target": self.target,
-                "headers": [list(h) for h in self.headers],
-                "service": self.service,
-            }
-        )
+        obj = {
+            "method": self.method,
+            "target": self.target,
+            "headers": [list(h) for h in self.headers],
+            "service": self.service,
+        }
+        if self.websocket:
+            obj["websocket"] = True
+        return _encode(obj)
 
     @classmethod
     def decode(cls, data: bytes) -> RequestHead:
@@ -95,7 +98,18 @@ class RequestHead:
             raise HeadError(f"target {target!r} is not in origin-form")
         if not isinstance(service, str) or not valid_service_name(service):
             raise HeadError(f"invalid service name {service!r}")
-        return cls(method=method, target=target, headers=_headers(obj["headers"]), service=service)
+        websocket = "websocket" in obj
+        if websocket and obj["websocket"] is not True:
+            raise HeadError("websocket must be true")
+        if websocket and method != "GET":
+            raise HeadError("a websocket stream must use GET")
+        return cls(
+            method=method,
+            target=target,
+            headers=_headers(obj["headers"]),
+            service=service,
+            websocket=websocket,
+        )
 
     def get(self, name: str) -> str | None:
         return _get(self.headers, name)

@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.support.upstream_app import CHUNK, pattern
 
@@ -192,6 +192,56 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# ----- WebSockets
+
+
+async def chat(request: web.Request) -> web.Response:
+    """A page whose own script opens a WebSocket to its origin, as Home Assistant's does (an
+    absolute ws: URL built from location), under a nonce-based CSP."""
+    response = page(
+        "Chat",
+        """<h1 id="title">Chat</h1><p id="log"></p>
+<script nonce="n0nce">
+const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/echo`);
+ws.binaryType = "arraybuffer";
+const got = [];
+ws.onopen = () => { ws.send("hello from the page"); ws.send(new Uint8Array([1, 2, 3])); };
+ws.onmessage = (e) => {
+  got.push(typeof e.data === "string" ? e.data : new Uint8Array(e.data).join(","));
+  document.getElementById("log").textContent = got.join("|");
+};
+</script>""",
+    )
+    response.headers["Content-Security-Policy"] = "script-src 'nonce-n0nce' 'strict-dynamic'"
+    return response
+
+
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    """Echoes text and binary. Text commands: `close <code> <reason>` closes with that,
+    `drop` ends the TCP connection without a close frame. Each close it receives is recorded
+    (STATE ws_closes)."""
+    ws = web.WebSocketResponse(protocols=("chat",), max_msg_size=32 * 1024**2)
+    await ws.prepare(request)
+    while True:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.TEXT and msg.data.startswith("close "):
+            code, _, reason = msg.data[6:].partition(" ")
+            await ws.close(code=int(code), message=reason.encode())
+        elif msg.type is WSMsgType.TEXT and msg.data == "drop":
+            assert request.transport is not None
+            request.transport.abort()
+        elif msg.type is WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+        else:
+            if msg.type is WSMsgType.CLOSE:
+                closes = request.app[STATE].get("ws_closes", [])
+                record(request.app, ws_closes=[*closes, [msg.data, msg.extra]])
+            break
+    return ws
+
+
 # ----- a cookie-session login
 
 
@@ -268,6 +318,8 @@ def build_app() -> web.Application:
     app.router.add_get("/private", private)
     app.router.add_get("/logout", logout)
     app.router.add_get("/peek", peek)
+    app.router.add_get("/chat", chat)
+    app.router.add_get("/ws/echo", ws_echo)
     return app
 
 

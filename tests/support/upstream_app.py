@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import json
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 CHUNK = 64 * 1024
 STATS = web.AppKey("stats", dict)
@@ -100,10 +100,48 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """An echo WebSocket that also obeys text commands:
+    `headers` -> the upgrade request as JSON; `close <code> <reason>` -> closes with that;
+    `drop` -> ends the TCP connection without a close frame; `flood <n> <size>` -> n binary
+    messages of size bytes. Each close it receives is recorded in /stats as ws_closes."""
+    ws = web.WebSocketResponse(protocols=("chat", "superchat"), max_msg_size=64 * 1024**2)
+    await ws.prepare(request)
+    stats = request.app[STATS]
+    while True:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            command, _, rest = msg.data.partition(" ")
+            if command == "headers":
+                await ws.send_json({"path": request.path_qs, "protocol": ws.ws_protocol,
+                                    "headers": [[k, v] for k, v in request.headers.items()]})
+            elif command == "close":
+                code, _, reason = rest.partition(" ")
+                await ws.close(code=int(code), message=reason.encode())
+                break
+            elif command == "drop":
+                assert request.transport is not None
+                request.transport.abort()
+                break
+            elif command == "flood":
+                count, size = map(int, rest.split())
+                for i in range(count):
+                    await ws.send_bytes(pattern(size)[:-1] + bytes([i % 256]))
+            else:
+                await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+        else:
+            if msg.type is WSMsgType.CLOSE:
+                stats["ws_closes"].append([msg.data, msg.extra])
+            break
+    return ws
+
+
 def build_app(name: str) -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app["name"] = name
-    app[STATS] = {"active": 0, "completed": 0, "aborted": 0}
+    app[STATS] = {"active": 0, "completed": 0, "aborted": 0, "ws_closes": []}
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_post("/upload", upload)
@@ -112,6 +150,8 @@ def build_app(name: str) -> web.Application:
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/ws/refuse", lambda r: web.Response(status=403, text="no websockets here"))
     app.router.add_get("/", lambda r: web.Response(text=f"hello from {name}\n"))
     return app
 

@@ -84,6 +84,22 @@ OK = ResponseHead(
     ),
 )
 NO_CONTENT = ResponseHead(status=204, headers=())
+WS = RequestHead(
+    method="GET",
+    target="/api/websocket?x=1",
+    headers=(
+        ("sec-websocket-protocol", "chat, superchat"),
+        ("origin", "https://pi--ha.example.net"),
+    ),
+    service="ha",
+    websocket=True,
+)
+SWITCHED = ResponseHead(status=101, headers=(("sec-websocket-protocol", "chat"),))
+# WebSocket records (docs/protocol.md §12; tests/vectors/websocket.json has the record rules).
+TEXT_HELLO = bytes.fromhex("010000000568656c6c6f")
+BINARY_00FF = bytes.fromhex("020000000200ff")
+CLOSE_1000_BYE = bytes.fromhex("080000000503e8627965")
+CLOSE_NO_STATUS = bytes.fromhex("0800000000")
 # A header block of two messages: 16372 bytes, then the rest.
 BIG = RequestHead(
     method="GET",
@@ -175,6 +191,12 @@ def frames() -> list[dict[str, Any]]:
         valid("headers-fragment", 1, 0, H, GET.encode()[:20]),
         valid("headers-fragment-empty", 1, 1, H),
         valid("headers-continuation-end", 1, 1, H | E, GET.encode()[20:]),
+        valid("request-websocket", 3, 0, H | E, WS.encode()),
+        valid("response-switching-protocols", 3, 0, H | E, SWITCHED.encode()),
+        valid("websocket-text-record", 3, 1, 0, TEXT_HELLO),
+        valid("websocket-binary-record", 3, 2, 0, BINARY_00FF),
+        valid("websocket-close-record-final", 3, 3, F, CLOSE_1000_BYE),
+        valid("websocket-close-no-status-final", 3, 3, F, CLOSE_NO_STATUS),
         valid("body", 3, 1, 0, b'{"name":"x"}'),
         valid("body-empty", 3, 2, 0),
         valid("body-final", 3, 2, F, b"bye"),
@@ -347,6 +369,12 @@ def group(
     The expectations are written by hand; the script stops if ProxyConnection disagrees.
     """
     conn = ProxyConnection(role)
+    if role is Role.CLIENT:
+        # A client accepts messages only for streams it opened: open as many as the group uses
+        # (the JS tests do the same).
+        for _ in range(max(step[0].get("stream_id", 0) for step in steps)):
+            conn.open_stream(GET)
+        conn.data_to_send()
     out = []
     for index, (vector, expect, replies) in enumerate(steps):
         events = [event_json(e) for e in conn.receive_message(bytes.fromhex(vector["hex"]))]
@@ -495,6 +523,42 @@ def sequences() -> list[dict[str, Any]]:
          [{"event": "MessageDropped", "reason": "message length 5 is less than the 12-byte"
            " header"}], []),
         (valid("get", 1, 0, H | E | F, GET.encode()), [req(1, GET, True)], []),
+    ])
+    v += websocket_sequences()
+    return v
+
+
+def websocket_sequences() -> list[dict[str, Any]]:
+    """WebSocket streams (§12): records are body bytes; the head rules reset the stream."""
+    ws_head = valid("head", 1, 0, H | E, WS.encode())
+    v: list[dict[str, Any]] = []
+    v += group("websocket-server", Role.SERVER, [
+        (ws_head, [req(1, WS, False)], []),
+        (valid("text", 1, 1, 0, TEXT_HELLO), [data(1, TEXT_HELLO, False)], []),
+        (valid("close-final", 1, 2, F, CLOSE_1000_BYE), [data(1, CLOSE_1000_BYE, True)], []),
+    ])
+    # The client's view: 101, then a record split across two BODY messages, then CLOSE.
+    v += group("websocket-client", Role.CLIENT, [
+        (valid("switched", 1, 0, H | E, SWITCHED.encode()),
+         [{"event": "ResponseReceived", "stream_id": 1, "head": json.loads(SWITCHED.encode()),
+           "end_stream": False}], []),
+        (valid("text-part-1", 1, 1, 0, TEXT_HELLO[:3]), [data(1, TEXT_HELLO[:3], False)], []),
+        (valid("text-part-2", 1, 2, 0, TEXT_HELLO[3:]), [data(1, TEXT_HELLO[3:], False)], []),
+        (valid("close-final", 1, 3, F, CLOSE_NO_STATUS), [data(1, CLOSE_NO_STATUS, True)], []),
+    ])
+    event, rst = reset(1, 1, "a websocket stream must not end its request with the head")
+    v += group("websocket-head-with-final", Role.SERVER, [
+        (valid("head", 1, 0, H | E | F, WS.encode()), [event], [rst]),
+    ])
+    event, rst = reset(1, 1, "a websocket stream must use GET")
+    post = WS.encode().replace(b'"method":"GET"', b'"method":"POST"')
+    v += group("websocket-not-get", Role.SERVER, [
+        (valid("head", 1, 0, H | E, post), [event], [rst]),
+    ])
+    event, rst = reset(1, 1, "websocket must be true")
+    false = WS.encode().replace(b'"websocket":true', b'"websocket":false')
+    v += group("websocket-false", Role.SERVER, [
+        (valid("head", 1, 0, H | E, false), [event], [rst]),
     ])
     return v
 
