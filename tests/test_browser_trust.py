@@ -183,6 +183,7 @@ def test_the_app_cannot_see_the_token(world: BrowserWorld) -> None:
 
 
 def test_a_full_device_says_so_and_lets_the_viewer_in_when_a_place_frees(world: BrowserWorld) -> None:
+    world.agent.new_page()  # the last test's page would reconnect and take the one place
     world.extra_limits = ["max_peers = 1"]
     world.stop_daemon()
     world.start_daemon()
