@@ -87,7 +87,7 @@ def test_a_wrong_token_is_unauthorized(world: BrowserWorld) -> None:
     requests = len(world.app_requests())
     world.open(url=world.link("/", t=b64u(hashlib.sha256(b"guessed").digest())), phase="unauthorized")
     page = world.agent.page
-    assert page.text_content("#message") == f"{world.device} does not accept this link."
+    assert page.text_content("#message") == "The device does not accept this link."
     assert "No viewer “alice” with this key" in page.text_content("#detail")
     # The step that failed is "Access", after the device's identity and the path were fine.
     steps = page.evaluate("[...document.querySelectorAll('#steps li')].map(li => li.className)")
@@ -108,7 +108,7 @@ def test_a_revoked_viewer_is_cut_off_and_told(world: BrowserWorld) -> None:
     world.revoke("bob")
     world.wait_phase("revoked", timeout=15)
     assert page.text_content("#message") == "Access for “bob” was revoked."
-    assert "Ask the owner of" in page.text_content("#detail")
+    assert "Ask the device's owner for a new link" in page.text_content("#detail")
     assert page.is_visible("#card")
     assert page.evaluate("document.getElementById('app')") is None  # the app is gone
     steps = page.evaluate("[...document.querySelectorAll('#steps li')].map(li => li.className)")
@@ -195,7 +195,7 @@ def test_a_full_device_says_so_and_lets_the_viewer_in_when_a_place_frees(world: 
         client.wait_for_log("is at http")
         world.open("/", phase="full")
         page = world.agent.page
-        assert page.text_content("#message") == f"{world.device} is serving as many viewers as it can."
+        assert page.text_content("#message") == "The device is serving as many viewers as it can."
         assert page.text_content("#detail") == "Retrying…"
         world.screenshot("full")
         client.stop()

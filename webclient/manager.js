@@ -302,7 +302,7 @@ async function describePath(pc) {
 /** What the page says about a failed attempt: {phase, message, detail, final}. */
 function describeFailure(exc, target, credential) {
   if (exc instanceof AuthError) {
-    const p = authProblem(exc, { device: target.device, service: target.service, name: credential.name });
+    const p = authProblem(exc, { service: target.service, name: credential.name });
     return { ...p, step: "access", final: !p.retry };
   }
   if (exc.kind === "mismatch") {
@@ -327,9 +327,9 @@ function showNoCredential(exc, target) {
     showHelp("Copy the whole link, including everything after “#”, and open it again.");
     return;
   }
-  setPhase("nolink", exc.message, `A share link carries this browser's access key to ${target.device}.`);
+  setPhase("nolink", exc.message, "A share link carries this browser's access key to the device.");
   showHelp(
-    `Ask the owner of ${target.device} for one; they make it on the device with`,
+    "Ask the device's owner for one; they make it on the device with",
     { code: `peerproxyd share --service ${target.service} --name <your name>` },
     ["It looks like ", { code: `${location.origin}/#v=1&d=${target.device}&s=${target.service}&n=…` }],
   );

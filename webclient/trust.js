@@ -263,13 +263,14 @@ export function parseAuthReply(message) {
  * The page's words for an auth refusal: {phase, message, detail, retry}. `retry` is true only
  * where waiting can help (a full device); every other refusal stays until a new link is opened.
  */
-export function authProblem(error, { device, service, name }) {
-  const newLink = `Ask the owner of ${device} for a new link (peerproxyd share --service ${service} --name …).`;
+export function authProblem(error, { service, name }) {
+  // The device id (32 characters) is in the page's title already: "the device" reads better.
+  const newLink = `Ask the device's owner for a new link (peerproxyd share --service ${service} --name …).`;
   switch (error.code) {
     case "unauthorized":
       return {
         phase: "unauthorized",
-        message: `${device} does not accept this link.`,
+        message: "The device does not accept this link.",
         detail: `No viewer “${name}” with this key. The link may be mistyped or replaced by a newer one. ${newLink}`,
         retry: false,
       };
@@ -287,14 +288,14 @@ export function authProblem(error, { device, service, name }) {
     case "too-many-peers":
       return {
         phase: "full",
-        message: `${device} is serving as many viewers as it can.`,
+        message: "The device is serving as many viewers as it can.",
         detail: "Retrying…",
         retry: true,
       };
     default:
       return {
         phase: "unauthorized",
-        message: `${device} refused the viewer: ${error.message}`,
+        message: `The device refused the viewer: ${error.message}`,
         detail: `(${error.code}) ${newLink}`,
         retry: false,
       };
