@@ -11,7 +11,13 @@ from typing import Any, Literal
 from aioice import Candidate, stun
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-from peerproxyd import aioice_mdns, aioice_nomination, aioice_ports, aioice_tuning
+from peerproxyd import (
+    aioice_consent,
+    aioice_mdns,
+    aioice_nomination,
+    aioice_ports,
+    aioice_tuning,
+)
 from peerproxyd.config import IceSettings
 
 CHANNEL_LABEL = "peerproxy"
@@ -21,7 +27,7 @@ RTT_TIMEOUT = 2.0
 def configure_ice(ice: IceSettings) -> None:
     """Apply the process-wide ICE settings (host address allow list, UDP receive buffer, port
     range) and our aioice fixes: resolving browsers' `.local` candidates, direct pairs before
-    relayed ones."""
+    relayed ones, consent checks that a busy peer's late answers do not expire."""
     aioice_tuning.configure(
         host_addresses=ice.host_addresses, receive_buffer=ice.udp_receive_buffer
     )
@@ -30,6 +36,7 @@ def configure_ice(ice: IceSettings) -> None:
     )
     aioice_mdns.install()
     aioice_nomination.install()
+    aioice_consent.install()
 
 
 def new_peer_connection(ice: IceSettings) -> RTCPeerConnection:

@@ -568,7 +568,7 @@ BIG_INT = b'{"method":"GET","target":"/","headers":[],"service":"web","x":' + b"
         (block(service="Web_1"), "invalid service name 'Web_1'"),
         (block(service=""), "invalid service name ''"),
         (block(service="-web"), "invalid service name '-web'"),
-        (block(service="a" * 23), f"invalid service name {'a' * 23!r}"),
+        (block(service="a" * 30), f"invalid service name {'a' * 30!r}"),
         (block(service="my--app"), "invalid service name 'my--app'"),
         (b"[" * 60000, "header block is nested too deeply"),
         (

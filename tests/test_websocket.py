@@ -18,7 +18,7 @@ from peerproxyd.protocol import ErrorCode, Flag, Frame, RequestHead
 from peerproxyd.protocol.websocket import Close, Text, encode
 from tests.support.procs import Proc, free_port
 from tests.support.rawpeer import RawPeer
-from tests.support.stack import DEVICE, Stack
+from tests.support.stack import Stack
 from tests.support.upstream_app import pattern
 
 MB = 1024 * 1024
@@ -27,6 +27,7 @@ MB = 1024 * 1024
 @dataclass
 class Net:
     signal_url: str
+    device: str
     camera: str  # native client for service "camera"
     down: str  # native client for service "down" (nothing listens upstream)
     upstream: str
@@ -42,7 +43,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         daemon = stack.daemon({"camera": stack.upstream_ports["camera"], "down": free_port()})
         _, camera = stack.client("camera")
         _, down = stack.client("down")
-        yield Net(stack.signal_url, camera, down, upstream, daemon)
+        yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon)
     finally:
         stack.stop()
 
@@ -95,7 +96,7 @@ async def test_text_binary_subprotocol_and_headers(net: Net, http: aiohttp.Clien
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == net.camera.removeprefix("http://")
     assert headers["sec-websocket-protocol"] == "nope,superchat"
-    assert f"{DEVICE}" not in headers.get("host", "")  # the upstream's own Host
+    assert net.device not in headers.get("host", "")  # the upstream's own Host
     log = net.daemon.wait_for_log(r"camera WS /ws\?x=1&y=%20 101 \d+B [\d.]+ms code=1000")
     assert log
 
@@ -190,7 +191,7 @@ async def test_an_upstream_message_over_the_limit_closes_with_1009(
 async def test_bad_records_reset_only_their_stream(net: Net, http: aiohttp.ClientSession):
     before = len(await upstream_closes(http, net))
     head = RequestHead(method="GET", target="/ws", service="camera", websocket=True)
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with RawPeer(net.signal_url, net.device) as peer:
 
         async def opened() -> ChannelStream:
             stream = peer.link.open_stream(head)
