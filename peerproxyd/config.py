@@ -399,6 +399,33 @@ class DaemonSettings(_Section):
     """On SIGTERM, seconds to let open requests finish before the daemon closes every peer
     (new requests meanwhile get 503). 0 closes at once. **Default:** 10.0."""
 
+    panel: str | None = None
+    """`HOST:PORT` of the status panel (status, services, viewers, share links with QR
+    codes), e.g. `0.0.0.0:8099` for Home Assistant's Ingress. **Default:** unset (off)."""
+
+    panel_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Addresses or networks that may load the panel; everyone else gets 403. Home
+    Assistant's Ingress proxy is `172.30.32.2`. **Default:** loopback only."""
+
+    @field_validator("panel")
+    @classmethod
+    def _check_panel(cls, value: str | None) -> str | None:
+        if value is not None:
+            from peerproxyd.panel import parse_listen
+
+            parse_listen(value)
+        return value
+
+    @field_validator("panel_allow")
+    @classmethod
+    def _check_panel_allow(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or network: {value!r}") from None
+        return values
+
 
 def _check_service_name(name: str) -> str:
     if not valid_service_name(name):

@@ -32,6 +32,7 @@ from peerproxyd.config import ServiceSettings, Settings, load
 from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError, ViewerStoreError
 from peerproxyd.identity import Identity, load_or_create
 from peerproxyd.notify import Notifier
+from peerproxyd.panel import serve_panel
 from peerproxyd.peer import PeerSession
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.router import Router, new_upstream_session
@@ -171,7 +172,10 @@ class Daemon:
             await self._serve(advertisement)
 
     async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:
-        async with new_upstream_session() as http, advertisement:
+        daemon = self.settings.daemon
+        panel = (serve_panel(self, daemon.panel, daemon.panel_allow) if daemon.panel
+                 else contextlib.nullcontext())
+        async with new_upstream_session() as http, advertisement, panel:
             self._router = DrainingRouter(self.settings.services, http)
             signaling = asyncio.create_task(
                 self.signaling.run(self._on_message, self._on_signaling_state)

@@ -98,7 +98,7 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "idle_timeout": 900.0,
         },
         "log": {"level": "info"},
-        "daemon": {"drain_timeout": 10.0},
+        "daemon": {"drain_timeout": 10.0, "panel": None, "panel_allow": ["127.0.0.1", "::1"]},
     }
 
 
