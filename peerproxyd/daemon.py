@@ -29,12 +29,13 @@ from peerproxyd import __version__, mdns
 from peerproxyd.aiortc_certificate import device_certificate
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
-from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError, ViewerStoreError
+from peerproxyd.errors import ConfigError, ViewerStoreError
 from peerproxyd.identity import Identity, load_or_create
 from peerproxyd.notify import Notifier
 from peerproxyd.panel import serve_panel
 from peerproxyd.peer import PeerSession
-from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
+from peerproxyd.protocol import RequestHead
+from peerproxyd.replies import reply_quietly
 from peerproxyd.router import Router, new_upstream_session
 from peerproxyd.rtc import configure_ice
 from peerproxyd.signaling import HANDSHAKE_TIMEOUT, SignalingClient
@@ -49,7 +50,7 @@ ACCESS_INTERVAL = 1.0
 """Seconds between checks of the viewer store and of every peer (revoked, expired, idle)."""
 RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
-SHUTDOWN_BODY = b"device is shutting down\n"
+SHUTDOWN_TEXT = "device is shutting down"
 UNSENT_POLL = 0.05
 """Seconds between looks at the channels' unacknowledged bytes while draining."""
 
@@ -88,24 +89,7 @@ class DrainingRouter(Router):
 
 
 async def _refuse(stream: ChannelStream) -> None:
-    try:
-        stream.send_response(
-            ResponseHead(
-                status=503,
-                headers=(
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(SHUTDOWN_BODY))),
-                    ("Retry-After", "5"),
-                    ("X-Peerproxy-Error", "1"),
-                ),
-            )
-        )
-        await stream.write(SHUTDOWN_BODY, end=True)
-    except (StreamResetError, PeerGoneError):
-        pass
-    finally:
-        if stream.is_open:
-            stream.reset(ErrorCode.NO_ERROR, "response complete")
+    await reply_quietly(stream, 503, SHUTDOWN_TEXT, headers=(("Retry-After", "5"),))
 
 
 class Daemon:

@@ -23,8 +23,9 @@ from aiortc.sdp import candidate_from_sdp
 from peerproxyd import mdns
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import Settings
-from peerproxyd.errors import AuthError, PeerGoneError, StreamResetError
-from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, ResponseHead, Role
+from peerproxyd.errors import AuthError
+from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
+from peerproxyd.replies import reply_quietly
 from peerproxyd.router import Router
 from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, connection_report, new_peer_connection
 from peerproxyd.viewer_auth import (
@@ -34,9 +35,9 @@ from peerproxyd.viewer_auth import (
     decide,
     encode_auth_error,
     encode_auth_ok,
+    fingerprint_from_sdp,
     format_time,
     parse_auth,
-    fingerprint_from_sdp,
 )
 from peerproxyd.viewers import ViewerStore
 
@@ -284,27 +285,8 @@ class PeerSession:
 
     async def _forbidden(self, stream: ChannelStream, head: RequestHead) -> None:
         assert self.granted is not None
-        body = (
-            f"viewer {self.granted.viewer} may use service {self.granted.service} only, "
-            f"not {head.service}\n"
-        ).encode()
-        try:
-            stream.send_response(
-                ResponseHead(
-                    status=403,
-                    headers=(
-                        ("Content-Type", "text/plain; charset=utf-8"),
-                        ("Content-Length", str(len(body))),
-                        ("X-Peerproxy-Error", "1"),
-                    ),
-                )
-            )
-            await stream.write(body, end=True)
-        except (StreamResetError, PeerGoneError):
-            pass
-        finally:
-            if stream.is_open:
-                stream.reset(ErrorCode.NO_ERROR, "response complete")
+        await reply_quietly(stream, 403, f"viewer {self.granted.viewer} may use service "
+                            f"{self.granted.service} only, not {head.service}")
         access_log.info("%s %s %s 403 %dB peer=%s", head.service, head.method, head.target,
                         stream.bytes_out, self.label)
 

@@ -34,8 +34,8 @@ from peerproxyd.protocol import (
     Role,
     StreamReset,
 )
-from tests.support.recording_upstream import RecordingUpstream
 from tests.support.rawpeer import RawPeer
+from tests.support.recording_upstream import RecordingUpstream
 from tests.support.stack import Stack
 
 H, E, F = Flag.HEADERS, Flag.END_HEADERS, Flag.FINAL

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support.procs import free_port, python
+from tests.support.procs import free_port
 from tests.support.stack import Stack
 
 

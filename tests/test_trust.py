@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiortc import RTCSessionDescription
@@ -43,8 +43,8 @@ from peerproxyd.viewer_auth import (
     ShareLink,
     auth_mac,
     encode_auth,
-    parse_auth_reply,
     fingerprint_from_sdp,
+    parse_auth_reply,
     token_key,
 )
 from peerproxyd.viewers import ViewerStore

@@ -26,10 +26,10 @@ from peerproxyd.viewer_auth import (
     encode_auth,
     encode_auth_error,
     encode_auth_ok,
+    fingerprint_from_sdp,
     parse_auth,
     parse_auth_reply,
     parse_link,
-    fingerprint_from_sdp,
     token_key,
 )
 from peerproxyd.viewers import ViewerRecord

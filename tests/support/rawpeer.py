@@ -9,11 +9,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiortc import RTCSessionDescription
+
 from peerproxyd import aioice_tuning
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import StreamResetError
-from peerproxyd.protocol import ErrorCode, Frame, ProxyConnection, RequestHead, ResponseHead, Role, parse_frame
+from peerproxyd.protocol import (
+    ErrorCode,
+    Frame,
+    ProxyConnection,
+    RequestHead,
+    ResponseHead,
+    Role,
+    parse_frame,
+)
 from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.viewer_auth import (
@@ -25,8 +35,6 @@ from peerproxyd.viewer_auth import (
     parse_auth_reply,
     parse_link,
 )
-
-from aiortc import RTCSessionDescription
 
 
 class RawPeer:
