@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -339,6 +341,41 @@ async def test_bye_to_partners_on_disconnect(client: TestClient[Any, Any]) -> No
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
             await bystander.receive()
+
+
+async def test_partner_sets_are_made_on_first_exchange_and_dropped(
+    client: TestClient[Any, Any],
+) -> None:
+    """Memory per idle connection: no partner set until it talks to someone here."""
+    registry = client.server.app[REGISTRY]
+    device = await register(client)
+    peer, peer_id = await connect(client)
+    device_conn, peer_conn = registry.devices[D], registry.peers[peer_id]
+    assert device_conn.partners is None and peer_conn.partners is None
+    await send(peer, type="offer", to=D, payload={})
+    await recv(device)
+    assert device_conn.partners == {peer_conn} and peer_conn.partners == {device_conn}
+    assert registry.sessions() == 1
+    await peer.close()
+    assert await recv(device) == {"type": "bye", "from": peer_id}
+    assert device_conn.partners is None
+    assert registry.sessions() == 0
+
+
+async def test_no_permessage_deflate(client: TestClient[Any, Any]) -> None:
+    """Browsers ask for compression; its zlib state would cost each idle socket ~300 KB."""
+    ws = await client.ws_connect("/ws", compress=15)
+    assert ws.compress == 0
+    assert (await recv(ws))["type"] == "hello"
+
+
+def test_signaling_without_stun_does_not_load_aioice() -> None:
+    """aioice (with dnspython, ifaddr) costs the idle server ~4 MB; only `stun` needs it."""
+    code = ("import sys; from peerproxyd.signaling_server import build_signaling_app; "
+            "build_signaling_app(); print('aioice' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False"
 
 
 async def test_too_large_closes_with_1009(aiohttp_client: ClientFactory) -> None:
