@@ -256,6 +256,7 @@ class NativeClient:
             self._answer.set_result(message.payload or {})
         elif message.type == "bye":
             reason = (message.payload or {}).get("reason", "device went away")
+            logger.info("%s says bye: %s", self.device, reason)
             self._fail_pending(ConnectionError(f"{self.device}: {reason}"))
             self._device_gone.set()
         elif message.type == "error":

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from peerproxyd import __version__, mdns
+from peerproxyd import __version__, mdns, netwatch
 from peerproxyd.aiortc_certificate import device_certificate
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
@@ -51,6 +51,8 @@ ACCESS_INTERVAL = 1.0
 RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
 SHUTDOWN_TEXT = "device is shutting down"
+RENEGOTIATE_WAIT = 10.0
+"""Seconds a network change waits for the new signaling registration before the byes."""
 UNSENT_POLL = 0.05
 """Seconds between looks at the channels' unacknowledged bytes while draining."""
 
@@ -170,6 +172,7 @@ class Daemon:
                 asyncio.create_task(self.notifier.watchdog(self.healthy)),
                 asyncio.create_task(self._status_loop()),
                 asyncio.create_task(self._access_loop()),
+                asyncio.create_task(netwatch.watch_addresses(self._on_addresses_changed)),
             ]
             try:
                 await asyncio.wait({signaling, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -416,6 +419,26 @@ class Daemon:
         await self.signaling.send("answer", peer, answer)
         logger.info("%r: answered (%d peers)", session, len(self.sessions))
         self._update_status()
+
+    async def _on_addresses_changed(self, old: frozenset[str], new: frozenset[str]) -> None:
+        """aiortc cannot restart ICE: reconnect to the signaling server from the new address,
+        then tell every viewer to renegotiate (a `bye`; the clients connect again at once)."""
+        logger.warning("host addresses changed (%s -> %s): renegotiating with %d viewers",
+                       ", ".join(sorted(old)) or "none", ", ".join(sorted(new)) or "none",
+                       len(self.sessions))
+        self.registered.clear()
+        self.signaling.reconnect()  # the server tells the viewers "bye" as the old socket goes
+        try:
+            async with asyncio.timeout(RENEGOTIATE_WAIT):
+                await self.registered.wait()
+        except TimeoutError:
+            logger.warning("not registered again within %.0f s; viewers will notice by "
+                           "heartbeats", RENEGOTIATE_WAIT)
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await self.signaling.send("bye", session.peer_id,
+                                          {"reason": "device network changed; reconnect"})
+            await session.close()
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:

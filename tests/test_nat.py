@@ -178,9 +178,11 @@ async def test_forwarded_port_range_reaches_symmetric_nat_without_turn(stack: Ne
 @pytest.mark.timeout(240)
 async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     """The device's LAN address changes (DHCP renumbering). aiortc cannot restart ICE, so the
-    session survives the way the native client survives any loss: heartbeats notice, it
-    connects again (the daemon gathers on its new address), and its local URL keeps working."""
-    stack.daemon()
+    daemon notices the change itself (netwatch.py), registers again from the new address and
+    tells its viewers to renegotiate (`bye`): the native client connects again at once (the
+    daemon gathers on its new address) instead of waiting for heartbeats, and its local URL
+    keeps working."""
+    daemon = stack.daemon()
     client, url = stack.client("lanv")
     assert stack.net.fetch("lanv", url + "/").status == 200
 
@@ -189,6 +191,8 @@ async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     dev.ip("addr", "add", f"{NEW_DEV}/24", "dev", "eth0")
     dev.ip("route", "add", "default", "via", "192.168.50.1")
 
+    daemon.wait_for_log(rf"host addresses changed \(.* -> .*{NEW_DEV}", timeout=30)
+    client.wait_for_log(r"says bye: ", timeout=60)  # the server's or the daemon's
     client.wait_for_log(rf"connected to {stack.device_id()}/camera", count=2, timeout=150)
     report = report_from_log(client, count=2)
     assert report.type == "host" and f"({NEW_DEV})" in report.line, report

@@ -640,6 +640,23 @@ async def test_client_replaced_reconnects(aiohttp_server: ServerFactory, running
     await first_rec.wait_state(True)
 
 
+async def test_client_reconnect_on_request(aiohttp_server: ServerFactory, running: Any) -> None:
+    """reconnect() (the daemon's answer to a network change) drops the connection and
+    registers again on a new one, without backoff; run() keeps going."""
+    server = await aiohttp_server(make_app())
+    registry = server.app[REGISTRY]
+    device, rec = SignalingClient(str(server.make_url("/ws")), identity=DEVICE,
+                                  backoff_min=0.02, backoff_max=30.0), Recorder()
+    task = running(device, rec)
+    await rec.wait_state(True)
+    first = registry.devices[D]
+    device.reconnect()
+    await rec.wait_state(False)
+    await rec.wait_state(True)
+    assert registry.devices[D] is not first and not task.done()
+    assert device.last_error == "reconnecting (network change)"
+
+
 async def test_client_cancel_and_close(aiohttp_server: ServerFactory, running: Any) -> None:
     server = await aiohttp_server(make_app())
     registry = server.app[REGISTRY]
