@@ -78,6 +78,8 @@ class PanelSource(Protocol):
         ...
 
 
+CROSS_SITE = frozenset({"cross-site", "same-site"})
+"""`Sec-Fetch-Site` values of a request another site's page made."""
 SOURCE = web.AppKey("panel_source", PanelSource)
 ALLOW = web.AppKey("panel_allow", tuple)
 
@@ -185,6 +187,11 @@ async def _only_allowed(request: web.Request, handler: Any) -> web.StreamRespons
     if address is None or not any(address in net for net in request.app[ALLOW]):
         logger.warning("panel: refused a request from %s", remote or "?")
         raise web.HTTPForbidden(text="forbidden\n")
+    # A form on another site must not make links or revoke them through the owner's browser
+    # (cross-site request forgery): browsers say where a request comes from.
+    if request.method == "POST" and request.headers.get("Sec-Fetch-Site") in CROSS_SITE:
+        logger.warning("panel: refused a cross-site %s %s", request.method, request.path)
+        raise web.HTTPForbidden(text="cross-site requests are not allowed\n")
     response: web.StreamResponse = await handler(request)
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -116,3 +116,14 @@ async def test_addresses_outside_the_allow_list_are_refused(panel: Panel):
             async with other.request(method, panel.url + path) as r:
                 assert r.status == 403
     assert "panel: refused a request from 127.0.0.3" in panel.stack.procs["daemon"].log()
+
+
+async def test_cross_site_forms_are_refused(panel: Panel, http: aiohttp.ClientSession):
+    """Another site's page cannot make or revoke links through the owner's browser."""
+    for path, form in (("/share", {"service": "camera", "name": "mallory"}),
+                       ("/revoke", {"name": "bob"})):
+        async with http.post(panel.url + path, data=form,
+                             headers={"Sec-Fetch-Site": "cross-site"}) as r:
+            assert r.status == 403
+    state = await status(http, panel)
+    assert "mallory" not in {v["name"] for v in state["viewers"]}
