@@ -92,7 +92,8 @@ class Agent:
         """`chromium_flags`: more command-line flags for Chromium (e.g. --host-resolver-rules)."""
         self.log_path = log_dir / "agent.log"
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PP_CHROMIUM_LOG": str(log_dir / "chromium.log"),
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PP_CHROMIUM_LOG": str(log_dir / "chromium.log"),
                "PP_CHROMIUM_FLAGS": json.dumps(list(chromium_flags))}
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.browser.agent"],
