@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -87,10 +88,13 @@ class Remote:
 class Agent:
     """The pipe to tests/browser/agent.py; every call is bounded by CALL_TIMEOUT."""
 
-    def __init__(self, ns: str, log_dir: Path) -> None:
+    def __init__(self, ns: str, log_dir: Path, *, chromium_flags: Sequence[str] = ()) -> None:
+        """`chromium_flags`: more command-line flags for Chromium (e.g. --host-resolver-rules)."""
         self.log_path = log_dir / "agent.log"
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PP_CHROMIUM_LOG": str(log_dir / "chromium.log")}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PP_CHROMIUM_LOG": str(log_dir / "chromium.log"),
+               "PP_CHROMIUM_FLAGS": json.dumps(list(chromium_flags))}
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.browser.agent"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=env,
