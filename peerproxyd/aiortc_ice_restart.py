@@ -89,6 +89,7 @@ class IceRestart:
         self.new: Connection = _next_generation(self.old)
         self._done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._remote_end_before = gatherer._remote_candidates_end
         # The gatherer describes the new generation in the next offer/answer (it gathers anew
         # in setLocalDescription), and remote candidates go to it.
@@ -174,10 +175,10 @@ class IceRestart:
         )
         if monitor is not None:
             monitor.cancel()
-        await _close_quietly(self.old)
         pair = self.new._nominated.get(1)
         logger.info("ICE restart done: %s now carries the connection via %s", self.new, pair)
         self._done.set_result(True)
+        self._retire(self.old)
 
     async def _abandon(self, reason: str) -> None:
         if self.done:
@@ -189,7 +190,20 @@ class IceRestart:
             self._gatherer._connection = self.old
             self._gatherer._RTCIceGatherer__state = "completed"  # type: ignore[attr-defined]
             self._gatherer._remote_candidates_end = self._remote_end_before
-        await _close_quietly(self.new)
+        self._retire(self.new)
+
+    def _retire(self, connection: Connection) -> None:
+        """Close the generation that lost, in the background: closing a TURN allocation from
+        an address that went away retries for up to a minute."""
+        self._closing = task = asyncio.get_running_loop().create_task(_close_quietly(connection))
+        _retiring.add(task)
+        task.add_done_callback(_retiring.discard)
+
+    async def closed(self) -> None:
+        """Wait until the generation that lost has closed its sockets."""
+        await self.wait()
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
 
     def _spawn_abandon(self, error: Exception) -> None:
         self._task = asyncio.get_running_loop().create_task(self._abandon(str(error)))
@@ -206,6 +220,10 @@ class IceRestart:
             self._task = asyncio.get_running_loop().create_task(
                 self._abandon(f"ICE transport {self._transport.state}")
             )
+
+
+# Generations being closed; a task must be referenced until it is done.
+_retiring: set[asyncio.Task[None]] = set()
 
 
 def _next_generation(old: Connection) -> Connection:

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDict
 
+from peerproxyd.aiortc_ice_restart import IceRestart, IceRestartError, finish_restart, offer_restart
 from peerproxyd.channel import ChannelLink
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import (
@@ -85,6 +86,7 @@ class NativeClient:
         self.signaling = SignalingClient(signal_url or link.signal_url, backoff_max=backoff_max)
         self.link: ChannelLink | None = None
         self.connections = 0  # peer connections made so far
+        self.ice_restarts = 0  # ICE restarts completed on them
         self.last_error = "not connected yet"
         self.url = ""
         self.report: ConnectionReport | None = None  # the current connection's selected pair
@@ -93,6 +95,7 @@ class NativeClient:
         self._up = asyncio.Event()
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self._device_gone = asyncio.Event()
+        self._restart_wanted = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -230,6 +233,9 @@ class NativeClient:
         self._device_gone.set()
 
     async def _until_lost(self, pc: RTCPeerConnection, link: ChannelLink) -> None:
+        """Serve until the connection is lost; restart ICE on it when asked (the device's
+        `restart`, or the server's `bye` as the device's signaling socket went), and return,
+        for a new connection, if a restart fails."""
         failed = asyncio.Event()
 
         def on_state() -> None:
@@ -237,6 +243,7 @@ class NativeClient:
                 failed.set()
 
         pc.on("connectionstatechange", on_state)
+        self._restart_wanted.clear()
         waits = [
             asyncio.ensure_future(link.keepalive(*self.heartbeat)),
             asyncio.ensure_future(link.wait_closed()),
@@ -244,20 +251,71 @@ class NativeClient:
             asyncio.ensure_future(self._device_gone.wait()),
         ]
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                restart = asyncio.ensure_future(self._restart_wanted.wait())
+                done, _ = await asyncio.wait(
+                    [*waits, restart], return_when=asyncio.FIRST_COMPLETED
+                )
+                restart.cancel()
+                if not done.isdisjoint(waits) or not await self._restart_ice(pc):
+                    return
         finally:
             for w in waits:
                 w.cancel()
+
+    async def _restart_ice(self, pc: RTCPeerConnection) -> bool:
+        """Restart ICE on the live connection (aiortc_ice_restart.py): offer new credentials
+        and candidates, check against the device's; streams in flight go on. False if it did
+        not complete within `connect_timeout` (the caller then connects anew)."""
+        started = time.monotonic()
+        restart: IceRestart | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                offer, restart = await offer_restart(pc)
+                self._answer = asyncio.get_running_loop().create_future()
+                await self.signaling.send("offer", self.device,
+                                          {"sdp": offer.sdp, "type": "offer"})
+                answer = await self._answer
+                check_pinned(str(answer.get("sdp", "")), self.share.fingerprint)
+                done = await finish_restart(
+                    pc, restart, RTCSessionDescription(sdp=str(answer["sdp"]), type="answer")
+                )
+        except (IceRestartError, TimeoutError, SignalingError, ConnectionError,
+                ValueError) as exc:
+            if restart is not None:
+                await restart.cancel()
+            logger.warning("ICE restart with %s failed: %s", self.device,
+                           str(exc) or type(exc).__name__)
+            return False
+        if not done:
+            return False
+        self._restart_wanted.clear()  # asked for during this restart: this one did it
+        self.ice_restarts += 1
+        self.report = await connection_report(pc)
+        logger.info("ICE restart with %s done in %.0f ms; connected via %s", self.device,
+                    (time.monotonic() - started) * 1000, self.report)
+        return True
 
     async def _on_signal(self, message: Message) -> None:
         if message.from_ != self.device and message.type != "error":
             return
         if message.type == "answer" and self._answer and not self._answer.done():
             self._answer.set_result(message.payload or {})
+        elif message.type == "restart" and self._up.is_set():
+            reason = (message.payload or {}).get("reason", "")
+            logger.info("%s asks for an ICE restart: %s", self.device, reason)
+            self._restart_wanted.set()
         elif message.type == "bye":
-            reason = (message.payload or {}).get("reason", "device went away")
-            logger.info("%s says bye: %s", self.device, reason)
-            self._fail_pending(ConnectionError(f"{self.device}: {reason}"))
+            reason = (message.payload or {}).get("reason")
+            self._fail_pending(ConnectionError(f"{self.device}: {reason or 'went away'}"))
+            if reason is None and self._up.is_set():
+                # The server's bye: the device's signaling socket went (a new address, a
+                # blip). The peer connection may well live on: restart ICE, or else connect
+                # anew (a device that is really gone answers no restart offer).
+                logger.info("%s left the signaling server; restarting ICE", self.device)
+                self._restart_wanted.set()
+                return
+            logger.info("%s says bye: %s", self.device, reason or "device went away")
             self._device_gone.set()
         elif message.type == "error":
             error = SignalingError(str(message.get("code")), str(message.get("message")))

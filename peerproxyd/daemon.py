@@ -27,6 +27,7 @@ import aiohttp
 
 from peerproxyd import __version__, mdns, netwatch
 from peerproxyd.aiortc_certificate import device_certificate
+from peerproxyd.aiortc_ice_restart import IceRestartError
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
 from peerproxyd.errors import ConfigError, ViewerStoreError
@@ -52,7 +53,9 @@ RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
 SHUTDOWN_TEXT = "device is shutting down"
 RENEGOTIATE_WAIT = 10.0
-"""Seconds a network change waits for the new signaling registration before the byes."""
+"""Seconds a network change waits for the new signaling registration before the restarts."""
+ICE_RESTART_WAIT = 8.0
+"""Seconds a viewer asked to restart ICE gets before the fallback: `bye`, a new connection."""
 UNSENT_POLL = 0.05
 """Seconds between looks at the channels' unacknowledged bytes while draining."""
 
@@ -392,6 +395,8 @@ class Daemon:
             await self.signaling.send("bye", peer, {"reason": "device is shutting down"})
             return
         if old := self.sessions.get(peer):
+            if old.is_ice_restart(offer) and await self._restart_ice(old, offer):
+                return
             await old.close()  # the viewer restarted its connection
         # max_peers bounds authenticated viewers (auth-error too-many-peers) and, separately,
         # connections still in their handshake, so strangers cannot crowd viewers out.
@@ -420,25 +425,57 @@ class Daemon:
         logger.info("%r: answered (%d peers)", session, len(self.sessions))
         self._update_status()
 
+    async def _restart_ice(self, session: PeerSession, offer: dict[str, Any]) -> bool:
+        """Answer a viewer's ICE-restart offer on its live session; False if the session
+        cannot restart (then the offer is taken as a new connection)."""
+        try:
+            answer = await session.restart_ice(offer)
+        except IceRestartError as exc:
+            logger.info("%r: no ICE restart (%s): a new connection instead", session, exc)
+            return False
+        except Exception as exc:
+            logger.warning("%r: bad ICE-restart offer: %s", session, exc)
+            await session.close()
+            await self.signaling.send("bye", session.peer_id, {"reason": f"bad offer: {exc}"})
+            return True
+        await self.signaling.send("answer", session.peer_id, answer)
+        logger.info("%r: answered an ICE restart", session)
+        return True
+
     async def _on_addresses_changed(self, old: frozenset[str], new: frozenset[str]) -> None:
-        """aiortc cannot restart ICE: reconnect to the signaling server from the new address,
-        then tell every viewer to renegotiate (a `bye`; the clients connect again at once)."""
-        logger.warning("host addresses changed (%s -> %s): renegotiating with %d viewers",
+        """Reconnect to the signaling server from the new address, then ask every viewer to
+        restart ICE (a `restart` message; the viewer offers, we answer with candidates on the
+        new addresses). A viewer whose restart does not complete within ICE_RESTART_WAIT gets
+        the fallback: `bye`, and it connects anew."""
+        logger.warning("host addresses changed (%s -> %s): restarting ICE with %d viewers",
                        ", ".join(sorted(old)) or "none", ", ".join(sorted(new)) or "none",
                        len(self.sessions))
+        restarts = {s: s.ice_restarts for s in self.sessions.values()}
         self.registered.clear()
-        self.signaling.reconnect()  # the server tells the viewers "bye" as the old socket goes
+        self.signaling.reconnect()
         try:
             async with asyncio.timeout(RENEGOTIATE_WAIT):
                 await self.registered.wait()
         except TimeoutError:
             logger.warning("not registered again within %.0f s; viewers will notice by "
                            "heartbeats", RENEGOTIATE_WAIT)
-        for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await self.signaling.send("bye", session.peer_id,
-                                          {"reason": "device network changed; reconnect"})
-            await session.close()
+        await asyncio.gather(*(self._ask_restart(s, n) for s, n in restarts.items()))
+
+    async def _ask_restart(self, session: PeerSession, since: int) -> None:
+        """Ask one viewer to restart ICE; renegotiate (bye, close) if it does not."""
+        with contextlib.suppress(Exception):
+            await self.signaling.send("restart", session.peer_id,
+                                      {"reason": "device network changed"})
+        if await session.wait_ice_restart(since, ICE_RESTART_WAIT):
+            return
+        if session.closed:
+            return  # the viewer connected anew meanwhile
+        logger.warning("%r: no ICE restart within %.0f s: renegotiating", session,
+                       ICE_RESTART_WAIT)
+        with contextlib.suppress(Exception):
+            await self.signaling.send("bye", session.peer_id,
+                                      {"reason": "device network changed; reconnect"})
+        await session.close()
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:

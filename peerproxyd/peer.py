@@ -20,7 +20,7 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from peerproxyd import mdns
+from peerproxyd import aiortc_ice_restart, mdns
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import Settings
 from peerproxyd.errors import AuthError
@@ -82,6 +82,8 @@ class PeerSession:
         self._refusing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.ice_restarts = 0  # ICE restarts completed on this connection
+        self._ice_restarted = asyncio.Event()
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("connectionstatechange", self._on_connection_state)
 
@@ -93,6 +95,10 @@ class PeerSession:
     @property
     def open_streams(self) -> int:
         return self._link.conn.open_streams if self._link else 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
 
     @property
     def link(self) -> ChannelLink | None:
@@ -113,12 +119,56 @@ class PeerSession:
             RTCSessionDescription(sdp=sdp, type=str(offer.get("type", "offer")))
         )
         await self._pc.setLocalDescription(await self._pc.createAnswer())
+        self._device_fp = fingerprint_from_sdp(self._pc.localDescription.sdp)
+        return await self._answer()
+
+    async def _answer(self) -> dict[str, str]:
         local = self._pc.localDescription
-        self._device_fp = fingerprint_from_sdp(local.sdp)
         sdp = local.sdp
         if self._settings.ice.mdns:
             sdp = await mdns.hide_host_addresses(sdp, subscriber=self)
         return {"sdp": sdp, "type": local.type}
+
+    # ----- ICE restart (aiortc_ice_restart.py; docs/network.md)
+    def is_ice_restart(self, offer: dict[str, Any]) -> bool:
+        """True if `offer` comes from this session's own peer connection (the same DTLS
+        fingerprint) with new ICE credentials: an ICE restart, not a new connection."""
+        sdp = str(offer.get("sdp", ""))
+        try:
+            same_viewer = fingerprint_from_sdp(sdp) == self._viewer_fp
+            ufrag = aiortc_ice_restart.remote_ice_ufrag(sdp)
+        except (ValueError, IndexError, KeyError):  # not an SDP we can read: not a restart
+            return False
+        current = aiortc_ice_restart.current_remote_ufrag(self._pc)
+        return same_viewer and not self._closing and ufrag is not None and ufrag != current
+
+    async def restart_ice(self, offer: dict[str, Any]) -> dict[str, str]:
+        """Answer the viewer's ICE-restart offer on the live connection (DTLS, SCTP and
+        every stream go on); the new pair takes over once nominated. IceRestartError if the
+        connection cannot restart; after any other error the session is unusable."""
+        description = RTCSessionDescription(sdp=str(offer["sdp"]), type="offer")
+        _, restart = await aiortc_ice_restart.answer_restart(self._pc, description)
+        self._spawn(self._after_restart(restart))
+        return await self._answer()
+
+    async def _after_restart(self, restart: aiortc_ice_restart.IceRestart) -> None:
+        if not await restart.wait():
+            return  # the old pair carries on; the viewer renegotiates if it is gone
+        self.ice_restarts += 1
+        self._ice_restarted.set()
+        await self._log_report()
+
+    async def wait_ice_restart(self, since: int, timeout: float) -> bool:
+        """True once more than `since` ICE restarts have completed; False after `timeout`
+        seconds or when the session closes."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.ice_restarts <= since and not self._closing:
+                    self._ice_restarted.clear()
+                    await self._ice_restarted.wait()
+        except TimeoutError:
+            pass
+        return self.ice_restarts > since
 
     async def report(self) -> ConnectionReport | None:
         """The selected candidate pair (host / srflx / relay), protocol and RTT; None until
@@ -301,6 +351,7 @@ class PeerSession:
         if self._closing:
             return
         self._closing = True
+        self._ice_restarted.set()  # wakes wait_ice_restart()
         logger.info("%r: closing", self)
         if self._link is not None:
             self._link.close()

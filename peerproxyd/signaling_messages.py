@@ -18,7 +18,7 @@ from peerproxyd.errors import SignalingError
 
 MAX_MESSAGE_SIZE = 64 * 1024
 
-RELAY_TYPES = frozenset({"offer", "answer", "candidate", "bye"})
+RELAY_TYPES = frozenset({"offer", "answer", "candidate", "bye", "restart"})
 """Types the server forwards to the `to` peer, with `from` set to the sender."""
 CLIENT_TYPES = RELAY_TYPES | {"register"}
 """Types a connection may send to the server."""

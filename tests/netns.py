@@ -360,7 +360,7 @@ class NetStack:
     def daemon(
         self, *, device: str = DEVICE, mdns: bool = True, stun: str | None = f"{INET}:{TURN_PORT}",
         turn: str | None = f"{INET}:{TURN_PORT}", turn_transport: str = "udp",
-        port_range: str | None = None, extra: str = "",
+        port_range: str | None = None, heartbeat_timeout: float = 5.0, extra: str = "",
     ) -> Proc:
         from peerproxyd.turn_credentials import mint
 
@@ -380,7 +380,7 @@ class NetStack:
             "reconnect_max = 1.0",
             "[ice]", f"mdns = {'true' if mdns else 'false'}", f"servers = [{', '.join(servers)}]",
             *([f'port_range = "{port_range}"'] if port_range else []),
-            "[limits]", "heartbeat_interval = 1.0", "heartbeat_timeout = 5.0",
+            "[limits]", "heartbeat_interval = 1.0", f"heartbeat_timeout = {heartbeat_timeout}",
             "[services.camera]", 'upstream = "http://127.0.0.1:8081"',
         ]
         config = self.net.log_dir / f"{device}.toml"

@@ -58,8 +58,11 @@ class Pair:
         offer, viewer_restart = await offer_restart(self.viewer)
         answer, device_restart = await answer_restart(self.device, offer)
         async with asyncio.timeout(20):
-            return await finish_restart(self.viewer, viewer_restart, answer), \
-                await device_restart.wait()
+            done = (await finish_restart(self.viewer, viewer_restart, answer),
+                    await device_restart.wait())
+            await viewer_restart.closed()
+            await device_restart.closed()
+        return done
 
     async def close(self) -> None:
         await self.viewer.close()
@@ -166,6 +169,10 @@ async def test_unanswered_restart_keeps_the_old_pair(pair: Pair) -> None:
         assert await device_restart.wait() is False
     await viewer_restart.cancel()
     assert await viewer_restart.wait() is False
+    async with asyncio.timeout(10):
+        await device_restart.closed()
+        await viewer_restart.closed()
+    assert device_restart.new._protocols == [] and viewer_restart.new._protocols == []
     assert ice(pair.device) is old and pair.device.sctp.transport.transport.iceGatherer \
         ._connection is old
     pair.channel.send("over the old pair")
@@ -188,6 +195,7 @@ async def test_close_during_a_restart_ends_both_generations(pair: Pair) -> None:
     async with asyncio.timeout(10):
         await pair.viewer.close()
         assert await viewer_restart.wait() is False
+        await viewer_restart.closed()
     assert old._protocols == [] and new._protocols == []
 
 

@@ -4,6 +4,9 @@ a viewer behind a cone NAT through STUN (srflx), one behind a symmetric NAT thro
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import shutil
 import warnings
 
@@ -25,6 +28,7 @@ from tests.netns import (
     unavailable_reason,
 )
 from tests.support.procs import share_link
+from tests.support.upstream_app import pattern
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 NEW_DEV = "192.168.50.11"
@@ -176,15 +180,24 @@ async def test_forwarded_port_range_reaches_symmetric_nat_without_turn(stack: Ne
 
 
 @pytest.mark.timeout(240)
-async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
-    """The device's LAN address changes (DHCP renumbering). aiortc cannot restart ICE, so the
-    daemon notices the change itself (netwatch.py), registers again from the new address and
-    tells its viewers to renegotiate (`bye`): the native client connects again at once (the
-    daemon gathers on its new address) instead of waiting for heartbeats, and its local URL
-    keeps working."""
-    daemon = stack.daemon()
+async def test_daemon_address_change_restarts_ice_and_the_session_survives(stack: NetStack):
+    """The device's LAN address changes (DHCP renumbering) in the middle of a long download.
+    The daemon notices (netwatch.py), registers again from the new address and asks its viewer
+    to restart ICE; the native client offers new credentials on the live peer connection, the
+    daemon answers with candidates on its new address (aiortc_ice_restart.py). DTLS and SCTP
+    go on: the download in flight and a request started after the change both complete, byte
+    for byte, and no new peer connection is made."""
+    daemon = stack.daemon(heartbeat_timeout=20.0)  # the default: the outage must not end it
     client, url = stack.client("lanv")
+    device = stack.device_id()
     assert stack.net.fetch("lanv", url + "/").status == 200
+    before = report_from_log(client)
+    assert before.type == "host" and f"({DEV})" in before.line, before
+
+    size, second_size = 24_000_000, 3_000_000
+    download = asyncio.create_task(asyncio.to_thread(
+        stack.net.fetch, "lanv", f"{url}/download?size={size}&rate=1500000", timeout=120))
+    await until_active(stack, 1)
 
     dev = stack.net.ns["dev"]
     dev.ip("addr", "del", f"{DEV}/24", "dev", "eth0")  # takes the default route with it
@@ -192,9 +205,41 @@ async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     dev.ip("route", "add", "default", "via", "192.168.50.1")
 
     daemon.wait_for_log(rf"host addresses changed \(.* -> .*{NEW_DEV}", timeout=30)
-    client.wait_for_log(r"says bye: ", timeout=60)  # the server's or the daemon's
-    client.wait_for_log(rf"connected to {stack.device_id()}/camera", count=2, timeout=150)
-    report = report_from_log(client, count=2)
-    assert report.type == "host" and f"({NEW_DEV})" in report.line, report
-    result = stack.net.fetch("lanv", url + "/")
-    assert (result.status, result.text) == (200, "hello from camera\n")
+    restarted = client.wait_for_log(r"ICE restart with \S+ done in \d+ ms; connected via .*",
+                                    timeout=60)
+    assert f"({NEW_DEV})" in restarted.group(0), restarted.group(0)
+    assert (await upstream_stats(stack))["active"] == 1, (
+        "the download ended before the restart: it proves nothing; make it longer")
+    second = await asyncio.to_thread(
+        stack.net.fetch, "lanv", f"{url}/download?size={second_size}", timeout=120)
+    first = await download
+
+    assert (first.status, first.size, first.sha256) == (200, size, sha256_pattern(size))
+    assert (second.status, second.size, second.sha256) == (
+        200, second_size, sha256_pattern(second_size))
+    # One peer connection all along: connected once, restarted, never renegotiated.
+    log = client.log()
+    assert log.count(f"connected to {device}/camera") == 1, log
+    assert "says bye" not in log and "ICE restart with" in log
+    daemon_log = daemon.log()
+    assert "answered an ICE restart" in daemon_log
+    assert "renegotiating" not in daemon_log and daemon_log.count(": answered (") == 1
+    assert (await upstream_stats(stack))["aborted"] == 0
+
+
+async def upstream_stats(stack: NetStack) -> dict[str, int]:
+    result = await asyncio.to_thread(stack.net.fetch, "dev", "http://127.0.0.1:8081/stats")
+    return json.loads(result.text)
+
+
+async def until_active(stack: NetStack, count: int) -> None:
+    """Wait until `count` downloads run at the upstream (bounded)."""
+    for _ in range(200):
+        if (await upstream_stats(stack))["active"] >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the download never started at the upstream")
+
+
+def sha256_pattern(size: int) -> str:
+    return hashlib.sha256(pattern(size)).hexdigest()

@@ -59,11 +59,17 @@ async def download(request: web.Request) -> web.StreamResponse:
     stats["active"] += 1
     block = pattern(CHUNK)
     sent = 0
+    rate = int(request.query.get("rate", "0"))  # bytes a second at most (0: no limit)
+    started = asyncio.get_running_loop().time()
     try:
         while sent < size:
             n = min(CHUNK, size - sent)
             await response.write(block[:n])
             sent += n
+            if rate:  # a download that lasts at least size / rate seconds
+                ahead = sent / rate - (asyncio.get_running_loop().time() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
         await response.write_eof()
         stats["completed"] += 1
     except (ConnectionError, asyncio.CancelledError):
