@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from aioice import Connection
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp

@@ -1,10 +1,9 @@
 """Notice when this machine's host addresses change (DHCP renumbering, a new network).
 
-aiortc 1.16 cannot restart ICE on a live connection, so a peer connection whose address went
-away is dead until heartbeats notice it (tens of seconds). The daemon watches the addresses
-ICE would gather (aioice's `get_host_addresses`, with our allow list applied) and, when they
-change, makes its viewers renegotiate at once (daemon.py): a new connection, gathered on the
-new addresses, in about a second.
+A peer connection whose address went away is dead until heartbeats notice it (tens of
+seconds). The daemon watches the addresses ICE would gather (aioice's `get_host_addresses`,
+with our allow list applied) and, when they change, asks its viewers to restart ICE at once
+(daemon.py, aiortc_ice_restart.py): new candidates on the new addresses, the same session.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from peerproxyd.errors import SignalingError
 MAX_MESSAGE_SIZE = 64 * 1024
 
 RELAY_TYPES = frozenset({"offer", "answer", "candidate", "bye", "restart"})
-"""Types the server forwards to the `to` peer, with `from` set to the sender."""
+"""Types the server forwards to the `to` peer, with `from` set to the sender. `restart`: the
+device asks a viewer for an ICE-restart offer (docs/network.md, "Network changes")."""
 CLIENT_TYPES = RELAY_TYPES | {"register"}
 """Types a connection may send to the server."""
 MESSAGE_TYPES = CLIENT_TYPES | {"hello", "registered", "error"}

@@ -325,6 +325,20 @@ async def test_right_key_takes_over(client: TestClient[Any, Any]) -> None:
     }
 
 
+async def test_device_asks_a_viewer_to_restart_ice(client: TestClient[Any, Any]) -> None:
+    """`restart` is relayed like `bye`: from the device to a viewer, payload optional."""
+    device = await register(client)
+    peer, peer_id = await connect(client)
+    await send(peer, type="offer", to=D, payload={})
+    await recv(device)
+    await send(device, type="restart", to=peer_id, payload={"reason": "network changed"})
+    assert await recv(peer) == {
+        "type": "restart", "to": peer_id, "from": D, "payload": {"reason": "network changed"},
+    }
+    await send(device, type="restart", to=peer_id)
+    assert await recv(peer) == {"type": "restart", "to": peer_id, "from": D}
+
+
 async def test_bye_to_partners_on_disconnect(client: TestClient[Any, Any]) -> None:
     device = await register(client)
     peer, peer_id = await connect(client)
