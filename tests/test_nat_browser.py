@@ -22,6 +22,7 @@ import pytest
 from tests.browser.harness import Agent
 from tests.browser.harness import unavailable_reason as browser_unavailable
 from tests.netns import (
+    DEV,
     DEVICE,
     INET,
     REMOTE_WAN,
@@ -35,7 +36,7 @@ from tests.netns import (
 )
 from tests.support.procs import Proc, share_link
 from tests.support.upstream_app import pattern
-from tests.test_nat import require_netns
+from tests.test_nat import NEW_DEV, require_netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 APP_PORT = 8081  # where NetStack.daemon() points service "camera"
@@ -166,3 +167,30 @@ def test_browser_behind_symmetric_nat_is_relayed(stack: NetStack, browser: Agent
     assert any(line in relayed for line in browser_turn_lines(
         stack.coturn, daemon, "CREATE_PERMISSION") + browser_turn_lines(
         stack.coturn, daemon, "CHANNEL_BIND")), relayed
+
+
+@pytest.mark.parametrize("stack", [{"remote_nat": "cone"}], indirect=True)
+def test_browser_survives_the_device_address_change_by_ice_restart(
+    stack: NetStack, browser: Agent
+) -> None:
+    """The device is renumbered while Chromium views it: the daemon asks for an ICE restart,
+    the page restarts ICE on its live peer connection (pc.restartIce()), and the session goes
+    on: no new peer connection, the app works, the new pair uses the device's new address
+    (through the home router's NAT, as before)."""
+    daemon = stack.daemon()
+    open_share_link(stack, browser, VIEWER)
+    app_works(browser)
+
+    dev = stack.net.ns["dev"]
+    dev.ip("addr", "del", f"{DEV}/24", "dev", "eth0")  # takes the default route with it
+    dev.ip("addr", "add", f"{NEW_DEV}/24", "dev", "eth0")
+    dev.ip("route", "add", "default", "via", "192.168.50.1")
+
+    daemon.wait_for_log(r"answered an ICE restart", timeout=60)
+    done = daemon.wait_for_log(r"ICE restart done: .* via CandidatePair\(\('([\d.]+)'", timeout=60)
+    assert done[1] == NEW_DEV, done.group(0)
+    browser.page.wait_for_function("() => window.__peerproxy.iceRestarts >= 1",
+                                   timeout=PHASE_TIMEOUT * 1000)
+    app_works(browser)
+    assert browser.page.evaluate("window.__peerproxy.connections") == 1
+    assert "renegotiating" not in daemon.log()

@@ -27,6 +27,7 @@ const linkHref = takeLinkFromAddressBar();
 const CONNECT_TIMEOUT = 15_000; // offer -> data channel open
 const ANSWER_TIMEOUT = 10_000;
 const AUTH_TIMEOUT = 10_000; // auth sent -> auth-ok or auth-error
+const RESTART_TIMEOUT = 8_000; // ICE restart offer -> connected again, else a new connection
 const BACKOFF_MIN = 500;
 const BACKOFF_MAX = 10_000;
 const SANDBOX = "allow-scripts allow-same-origin allow-forms allow-popups allow-modals allow-downloads";
@@ -58,6 +59,7 @@ const state = {
   phase: "starting",
   step: "signaling", // the last connection step reached
   connections: 0, // peer connections made in this visit
+  iceRestarts: 0, // ICE restarts completed on them (docs/network.md, "Network changes")
   portsOffered: 0, // MessagePorts handed to the service worker (again after it restarts)
   attempts: 0,
   lastError: "",
@@ -274,6 +276,43 @@ async function connectOnce(target, signaling, config, credential) {
   }
 }
 
+/**
+ * Restart ICE on the live connection (the device asked: its addresses changed; or our ICE
+ * went disconnected/failed): new credentials and candidates, the same DTLS association, so
+ * the data channel and every request in flight go on. Rejects if the connection is not back
+ * within RESTART_TIMEOUT; the caller then makes a new connection.
+ */
+async function restartIce(pc, target, signaling, credential) {
+  pc.restartIce();
+  await pc.setLocalDescription(await pc.createOffer());
+  const answered = signaling.waitAnswer(target.device, ANSWER_TIMEOUT);
+  signaling.send({ type: "offer", to: target.device, payload: { sdp: pc.localDescription.sdp, type: "offer" } });
+  const answer = await answered;
+  checkPinned(String(answer.sdp), credential.pinned);
+  await pc.setRemoteDescription({ type: "answer", sdp: String(answer.sdp) });
+  const ufrag = /a=ice-ufrag:(\S+)/.exec(pc.localDescription.sdp)?.[1];
+  const deadline = performance.now() + RESTART_TIMEOUT;
+  while (!(await selectedWith(pc, ufrag))) {
+    if (performance.now() > deadline) throw new Error("ICE restart did not complete in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  state.iceRestarts += 1;
+}
+
+/** Whether ICE has selected a pair of the generation with local ufrag `ufrag` (browsers that
+ * do not report the transport's ufrag: whether ICE is connected at all). */
+async function selectedWith(pc, ufrag) {
+  const stats = await pc.getStats();
+  let found = false;
+  stats.forEach((s) => {
+    if (s.type !== "transport" || !s.selectedCandidatePairId) return;
+    const ours = s.iceLocalUsernameFragment === undefined || s.iceLocalUsernameFragment === ufrag;
+    const up = s.iceState === undefined || ["connected", "completed"].includes(s.iceState);
+    if (ours && up) found = true;
+  });
+  return found && ["connected", "completed"].includes(pc.iceConnectionState);
+}
+
 async function describePath(pc) {
   try {
     const stats = await pc.getStats();
@@ -484,8 +523,31 @@ async function run() {
       }
     };
     const link = new PeerLink(channel, { onClose: (reason) => lost(reason), onText });
+    // ICE restart (docs/network.md): when the device asks, or when our ICE loses its path.
+    // One at a time; a restart that fails ends the connection (the loop makes a new one).
+    let restarting = null;
+    const restart = (why) => {
+      if (restarting || pc.connectionState === "closed") return;
+      restarting = restartIce(pc, target, signaling, credential)
+        .then(() => describePath(pc).then((path) => {
+          ui.path.textContent = path;
+          state.pathText = path;
+        }))
+        .catch((exc) => link.close(`ICE restart (${why}) failed: ${exc.message}`))
+        .finally(() => {
+          restarting = null;
+        });
+    };
+    signaling.onMessage = (msg) => {
+      if (msg.type === "restart" && msg.from === target.device) restart("asked by the device");
+    };
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (["disconnected", "failed"].includes(pc.iceConnectionState)) restart(`ICE ${pc.iceConnectionState}`);
+    });
     pc.addEventListener("connectionstatechange", () => {
-      if (["failed", "closed"].includes(pc.connectionState)) link.close(`connection ${pc.connectionState}`);
+      if (pc.connectionState === "closed") link.close("connection closed");
+      // A failed ICE transport may still come back by a restart; a failed DTLS cannot.
+      if (pc.connectionState === "failed" && !restarting) link.close("connection failed");
     });
     state.link = link;
     relay.setLink(link);
@@ -500,6 +562,7 @@ async function run() {
       setPhase("connected", state.connections > 1 ? "Reconnected" : "Connected");
     }
     const reason = await closed;
+    signaling.onMessage = () => {};
     relay.setLink(null);
     state.link = null;
     pc.close();
