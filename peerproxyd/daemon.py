@@ -71,6 +71,18 @@ class DrainingRouter(Router):
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def start_draining(self) -> None:
+        """Refuse new requests from now on, and close the open WebSockets with 1001 (they
+        would otherwise hold the drain until its timeout). Never blocks."""
+        if self.draining:
+            return
+        self.draining = True
+        for relay in self.websockets:
+            task = asyncio.create_task(relay.go_away(SHUTDOWN_TEXT.strip()))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def handle(
         self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
@@ -204,7 +216,7 @@ class Daemon:
         logger.info("stopping: draining %d open requests (up to %.1f s)",
                     in_flight, self.settings.daemon.drain_timeout)
         if self._router is not None:
-            self._router.draining = True
+            self._router.start_draining()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -215,7 +227,7 @@ class Daemon:
 
     async def _drain(self) -> None:
         assert self._router is not None
-        self._router.draining = True
+        self._router.start_draining()
         timeout = self.settings.daemon.drain_timeout
         try:
             async with asyncio.timeout(timeout):

@@ -24,6 +24,7 @@ from peerproxyd.http_headers import (
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.replies import reply
+from peerproxyd.websocket_relay import WebSocketRelay
 from peerproxyd.websocket_upstream import serve_websocket
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,16 @@ class Router:
     ) -> None:
         self.services = services
         self.session = session
+        self.websockets: set[WebSocketRelay] = set()
+        """The open WebSockets."""
 
     async def handle(
         self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
     ) -> None:
         """Serve one request; never raises (errors become responses or a stream reset)."""
         if head.websocket and (service := self.services.get(head.service)):
-            await serve_websocket(self.session, service, stream, head, peer=peer)
+            await serve_websocket(self.session, service, stream, head, peer=peer,
+                                  live=self.websockets)
             return
         started = time.monotonic()
         status = 0

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
 """Seconds the other side gets to answer a close before the stream is reset."""
+GOING_AWAY = 1001
 
 
 class WebSocketRelay:
@@ -91,6 +92,17 @@ class WebSocketRelay:
                 result, (StreamResetError, PeerGoneError, asyncio.CancelledError)
             ):
                 raise result
+
+    async def go_away(self, reason: str) -> None:
+        """Close both sides with 1001 (Going Away), as a server does when it shuts down: the
+        stream gets a CLOSE record + FINAL, the WebSocket side a close frame. run() then ends
+        once the stream's side has answered (or CLOSE_TIMEOUT has passed)."""
+        self.close_code = GOING_AWAY
+        with contextlib.suppress(StreamResetError, PeerGoneError):
+            await self._send_close(close_record(GOING_AWAY, reason))
+        if not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=GOING_AWAY, message=reason.encode())
 
     # ----- WebSocket -> stream
     async def _ws_to_stream(self) -> None:

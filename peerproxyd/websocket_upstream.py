@@ -65,15 +65,23 @@ async def serve_websocket(
     *,
     peer: str,
     max_message: int = MAX_MESSAGE,
+    live: set[WebSocketRelay] | None = None,
 ) -> None:
-    """Serve one WebSocket stream; never raises except CancelledError."""
+    """Serve one WebSocket stream; never raises except CancelledError. While it is open
+    its relay is in `live` (so a draining daemon can close it with 1001)."""
     started = time.monotonic()
     status, code = 0, None
     relay: WebSocketRelay | None = None
     try:
         status, relay = await _open(session, service, stream, head, peer, max_message)
         if relay is not None:
-            await relay.run()
+            if live is not None:
+                live.add(relay)
+            try:
+                await relay.run()
+            finally:
+                if live is not None:
+                    live.discard(relay)
             code = relay.close_code
     except (StreamResetError, PeerGoneError) as exc:
         logger.debug("websocket stream %d abandoned by the viewer: %s", stream.id, exc)

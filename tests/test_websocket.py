@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -253,3 +254,31 @@ async def test_a_websocket_target_cannot_leave_the_service(net: Net, target: str
             body += chunk
     assert response.status == 400 and reason in body, (response, body)
     net.daemon.wait_for_log(rf"camera WS {re.escape(target)} 400 ")
+
+
+async def test_a_stopping_daemon_closes_open_websockets_with_1001(tmp_path):
+    """SIGTERM: an open WebSocket must not hold the drain until its timeout; both its ends
+    get 1001 (Going Away) and the daemon exits long before drain_timeout."""
+    stack = Stack(tmp_path)
+    stack.extra_config = "[daemon]\ndrain_timeout = 60\n"
+    try:
+        upstream = stack.upstream("camera")
+        stack.signal()
+        daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
+        _, camera = stack.client("camera")
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(ws_url(camera)) as ws:
+                await ws.send_str("ping")
+                assert (await ws.receive(timeout=10)).data == "ping"
+                daemon.popen.send_signal(signal.SIGTERM)
+                msg = await ws.receive(timeout=30)
+                assert (msg.type, msg.data, msg.extra) == (
+                    aiohttp.WSMsgType.CLOSE, 1001, "device is shutting down")
+            async with http.get(f"{upstream}/stats") as r:
+                assert [1001, "device is shutting down"] in (await r.json())["ws_closes"]
+        assert await asyncio.to_thread(daemon.popen.wait, 30) == 0
+        log = daemon.log()
+        assert "drained: no open requests left" in log
+        assert re.search(r"camera WS /ws 101 \d+B [\d.]+ms code=1001", log)
+    finally:
+        stack.stop()
