@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 CHUNK = 64 * 1024
 STATS = web.AppKey("stats", dict)
+NAME = web.AppKey("name", str)
 
 
 def pattern(size: int) -> bytes:
@@ -26,7 +27,7 @@ async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     return web.json_response(
         {
-            "service": request.app["name"],
+            "service": request.app[NAME],
             "method": request.method,
             "path": request.path,
             "query": [[k, v] for k, v in request.query.items()],
@@ -143,9 +144,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def refuse_websocket(request: web.Request) -> web.Response:
+    return web.Response(status=403, text="no websockets here")
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(text=f"hello from {request.app[NAME]}\n")
+
+
 def build_app(name: str) -> web.Application:
     app = web.Application(client_max_size=1024**3)
-    app["name"] = name
+    app[NAME] = name
     app[STATS] = {"active": 0, "completed": 0, "aborted": 0, "ws_closes": []}
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
@@ -156,8 +165,8 @@ def build_app(name: str) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/stats", stats)
     app.router.add_get("/ws", websocket)
-    app.router.add_get("/ws/refuse", lambda r: web.Response(status=403, text="no websockets here"))
-    app.router.add_get("/", lambda r: web.Response(text=f"hello from {name}\n"))
+    app.router.add_get("/ws/refuse", refuse_websocket)
+    app.router.add_get("/", hello)
     return app
 
 
