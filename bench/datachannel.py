@@ -57,7 +57,8 @@ BENCH = ROOT / "bench"
 MB = 1_000_000
 PER = 100 * MB  # CPU seconds are reported per 100 MB
 TIMEOUT = 300.0
-VARIANTS = ("stock", "ours")
+VARIANTS = ("stock", "ours", "native")  # native: libdatachannel-py (bench/_dcnative.py)
+NATIVE_PYTHON = ROOT / ".venv313" / "bin" / "python"  # a Python >= 3.12 with libdatachannel-py
 DIRECTIONS = ("down", "up")  # down: daemon -> client; up: client -> daemon
 REFERENCES = {"thesis (PeerProxy, 2.6 MB/s)": 2.6, "ngrok (14.08 MB/s)": 14.08}
 
@@ -252,9 +253,12 @@ class World:
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.ns] if self.ns else []
 
-    def peer(self, name: str, role: str, speedups: str) -> LinePeer:
+    def peer(self, name: str, role: str, speedups: str, native: str | None = None) -> LinePeer:
+        """An aiortc peer, or with `native` (a Python with libdatachannel-py) a native one."""
         args = [*self.prefix(), sys.executable, "-m", "bench._dcpeer", role]
-        if speedups:
+        if native:
+            args = [*self.prefix(), native, "-m", "bench._dcnative", role]
+        elif speedups:
             args += ["--speedups", speedups]
         peer = LinePeer(name, args, self.log_dir)
         self.peers.append(peer)
@@ -298,14 +302,14 @@ class Pair:
     """One data channel: a client end (aiortc peer or Chromium page) and a daemon peer."""
 
     def __init__(self, world: World, path: str, variant: str, speedups: str,
-                 client_speedups: str | None = None) -> None:
+                 client_speedups: str | None = None, native: str | None = None) -> None:
         self.world, self.path, self.variant = world, path, variant
         self.key = f"{path}-{variant}"
-        self.daemon = world.peer(f"{self.key}-daemon", "answer", speedups)
+        self.daemon = world.peer(f"{self.key}-daemon", "answer", speedups, native)
         self.client: LinePeer | None = None
         if path == "native":
             client = speedups if client_speedups is None else client_speedups
-            self.client = world.peer(f"{self.key}-client", "offer", client)
+            self.client = world.peer(f"{self.key}-client", "offer", client, native)
             offer = self.client.read(60)
         else:
             offer = {"type": "offer", "sdp": world.agent.page.evaluate(
@@ -398,7 +402,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             },
             "udp_rcvbuf_errors": statistics.median(r["udp_rcvbuf_errors"] for r in rs),
         }
-        if variant == "ours":
+        if variant != "stock":
             stock = {r["run"]: r for r in groups.get((path, "stock", direction, pinned), [])}
             pairs = [(r, stock[r["run"]]) for r in rs if r["run"] in stock]
             if pairs:
@@ -415,8 +419,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| path | direction | daemon | variant | MB/s min / median | ours ÷ stock (min / median) "
-        "| CPU s per 100 MB daemon / client | ours ÷ stock daemon CPU per MB | rcvbuf drops |",
+        "| path | direction | daemon | variant | MB/s min / median | ÷ stock (min / median) "
+        "| CPU s per 100 MB daemon / client | ÷ stock daemon CPU per MB | rcvbuf drops |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -434,7 +438,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str,
+         variants: tuple[str, ...] = VARIANTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,12 +449,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     labels = [f"{r['path']} {r['direction']}\n{'1 core' if r['pinned'] else '2 cores'}"
               for r in shown if r["variant"] == "stock"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    width = 0.38
-    for i, variant in enumerate(VARIANTS):
+    width = 0.8 / len(variants)
+    names = {"stock": "stock aiortc", "ours": "peerproxyd (tuned aiortc)",
+             "native": "libdatachannel-py (native backend)"}
+    colors = {"stock": "tab:gray", "ours": "tab:red", "native": "tab:green"}
+    for i, variant in enumerate(variants):
         rs = [r for r in shown if r["variant"] == variant]
-        xs = [j + (i - 0.5) * width for j in range(len(rs))]
-        color = ("tab:gray", "tab:red")[i]
-        name = "stock aiortc" if variant == "stock" else "peerproxyd (tuned aiortc)"
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(rs))]
+        color, name = colors[variant], names[variant]
         left.bar(xs, [r["mb_s"]["median"] for r in rs], width, color=color, label=name)
         left.errorbar(xs, [r["mb_s"]["median"] for r in rs],
                       yerr=[[r["mb_s"]["median"] - r["mb_s"]["min"] for r in rs], [0] * len(rs)],
@@ -494,6 +501,17 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "chromium": chromium, "versions": versions}
 
 
+def native_python(path: str) -> str | None:
+    """`path` if it is a Python that imports libdatachannel, else None (said on stderr)."""
+    try:
+        subprocess.run([path, "-c", "import libdatachannel"], check=True, capture_output=True,
+                       timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        progress(f"native variant skipped: {path} cannot import libdatachannel")
+        return None
+    return path
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -504,7 +522,13 @@ def main() -> int:
     parser.add_argument("--no-pinned", action="store_true", help="skip the 1-core runs")
     parser.add_argument("--speedups", default="all",
                         help='speed-ups of the "ours" variant: "all" or comma-separated names')
+    parser.add_argument("--native-python", default=str(NATIVE_PYTHON),
+                        help="a Python >= 3.12 with libdatachannel-py for the native variant "
+                             "(default .venv313/bin/python; skipped when missing)")
+    parser.add_argument("--no-native", action="store_true", help="skip the native variant")
     args = parser.parse_args()
+    native = None if args.no_native else native_python(args.native_python)
+    variants = VARIANTS if native else VARIANTS[:2]
     runs = args.runs or (2 if args.quick else 3)
     total = int((args.mb or (20 if args.quick else 100)) * MB)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -522,14 +546,15 @@ def main() -> int:
         paths = ["native"] + (["chromium"] if world.agent is not None else [])
         pairs = {}
         for path in paths:
-            for variant in VARIANTS:
-                pair = Pair(world, path, variant, "" if variant == "stock" else args.speedups)
+            for variant in variants:
+                pair = Pair(world, path, variant, "" if variant == "stock" else args.speedups,
+                            native=native if variant == "native" else None)
                 pairs[(path, variant)] = pair
                 setup[pair.key] = pair.setup_ms
                 progress(f"{pair.key}: channel open in {pair.setup_ms:.0f} ms")
         pinnings = (False,) if args.no_pinned else (False, True)
         for run in range(runs):
-            order = VARIANTS if run % 2 == 0 else VARIANTS[::-1]
+            order = variants if run % 2 == 0 else variants[::-1]
             for path in paths:
                 for pinned in pinnings:
                     for direction in DIRECTIONS:
@@ -557,7 +582,7 @@ def main() -> int:
     report = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,
         "bytes_per_transfer": total, "message_bytes": 16 * 1024,
-        "speedups": args.speedups, "duration_s": time.perf_counter() - began,
+        "speedups": args.speedups, "native_python": native, "duration_s": time.perf_counter() - began,
         "namespace": world.ns is not None, "machine": m, "setup_ms": setup,
         "units": {"mb_s": "10^6 bytes per second", "cpu_s_per_100mb": "CPU seconds per 10^8 bytes"},
         "summary": rows, "records": records,
@@ -573,7 +598,7 @@ def main() -> int:
         (BENCH / "datachannel-latest.json").write_text(text)
         outputs.append(BENCH / "datachannel-latest.json")
         png = BENCH / "datachannel.png"
-    plot(rows, png, title)
+    plot(rows, png, title, variants)
     outputs.append(png)
     md = table(rows)
     (results_dir / f"{name}.md").write_text(md + "\n")
