@@ -319,6 +319,12 @@ class IceSettings(_Section):
             raise ValueError(f"ports must be 1-65535 with LOW <= HIGH, got {value!r}")
         return f"{low}-{high}"
 
+    backend: Literal["aiortc", "native", "auto"] = "auto"
+    """The WebRTC stack: `"aiortc"` (pure Python, always installed), `"native"`
+    (libdatachannel-py: the `peerproxyd[native]` extra, Python >= 3.12 on x86_64/aarch64,
+    ~4x less CPU per MB; one host address at most) or `"auto"` (native when importable and the
+    settings allow it, else aiortc; the log says which). **Default:** `"auto"`."""
+
 
 class LimitsSettings(_Section):
     """`[limits]`: bounds on everything a remote peer controls."""

@@ -1,0 +1,109 @@
+"""The peer connection the daemon and the native client use, behind one interface (issue 7).
+
+Two backends: `aiortc` (transport_aiortc.py; always installed, the only one on Python 3.11)
+and `native` (transport_native.py; libdatachannel-py, the `peerproxyd[native]` extra on
+Python >= 3.12, ~4x less CPU per MB: bench/datachannel.md). `[ice] backend` chooses:
+"aiortc", "native", or "auto" (native when importable and the ICE settings are ones it
+supports, else aiortc; `choose_backend` says why).
+
+A transport makes one peer connection with one data channel that satisfies
+`peerproxyd.channel.DataChannel`. Offerer: `create_channel`, `offer`, `set_answer`.
+Answerer: `on_channel`, `answer`. Both: `add_candidate` (a trickled browser candidate),
+`on_state` (aiortc's connectionState names), `report`, `close`. SDPs are whole strings with
+every local candidate gathered, so signaling and the DTLS fingerprint checks of viewer auth
+(docs/security.md 1.5) read them as before.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from peerproxyd.channel import DataChannel
+from peerproxyd.config import IceSettings
+from peerproxyd.identity import Identity
+from peerproxyd.rtc import ConnectionReport
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["aiortc", "native"]
+
+
+class Transport(Protocol):
+    backend: Backend
+
+    @property
+    def state(self) -> str:
+        """new, connecting, connected, disconnected, failed or closed."""
+        ...
+
+    def on_state(self, callback: Callable[[str], None]) -> None: ...
+
+    def on_channel(self, callback: Callable[[Any], None]) -> None:
+        """Answerer: `callback(channel)` on the loop when the remote's channel arrives."""
+        ...
+
+    def create_channel(self, label: str) -> Any:
+        """Offerer: the ordered, reliable data channel (before `offer`)."""
+        ...
+
+    async def offer(self) -> str: ...
+
+    async def answer(self, offer_sdp: str) -> str: ...
+
+    async def set_answer(self, answer_sdp: str) -> None: ...
+
+    async def add_candidate(self, payload: dict[str, Any]) -> None: ...
+
+    async def report(self, *, measure_rtt: bool = True) -> ConnectionReport | None: ...
+
+    async def close(self) -> None: ...
+
+
+def native_available() -> bool:
+    """libdatachannel-py is importable (Python >= 3.12 with the `native` extra)."""
+    return importlib.util.find_spec("libdatachannel") is not None
+
+
+def native_unsupported(ice: IceSettings) -> str | None:
+    """Why the native backend cannot honour these ICE settings, or None."""
+    if len(ice.host_addresses) > 1:
+        return "it binds at most one host address (host_addresses has several)"
+    return None
+
+
+def choose_backend(ice: IceSettings) -> tuple[Backend, str]:
+    """The backend for `ice.backend`, and why; ValueError when "native" cannot run."""
+    wanted = ice.backend
+    if wanted == "aiortc":
+        return "aiortc", "configured"
+    problem = None if native_available() else "libdatachannel-py is not installed"
+    problem = problem or native_unsupported(ice)
+    if wanted == "native":
+        if problem:
+            raise ValueError(f'[ice] backend = "native": {problem}')
+        return "native", "configured"
+    if problem:
+        return "aiortc", f"auto: native unavailable ({problem})"
+    return "native", "auto: libdatachannel-py importable"
+
+
+def new_transport(
+    ice: IceSettings, *, identity: Identity | None = None, backend: Backend | None = None
+) -> Transport:
+    """A transport for one peer connection. `identity`: the device's DTLS certificate (the
+    daemon); None: a fresh certificate per connection (the native client)."""
+    backend = backend or choose_backend(ice)[0]
+    if backend == "native":
+        from peerproxyd.transport_native import NativeTransport
+
+        return NativeTransport(ice, identity=identity)
+    from peerproxyd.transport_aiortc import AiortcTransport
+
+    return AiortcTransport(ice)
+
+
+__all__ = ["Backend", "DataChannel", "Transport", "choose_backend", "native_available",
+           "new_transport"]

@@ -1,0 +1,161 @@
+"""peerproxyd.transport: both backends, and every pairing of them, on loopback (issue 7).
+
+The native backend needs libdatachannel-py (Python >= 3.12, `peerproxyd[native]`); its tests
+skip with that reason elsewhere (`make test-native` runs them under python3.13)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from peerproxyd.channel import HIGH_WATER, LOW_WATER
+from peerproxyd.config import IceSettings
+from peerproxyd.identity import Identity
+from peerproxyd.rtc import configure_ice
+from peerproxyd.transport import (
+    Transport,
+    choose_backend,
+    native_available,
+    new_transport,
+)
+
+needs_native = pytest.mark.skipif(
+    not native_available(), reason="libdatachannel-py not importable (needs Python >= 3.12 and "
+    "the native extra; `make test-native`)")
+ICE = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
+PAIRS = [("aiortc", "aiortc"),
+         pytest.param("native", "native", marks=needs_native),
+         pytest.param("native", "aiortc", marks=needs_native),
+         pytest.param("aiortc", "native", marks=needs_native)]
+MESSAGE = 16 * 1024
+
+
+async def connect(offerer: Transport, answerer: Transport) -> tuple[object, object]:
+    """Offer/answer between two transports; both ends of the open channel."""
+    arrived: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    answerer.on_channel(lambda ch: arrived.done() or arrived.set_result(ch))
+    channel = offerer.create_channel("peerproxy")
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    answer = await answerer.answer(await offerer.offer())
+    await offerer.set_answer(answer)
+    async with asyncio.timeout(20):
+        await opened.wait()
+        remote = await arrived
+    return channel, remote
+
+
+async def move(sender: object, receiver: object, total: int) -> None:
+    """`total` bytes in sequence-numbered messages with peerproxyd's backpressure; the
+    receiver checks order and count."""
+    got: list[int] = []
+    done = asyncio.Event()
+    expected = -(-total // MESSAGE)
+
+    def on_message(message: bytes) -> None:
+        got.append(int.from_bytes(message[:8], "big"))
+        if len(got) == expected:
+            done.set()
+
+    receiver.on("message", on_message)  # type: ignore[attr-defined]
+    low = asyncio.Event()
+    sender.bufferedAmountLowThreshold = LOW_WATER  # type: ignore[attr-defined]
+    sender.on("bufferedamountlow", low.set)  # type: ignore[attr-defined]
+    block = bytearray(os.urandom(MESSAGE))
+    waited = 0
+    async with asyncio.timeout(120):
+        for seq in range(expected):
+            if sender.bufferedAmount > HIGH_WATER:  # type: ignore[attr-defined]
+                low.clear()
+                waited += 1
+                await low.wait()
+            block[:8] = seq.to_bytes(8, "big")
+            sender.send(bytes(block))  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+        await done.wait()
+    assert got == list(range(expected))
+
+
+@pytest.fixture(autouse=True)
+def _loopback_ice() -> None:
+    configure_ice(ICE)
+
+
+@pytest.mark.parametrize(("offer_backend", "answer_backend"), PAIRS)
+async def test_pairing_moves_data_both_ways_intact(offer_backend: str, answer_backend: str):
+    offerer = new_transport(ICE, backend=offer_backend)  # type: ignore[arg-type]
+    answerer = new_transport(ICE, backend=answer_backend)  # type: ignore[arg-type]
+    try:
+        local, remote = await connect(offerer, answerer)
+        assert local.readyState == remote.readyState == "open"  # type: ignore[attr-defined]
+        await move(local, remote, 4 * 1024 * 1024)
+        await move(remote, local, 4 * 1024 * 1024)
+        for transport in (offerer, answerer):
+            report = await transport.report()
+            assert report is not None and report.type == "host"
+            assert report.local.startswith("127.0.0.1:")
+            assert transport.state == "connected"
+        closed = asyncio.Event()
+        remote.on("close", closed.set)  # type: ignore[attr-defined]
+        await offerer.close()
+        async with asyncio.timeout(30):
+            await closed.wait()
+        assert remote.readyState == "closed"  # type: ignore[attr-defined]
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+@needs_native
+async def test_native_answers_with_the_device_certificate():
+    """Viewers pin the device's DTLS fingerprint (docs/security.md 1.5): a native daemon
+    connection presents the identity's certificate, and the offerer sees that fingerprint."""
+    identity = Identity.generate()
+    daemon = new_transport(ICE, identity=identity, backend="native")
+    viewer = new_transport(ICE, backend="aiortc")
+    try:
+        channel = viewer.create_channel("peerproxy")
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        answer = await daemon.answer(await viewer.offer())
+        assert f"a=fingerprint:sha-256 {identity.fingerprint}" in answer
+        await viewer.set_answer(answer)
+        async with asyncio.timeout(20):
+            await opened.wait()
+    finally:
+        await viewer.close()
+        await daemon.close()
+
+
+@needs_native
+async def test_native_refuses_a_bad_offer_and_keeps_working():
+    transport = new_transport(ICE, backend="native")
+    try:
+        with pytest.raises(ValueError, match="unusable offer"):
+            await transport.answer("v=0\r\nthis is not sdp\r\n")
+    finally:
+        await transport.close()
+    a, b = new_transport(ICE, backend="native"), new_transport(ICE, backend="native")
+    try:
+        local, remote = await connect(a, b)
+        await move(local, remote, 64 * 1024)
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_choose_backend():
+    assert choose_backend(IceSettings(backend="aiortc")) == ("aiortc", "configured")
+    several = IceSettings(backend="auto", host_addresses=["127.0.0.1", "127.0.0.2"])
+    assert choose_backend(several)[0] == "aiortc"
+    if native_available():
+        assert choose_backend(IceSettings(backend="auto"))[0] == "native"
+        assert choose_backend(IceSettings(backend="native")) == ("native", "configured")
+        with pytest.raises(ValueError, match="one host address"):
+            choose_backend(IceSettings(backend="native", host_addresses=["127.0.0.1", "::1"]))
+    else:
+        assert choose_backend(IceSettings(backend="auto"))[0] == "aiortc"
+        with pytest.raises(ValueError, match="not installed"):
+            choose_backend(IceSettings(backend="native"))
