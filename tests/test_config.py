@@ -85,6 +85,7 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "udp_receive_buffer": 4194304,
             "mdns": True,
             "port_range": None,
+            "backend": "auto",
         },
         "limits": {
             "stall_timeout": 60.0,
