@@ -269,6 +269,14 @@ class ChannelLink:
         if self.channel.bufferedAmount > self.max_buffered and not self._closed.is_set():
             self.abort(f"peer is not reading: {self.channel.bufferedAmount} bytes queued")
 
+    def unsent(self) -> int:
+        """Bytes written to this channel that the peer has not acknowledged yet: queued in the
+        channel (bufferedAmount) plus, with aiortc, the SCTP chunks queued or in flight (its
+        private queues; 0 where they are not there)."""
+        sctp = getattr(self.channel, "transport", None)
+        chunks = [*getattr(sctp, "_outbound_queue", ()), *getattr(sctp, "_sent_queue", ())]
+        return self.channel.bufferedAmount + sum(len(getattr(c, "user_data", b"")) for c in chunks)
+
     async def drain(self) -> bool:
         """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited.
         A channel that does not drain at all for `stall_timeout` closes the peer (a slow

@@ -45,6 +45,8 @@ STATUS_INTERVAL = 1.0
 RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
 SHUTDOWN_BODY = b"device is shutting down\n"
+UNSENT_POLL = 0.05
+"""Seconds between looks at the channels' unacknowledged bytes while draining."""
 
 
 class DrainingRouter(Router):
@@ -213,6 +215,12 @@ class Daemon:
         try:
             async with asyncio.timeout(timeout):
                 await self._router.wait_idle()
+                # The last responses may still sit in the channels' send queues: closing
+                # now would cut them off. Wait until the viewers have acknowledged them.
+                for _ in range(int(timeout / UNSENT_POLL) + 1):
+                    if not any(s.link and s.link.unsent() for s in self.sessions.values()):
+                        break
+                    await asyncio.sleep(UNSENT_POLL)
             logger.info("drained: no open requests left")
         except TimeoutError:
             logger.warning("drain timeout (%.1f s): closing %d open requests",

@@ -77,10 +77,7 @@ class PeerPair:
         """Bytes the serving side holds for the viewer: queued on the data channel plus those
         in its SCTP association (outbound and sent-but-unacknowledged)."""
         assert self.server is not None
-        sctp = self.server_pc.sctp
-        queued = sum(len(c.user_data) for c in sctp._outbound_queue)
-        in_flight = sum(len(c.user_data) for c in sctp._sent_queue)
-        return self.server.channel.bufferedAmount + queued + in_flight
+        return self.server.unsent()
 
     def viewer_stops_reading(self) -> None:
         """The viewer's SCTP discards every DATA chunk it receives (never acknowledged): from
