@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--ice-server", action="append", default=[], help="stun:host:port (repeatable)"
     )
+    connect.add_argument(
+        "--backend", choices=("auto", "aiortc", "native"), default="auto",
+        help="WebRTC stack, as [ice] backend (default auto: native when installed)",
+    )
     return parser
 
 
@@ -246,6 +250,7 @@ def _connect(args: argparse.Namespace) -> None:
     ice = IceSettings(
         servers=[IceServer(urls=[u]) for u in args.ice_server],
         host_addresses=args.host_address,
+        backend=args.backend,
     )
     client = NativeClient(
         signal_url=args.signal,

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDict
 
 from peerproxyd.channel import ChannelLink
@@ -21,15 +20,10 @@ from peerproxyd.config import IceSettings
 from peerproxyd.errors import PeerGoneError, SignalingError, StreamResetError
 from peerproxyd.http_headers import downstream_response_headers, strip_hop_by_hop
 from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc import (
-    CHANNEL_LABEL,
-    ConnectionReport,
-    configure_ice,
-    connection_report,
-    new_peer_connection,
-)
+from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, configure_ice
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.transport import Transport, new_transport
 from peerproxyd.websocket_listener import is_websocket_upgrade, serve_local_websocket
 
 logger = logging.getLogger(__name__)
@@ -98,7 +92,7 @@ class NativeClient:
     async def _connection_loop(self, ready: asyncio.Event | None) -> None:
         delay = 0.25
         while True:
-            pc = new_peer_connection(self.ice)
+            pc = new_transport(self.ice)  # aiortc or native (transport.py)
             try:
                 link = await self._connect(pc)
             except (TimeoutError, SignalingError, ConnectionError, ValueError) as exc:
@@ -126,39 +120,37 @@ class NativeClient:
             self.last_error = f"connection to {self.device} lost"
             logger.warning("%s; reconnecting", self.last_error)
 
-    async def _connect(self, pc: RTCPeerConnection) -> ChannelLink:
+    async def _connect(self, pc: Transport) -> ChannelLink:
         async with asyncio.timeout(self.connect_timeout):
             await self.signaling.wait_connected(self.connect_timeout)
-            channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+            channel = pc.create_channel(CHANNEL_LABEL)
             opened = asyncio.Event()
             channel.on("open", opened.set)
-            await pc.setLocalDescription(await pc.createOffer())
+            offer = await pc.offer()
             self._answer = asyncio.get_running_loop().create_future()
             self._device_gone.clear()
             started = time.monotonic()
             await self.signaling.send(
-                "offer", self.device, {"sdp": pc.localDescription.sdp, "type": "offer"}
+                "offer", self.device, {"sdp": offer, "type": "offer"}
             )
             answer = await self._answer
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=str(answer["sdp"]), type="answer")
-            )
+            await pc.set_answer(str(answer["sdp"]))
             await opened.wait()
         self.connections += 1
         logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
-        self.report = await connection_report(pc)
+        self.report = await pc.report()
         if self.report is not None:
             logger.info("connected via %s", self.report)
         return ChannelLink(channel, ProxyConnection(Role.CLIENT), name=f"{self.device}")
 
-    async def _until_lost(self, pc: RTCPeerConnection, link: ChannelLink) -> None:
+    async def _until_lost(self, pc: Transport, link: ChannelLink) -> None:
         failed = asyncio.Event()
 
-        def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+        def on_state(state: str) -> None:
+            if state in ("failed", "closed"):
                 failed.set()
 
-        pc.on("connectionstatechange", on_state)
+        pc.on_state(on_state)
         waits = [
             asyncio.ensure_future(link.keepalive(*self.heartbeat)),
             asyncio.ensure_future(link.wait_closed()),

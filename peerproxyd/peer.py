@@ -7,15 +7,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.sdp import candidate_from_sdp
-
 from peerproxyd import mdns
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import Settings
 from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
 from peerproxyd.router import Router
-from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, connection_report, new_peer_connection
+from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport
+from peerproxyd.transport import Transport, new_transport
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +32,12 @@ class PeerSession:
         self._settings = settings
         self._router = router
         self._on_closed = on_closed
-        self._pc: RTCPeerConnection = new_peer_connection(settings.ice)
+        self._pc: Transport = new_transport(settings.ice)  # aiortc or native (transport.py)
         self._link: ChannelLink | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._pc.on("datachannel", self._on_datachannel)
-        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._pc.on_channel(self._on_datachannel)
+        self._pc.on_state(self._on_connection_state)
 
     def __repr__(self) -> str:
         return f"PeerSession({self.peer_id})"
@@ -54,33 +52,21 @@ class PeerSession:
 
     async def accept(self, offer: dict[str, Any]) -> dict[str, str]:
         """Apply the viewer's offer; return our answer (with every candidate gathered)."""
-        await self._pc.setRemoteDescription(
-            RTCSessionDescription(sdp=str(offer["sdp"]), type=str(offer.get("type", "offer")))
-        )
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
-        local = self._pc.localDescription
-        sdp = local.sdp
+        sdp = await self._pc.answer(str(offer["sdp"]))
         if self._settings.ice.mdns:
             sdp = await mdns.hide_host_addresses(sdp, subscriber=self)
-        return {"sdp": sdp, "type": local.type}
+        return {"sdp": sdp, "type": "answer"}
 
     async def report(self) -> ConnectionReport | None:
         """The selected candidate pair (host / srflx / relay), protocol and RTT; None until
         ICE has selected a pair."""
-        return await connection_report(self._pc)
+        return await self._pc.report()
 
     async def add_candidate(self, payload: dict[str, Any]) -> None:
         """A trickled ICE candidate from the viewer (browsers trickle; aiortc does not)."""
-        text = payload.get("candidate")
-        if not text:
-            return  # end-of-candidates
-        candidate = candidate_from_sdp(str(text).removeprefix("candidate:"))
-        candidate.sdpMid = payload.get("sdpMid")
-        candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
-        await self._pc.addIceCandidate(candidate)
+        await self._pc.add_candidate(payload)
 
-    def _on_connection_state(self) -> None:
-        state = self._pc.connectionState
+    def _on_connection_state(self, state: str) -> None:
         logger.info("%r: connection %s", self, state)
         if state == "connected":
             self._spawn(self._log_report())
@@ -92,7 +78,7 @@ class PeerSession:
         if report is not None:
             logger.info("%r: connected via %s", self, report)
 
-    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+    def _on_datachannel(self, channel: Any) -> None:
         if channel.label != CHANNEL_LABEL or self._link is not None:
             logger.warning("%r: refusing data channel %r", self, channel.label)
             channel.close()

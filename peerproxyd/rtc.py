@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from peerproxyd import (
 )
 from peerproxyd.config import IceSettings
 
+logger = logging.getLogger(__name__)
+
 CHANNEL_LABEL = "peerproxy"
 RTT_TIMEOUT = 2.0
 
@@ -43,6 +46,10 @@ def configure_ice(ice: IceSettings) -> None:
     aioice_nomination.install()
     aioice_consent.install()
     install_speedups(SPEEDUPS)
+    from peerproxyd.transport import choose_backend  # transport.py imports this module
+
+    backend, why = choose_backend(ice)  # ValueError: "native" asked for but cannot run
+    logger.info("WebRTC backend: %s (%s)", backend, why)
 
 
 SPEEDUPS: dict[str, Callable[[bool], None]] = {

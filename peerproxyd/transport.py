@@ -93,13 +93,15 @@ def choose_backend(ice: IceSettings) -> tuple[Backend, str]:
 def new_transport(
     ice: IceSettings, *, identity: Identity | None = None, backend: Backend | None = None
 ) -> Transport:
-    """A transport for one peer connection. `identity`: the device's DTLS certificate (the
-    daemon); None: a fresh certificate per connection (the native client)."""
+    """A transport for one peer connection. `identity`: the device's DTLS certificate; None:
+    the identity of the enclosing `aiortc_certificate.device_certificate` context (the
+    daemon runs in one), else a fresh certificate per connection (the native client)."""
     backend = backend or choose_backend(ice)[0]
     if backend == "native":
+        from peerproxyd.aiortc_certificate import current_identity
         from peerproxyd.transport_native import NativeTransport
 
-        return NativeTransport(ice, identity=identity)
+        return NativeTransport(ice, identity=identity or current_identity())
     from peerproxyd.transport_aiortc import AiortcTransport
 
     return AiortcTransport(ice)

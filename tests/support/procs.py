@@ -95,7 +95,8 @@ def new_device(state_dir: Path) -> str:
 
 
 def daemon_config(
-    path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int]
+    path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int],
+    backend: str = "auto",
 ) -> Path:
     """A daemon configuration whose device key lives in `state_dir` (see new_device())."""
     lines = [
@@ -107,6 +108,7 @@ def daemon_config(
         "reconnect_max = 1.0",
         "[ice]",
         'host_addresses = ["127.0.0.1"]',
+        f'backend = "{backend}"',
         "[limits]",
         "heartbeat_interval = 1.0",
         "heartbeat_timeout = 5.0",

@@ -15,6 +15,7 @@ class Stack:
         self.upstream_ports: dict[str, int] = {}
         self.services: dict[str, str] = {}  # service name -> upstream URL
         self.extra_config = ""
+        self.backend = "auto"  # [ice] backend of the daemon and --backend of the clients
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
         """The daemon's device id (its key is made up front, in state_dir)."""
@@ -51,6 +52,7 @@ class Stack:
             state_dir=self.state_dir,
             signal_port=self.signal_port,
             services=services,
+            backend=self.backend,
         )
         if self.extra_config:
             with open(config, "a") as f:
@@ -59,14 +61,14 @@ class Stack:
         proc.wait_for_log("registered as")
         return proc
 
-    def client(self, service: str) -> tuple[Proc, str]:
+    def client(self, service: str, backend: str | None = None) -> tuple[Proc, str]:
         port = free_port()
         proc = self._start(
             f"client-{service}",
             python(
                 "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", self.device,
                 "--service", service, "--listen", f"127.0.0.1:{port}",
-                "--host-address", "127.0.0.1",
+                "--host-address", "127.0.0.1", "--backend", backend or self.backend,
             ),
         )
         proc.wait_for_log("is at http")
