@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -242,13 +243,16 @@ class NativeTransport:
         )
 
     async def close(self) -> None:
+        """Close without waiting: libdatachannel's close joins its transports and, when the
+        remote vanished without a goodbye (a closed browser tab), waits for its SCTP shutdown
+        to time out (~13 s measured with Chromium). That wait runs on a daemon thread of its
+        own, so neither the loop nor the caller (the daemon's signaling handler) waits."""
         if self._closed:
             return
         self._closed = True
-        pc = self.pc
-        await asyncio.to_thread(pc.close)  # joins libdatachannel's transports: not on the loop
-        pc.reset_callbacks()
         self._set_state("closed")
+        threading.Thread(target=_close, args=(self.pc,), name="peerproxyd-native-close",
+                         daemon=True).start()
 
     # ----- on the loop
     async def _local_sdp(self) -> str:
@@ -272,6 +276,13 @@ class NativeTransport:
             channel.close()
             return
         self._channel_callback(channel)
+
+
+def _close(pc: Any) -> None:
+    try:
+        pc.close()
+    finally:
+        pc.reset_callbacks()
 
 
 # ----------------------------------------------------------------------------- configuration
