@@ -5,7 +5,16 @@ BIN    := $(VENV)/bin
 # Debian packages the tests use (root on the test machines; skipped if already present).
 APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor
 
-.PHONY: run test install system-deps bench lock clean
+# The native backend (libdatachannel-py, Python >= 3.12): `make test-native` runs its tests in
+# a second venv when such a Python is found (python3.13, python3.12 or pyenv's); `make test`
+# runs them after the main suite.
+PYTHON_NATIVE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 \
+	$$HOME/.pyenv/versions/3.12*/bin/python3; do $$p -c 'import sys; assert sys.version_info >= (3, 12)' \
+	>/dev/null 2>&1 && echo $$p && break; done)
+VENV_NATIVE ?= .venv313
+NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/test_browser.py
+
+.PHONY: run test test-native install system-deps bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +23,14 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
+	if $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
+		$(BIN)/pip install -q 'libdatachannel-py>=2026.1'; fi  # the native extra
+	touch $@
+
+$(VENV_NATIVE)/.installed: pyproject.toml
+	$(PYTHON_NATIVE) -m venv $(VENV_NATIVE)
+	$(VENV_NATIVE)/bin/pip install -q --upgrade pip
+	$(VENV_NATIVE)/bin/pip install -q -e '.[test,native]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,6 +48,15 @@ run: install
 test: install system-deps
 	node --test webclient/test/
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-native
+
+test-native: system-deps
+	@if [ -z "$(PYTHON_NATIVE)" ]; then \
+		echo "test-native: no Python >= 3.12 here: the native backend is not tested"; \
+	else \
+		$(MAKE) --no-print-directory $(VENV_NATIVE)/.installed && \
+		$(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
+	fi
 
 bench: install
 	$(BIN)/python bench/core.py
@@ -44,4 +70,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_NATIVE) .pytest_cache .hypothesis
