@@ -478,6 +478,17 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     plt.close(fig)
 
 
+def native_runtime(python: str | None) -> str | None:
+    """"Python X, libdatachannel-py Y" of the native variant's interpreter."""
+    if not python:
+        return None
+    code = ("import platform; from importlib.metadata import version; "
+            "print(f'Python {platform.python_version()}, libdatachannel-py "
+            "{version(\"libdatachannel-py\")}')")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip() or None
+
+
 def machine() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines()
@@ -579,6 +590,7 @@ def main() -> int:
         world.down()
     rows = summarize(records)
     m = machine()
+    m["native"] = native_runtime(native)
     report = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,
         "bytes_per_transfer": total, "message_bytes": 16 * 1024,
@@ -591,6 +603,7 @@ def main() -> int:
     (results_dir / f"{name}.json").write_text(text)
     title = (f"peerproxyd bench/datachannel.py {stamp}: {m['nproc']} x {m['cpu_model']}, "
              f"Python {m['python']}, aiortc {m['versions']['aiortc']}, {m['chromium']}, "
+             f"{'native: ' + m['native'] + ', ' if m['native'] else ''}"
              f"{runs} runs of {total / MB:g} MB, loopback")
     outputs = [results_dir / f"{name}.json"]
     png = results_dir / f"{name}.png"
