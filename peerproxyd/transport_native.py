@@ -4,7 +4,8 @@ libdatachannel runs the connection on its own C threads and calls our callbacks 
 callback only hands its event to the asyncio loop (`loop.call_soon_threadsafe`); channel and
 connection state are read and changed on the loop alone. Received messages are polled:
 `on_available` schedules a drain that takes at most DRAIN_BATCH messages per loop turn from
-libdatachannel's queue, so a fast sender cannot starve the loop and nothing is dropped.
+libdatachannel's queue, so a fast sender cannot starve the loop and nothing is dropped; a
+peer that outruns us by more than MAX_QUEUED bytes is closed (that queue has no byte bound).
 Send backpressure is libdatachannel's bufferedAmount and its "buffered amount low" callback.
 
 ICE settings: STUN/TURN servers, `port_range`, and one host address (`bind_address`;
@@ -42,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 GATHER_TIMEOUT = 30.0  # seconds for ICE gathering (STUN/TURN servers answer well within)
 DRAIN_BATCH = 64  # messages handled per loop turn before yielding
+# Bytes received but not yet handled that make us give up on a peer. libdatachannel's receive
+# queue holds up to 2^20 messages (RECV_QUEUE_LIMIT counts messages, not bytes) before its
+# SCTP thread blocks, i.e. no byte bound; a peer that honours our WINDOWs stays far below this.
+MAX_QUEUED = 64 * 1024 * 1024
 
 _STATES = {
     rtc.PeerConnection.State.New: "new",
@@ -80,6 +85,7 @@ class NativeChannel:
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._threshold = 0
         self._drain_pending = False
+        self.max_queued = MAX_QUEUED
         self.label: str = dc.label()
         self.readyState = "open" if dc.is_open() else "connecting"  # noqa: N815
         post = _poster(loop)
@@ -159,6 +165,13 @@ class NativeChannel:
             if message is None:
                 return
             self._emit("message", message)
+        queued = self._dc.available_amount()
+        if queued > self.max_queued:
+            logger.warning("data channel %s: %d bytes received and not handled yet: the peer "
+                           "sends faster than we can handle; closing", self.label, queued)
+            self.close()
+            self._closed()
+            return
         self._drain_pending = True
         self._loop.call_soon(self._drain)  # more waiting: after the other ready callbacks
 

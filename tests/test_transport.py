@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -159,3 +160,30 @@ def test_choose_backend():
         assert choose_backend(IceSettings(backend="auto"))[0] == "aiortc"
         with pytest.raises(ValueError, match="not installed"):
             choose_backend(IceSettings(backend="native"))
+
+
+@needs_native
+async def test_native_closes_a_channel_that_outruns_the_reader(caplog: pytest.LogCaptureFixture):
+    """libdatachannel queues up to 2^20 received messages whatever their size: a reader that
+    falls more than max_queued bytes behind closes the channel instead of growing without
+    bound; the sender sees the close."""
+    a, b = new_transport(ICE, backend="native"), new_transport(ICE, backend="native")
+    try:
+        local, remote = await connect(a, b)
+        remote.max_queued = 256 * 1024  # type: ignore[attr-defined]
+        remote.on("message", lambda m: time.sleep(0.002))  # type: ignore[attr-defined]
+        closed = asyncio.Event()
+        local.on("close", closed.set)  # type: ignore[attr-defined]
+        block = os.urandom(MESSAGE)
+        async with asyncio.timeout(60):
+            for _ in range(512):  # 8 MiB, far more than the reader handles meanwhile
+                if local.readyState != "open":  # type: ignore[attr-defined]
+                    break
+                local.send(block)  # type: ignore[attr-defined]
+                await asyncio.sleep(0)
+            await closed.wait()
+        assert remote.readyState == "closed"  # type: ignore[attr-defined]
+        assert "sends faster than we can handle" in caplog.text
+    finally:
+        await a.close()
+        await b.close()
