@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,12 +65,20 @@ _CANDIDATE_TYPES = {
 }
 
 
-def _poster(loop: asyncio.AbstractEventLoop) -> Callable[..., None]:
-    """A function for C threads: run `f(*args)` on `loop`; a no-op once the loop is closed."""
+def _poster(loop: asyncio.AbstractEventLoop, obj: Any) -> Callable[..., None]:
+    """A function for C threads: run `obj.<name>(*args)` on `loop`. It holds `obj` weakly
+    (libdatachannel keeps our callbacks, so a strong reference would be a cycle through C++
+    that Python's collector cannot see); a no-op once `obj` is gone or the loop is closed."""
+    ref = weakref.ref(obj)
 
-    def post(f: Callable[..., Any], *args: Any) -> None:
+    def call(name: str, *args: Any) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, name)(*args)
+
+    def post(name: str, *args: Any) -> None:
         try:
-            loop.call_soon_threadsafe(f, *args)
+            loop.call_soon_threadsafe(call, name, *args)
         except RuntimeError:
             pass  # the loop is closed: nobody is left to tell
 
@@ -77,23 +86,39 @@ def _poster(loop: asyncio.AbstractEventLoop) -> Callable[..., None]:
 
 
 class NativeChannel:
-    """A libdatachannel DataChannel as peerproxyd.channel.DataChannel (aiortc's names)."""
+    """A libdatachannel DataChannel as peerproxyd.channel.DataChannel (aiortc's names).
 
-    def __init__(self, dc: Any, loop: asyncio.AbstractEventLoop) -> None:
+    GIL rule: libdatachannel calls our callbacks holding the channel's callback mutex, and
+    the binding takes the GIL inside it; `DataChannel.close()` and `reset_callbacks()` take
+    that mutex without releasing the GIL, so calling them while traffic flows deadlocks the
+    process (seen here: the loop thread in resetCallbacks, a worker in PyGILState_Ensure).
+    So this class never calls them: `close()` closes the whole peer connection (one channel
+    per connection in peerproxyd), whose binding releases the GIL, on a thread of its own."""
+
+    def __init__(self, dc: Any, loop: asyncio.AbstractEventLoop,
+                 close_connection: Callable[[], None]) -> None:
         self._dc = dc
         self._loop = loop
+        self._close_connection = close_connection
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._threshold = 0
         self._drain_pending = False
         self.max_queued = MAX_QUEUED
         self.label: str = dc.label()
         self.readyState = "open" if dc.is_open() else "connecting"  # noqa: N815
-        post = _poster(loop)
-        dc.on_open(lambda: post(self._opened))
-        dc.on_closed(lambda: post(self._closed))
-        dc.on_error(lambda error: post(self._error, error))
-        dc.on_buffered_amount_low(lambda: post(self._emit, "bufferedamountlow"))
-        dc.on_available(lambda *_: self._schedule_drain(post))
+        post = _poster(loop, self)
+        dc.on_open(lambda: post("_opened"))
+        dc.on_closed(lambda: post("_closed"))
+        dc.on_error(lambda error: post("_error", error))
+        dc.on_buffered_amount_low(lambda: post("_emit", "bufferedamountlow"))
+        ref = weakref.ref(self)
+
+        def available(*_: Any) -> None:
+            channel = ref()
+            if channel is not None:
+                channel._schedule_drain(post)
+
+        dc.on_available(available)
         self._schedule_drain(post)  # anything that arrived before on_available was set
 
     # ----- the DataChannel protocol
@@ -117,7 +142,7 @@ class NativeChannel:
         if self.readyState != "open":
             return
         try:
-            self._dc.send(data)
+            self._dc.send(data)  # the binding releases the GIL here
         except RuntimeError as exc:  # closed under us (a C thread saw it first)
             logger.debug("%s: send failed: %s", self.label, exc)
             self._closed()
@@ -127,9 +152,10 @@ class NativeChannel:
         return f
 
     def close(self) -> None:
+        """Close the channel: its whole peer connection (see the class docstring)."""
         if self.readyState in ("open", "connecting"):
             self.readyState = "closing"
-            self._dc.close()
+            self._close_connection()
 
     # ----- events, on the loop
     def _emit(self, event: str, *args: Any) -> None:
@@ -145,7 +171,6 @@ class NativeChannel:
         if self.readyState != "closed":
             self.readyState = "closed"
             self._emit("close")
-            self._dc.reset_callbacks()
 
     def _error(self, error: Any) -> None:
         logger.warning("data channel %s: %s", self.label, error)
@@ -154,7 +179,7 @@ class NativeChannel:
         # Called on a C thread; a flag set before draining (see _drain) loses no wake-up.
         if not self._drain_pending:
             self._drain_pending = True
-            post(self._drain)
+            post("_drain")
 
     def _drain(self) -> None:
         self._drain_pending = False
@@ -170,7 +195,6 @@ class NativeChannel:
             logger.warning("data channel %s: %d bytes received and not handled yet: the peer "
                            "sends faster than we can handle; closing", self.label, queued)
             self.close()
-            self._closed()
             return
         self._drain_pending = True
         self._loop.call_soon(self._drain)  # more waiting: after the other ready callbacks
@@ -186,14 +210,23 @@ class NativeTransport:
         self._state = "new"
         self._state_callbacks: list[Callable[[str], None]] = []
         self._channel_callback: Callable[[NativeChannel], None] | None = None
+        self._channels: list[NativeChannel] = []  # kept until the connection is closed
         self._gathered = asyncio.Event()
         self._closed = False
-        post = _poster(self._loop)
+        post = _poster(self._loop, self)
         complete = rtc.PeerConnection.GatheringState.Complete
-        self.pc.on_state_change(lambda state: post(self._set_state, _STATES[state]))
+        self.pc.on_state_change(lambda state: post("_set_state", _STATES[state]))
         self.pc.on_gathering_state_change(
-            lambda state: state == complete and post(self._gathered.set))
-        self.pc.on_data_channel(lambda dc: post(self._on_channel, NativeChannel(dc, self._loop)))
+            lambda state: state == complete and post("_set_gathered"))
+        ref = weakref.ref(self)
+        loop = self._loop
+
+        def data_channel(dc: Any) -> None:  # on a C thread: wrap at once, so nothing is missed
+            transport = ref()
+            if transport is not None:
+                post("_on_channel", NativeChannel(dc, loop, transport._close_soon))
+
+        self.pc.on_data_channel(data_channel)
 
     @property
     def state(self) -> str:
@@ -206,7 +239,9 @@ class NativeTransport:
         self._channel_callback = callback
 
     def create_channel(self, label: str) -> NativeChannel:
-        return NativeChannel(self.pc.create_data_channel(label), self._loop)
+        channel = NativeChannel(self.pc.create_data_channel(label), self._loop, self._close_soon)
+        self._channels.append(channel)
+        return channel
 
     async def offer(self) -> str:
         self.pc.set_local_description(rtc.Description.Type.Offer)
@@ -256,16 +291,21 @@ class NativeTransport:
         )
 
     async def close(self) -> None:
-        """Close without waiting: libdatachannel's close joins its transports and, when the
-        remote vanished without a goodbye (a closed browser tab), waits for its SCTP shutdown
-        to time out (~13 s measured with Chromium). That wait runs on a daemon thread of its
-        own, so neither the loop nor the caller (the daemon's signaling handler) waits."""
+        self._close_soon()
+
+    def _close_soon(self) -> None:
+        """Close without waiting. The binding's close releases the GIL and waits until the
+        connection is Closed: when the remote vanished without a goodbye (a closed tab) that
+        is its SCTP shutdown timing out (~13 s measured with Chromium). It runs on a daemon
+        thread of its own, which keeps the channels (their libdatachannel objects) until
+        then: dropping the last one with the GIL held while a callback runs would deadlock
+        (see NativeChannel)."""
         if self._closed:
             return
         self._closed = True
         self._set_state("closed")
-        threading.Thread(target=_close, args=(self.pc,), name="peerproxyd-native-close",
-                         daemon=True).start()
+        threading.Thread(target=_close, args=(self.pc, self._channels, self._loop),
+                         name="peerproxyd-native-close", daemon=True).start()
 
     # ----- on the loop
     async def _local_sdp(self) -> str:
@@ -277,6 +317,9 @@ class NativeTransport:
         assert description is not None
         return str(description)
 
+    def _set_gathered(self) -> None:
+        self._gathered.set()
+
     def _set_state(self, state: str) -> None:
         if state == self._state or (self._state == "closed"):
             return
@@ -285,17 +328,25 @@ class NativeTransport:
             callback(state)
 
     def _on_channel(self, channel: NativeChannel) -> None:
+        self._channels.append(channel)
         if self._channel_callback is None:
             channel.close()
             return
         self._channel_callback(channel)
 
 
-def _close(pc: Any) -> None:
+def _close(pc: Any, channels: list[NativeChannel], loop: asyncio.AbstractEventLoop) -> None:
+    """On its own thread: close `pc` (the binding releases the GIL), then tell the channels
+    on the loop, whether or not libdatachannel called their on_closed."""
     try:
         pc.close()
-    finally:
-        pc.reset_callbacks()
+    except RuntimeError as exc:
+        logger.debug("closing a native peer connection: %s", exc)
+    for channel in channels:
+        try:
+            loop.call_soon_threadsafe(channel._closed)
+        except RuntimeError:
+            pass  # the loop is closed
 
 
 # ----------------------------------------------------------------------------- configuration
