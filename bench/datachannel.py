@@ -594,7 +594,8 @@ def main() -> int:
     report = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,
         "bytes_per_transfer": total, "message_bytes": 16 * 1024,
-        "speedups": args.speedups, "native_python": native, "duration_s": time.perf_counter() - began,
+        "speedups": args.speedups, "native_python": native,
+        "duration_s": time.perf_counter() - began,
         "namespace": world.ns is not None, "machine": m, "setup_ms": setup,
         "units": {"mb_s": "10^6 bytes per second", "cpu_s_per_100mb": "CPU seconds per 10^8 bytes"},
         "summary": rows, "records": records,

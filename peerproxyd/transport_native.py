@@ -266,7 +266,8 @@ class NativeTransport:
         if not text:
             return  # end-of-candidates
         try:
-            self.pc.add_remote_candidate(rtc.Candidate(str(text), str(payload.get("sdpMid") or "0")))
+            mid = str(payload.get("sdpMid") or "0")
+            self.pc.add_remote_candidate(rtc.Candidate(str(text), mid))
         except (RuntimeError, ValueError) as exc:
             # e.g. a browser's `.local` name libdatachannel cannot resolve: its checks still
             # reach us and make the pair with a peer-reflexive candidate.

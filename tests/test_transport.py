@@ -172,8 +172,9 @@ async def test_native_closes_a_channel_that_outruns_the_reader(caplog: pytest.Lo
         local, remote = await connect(a, b)
         remote.max_queued = 256 * 1024  # type: ignore[attr-defined]
         remote.on("message", lambda m: time.sleep(0.002))  # type: ignore[attr-defined]
-        closed = asyncio.Event()
+        closed, gave_up = asyncio.Event(), asyncio.Event()
         local.on("close", closed.set)  # type: ignore[attr-defined]
+        remote.on("close", gave_up.set)  # type: ignore[attr-defined]
         block = os.urandom(MESSAGE)
         async with asyncio.timeout(60):
             for _ in range(512):  # 8 MiB, far more than the reader handles meanwhile
@@ -182,6 +183,7 @@ async def test_native_closes_a_channel_that_outruns_the_reader(caplog: pytest.Lo
                 local.send(block)  # type: ignore[attr-defined]
                 await asyncio.sleep(0)
             await closed.wait()
+            await gave_up.wait()
         assert remote.readyState == "closed"  # type: ignore[attr-defined]
         assert "sends faster than we can handle" in caplog.text
     finally:
