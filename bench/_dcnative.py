@@ -21,23 +21,18 @@ import sys
 import time
 from typing import Any
 
-from bench._dcpeer import MESSAGE, TIMEOUT, emit, read_json, stdin_reader
+from bench._dcpeer import MESSAGE, TIMEOUT, Receiver, emit, read_json, stdin_reader
 from peerproxyd.channel import HIGH_WATER, LOW_WATER
 
 
-class NativePeer:
+class NativePeer(Receiver):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.loop = loop
         self.channel: Any = None
         self.opened = asyncio.Event()
         self.low = asyncio.Event()
         self.gathered = asyncio.Event()
-        self.expect = 0
-        self.received = 0
-        self.messages = 0
-        self.next_seq = 0
-        self.done: asyncio.Future[None] | None = None
-        self.error: str | None = None
         self._draining = False
 
     def attach(self, channel: Any) -> None:
@@ -54,20 +49,6 @@ class NativePeer:
         channel = self.channel
         while (message := channel.receive()) is not None:
             self.on_message(message)
-
-    def on_message(self, message: bytes | str) -> None:
-        if self.done is None or self.done.done():
-            return
-        seq = int.from_bytes(message[:8], "big") if isinstance(message, bytes) else -1
-        if seq != self.next_seq and self.error is None:
-            self.error = f"message {self.messages}: sequence {seq}, expected {self.next_seq}"
-        self.next_seq += 1
-        self.messages += 1
-        self.received += len(message)
-        if self.received >= self.expect:
-            if self.received != self.expect and self.error is None:
-                self.error = f"received {self.received} bytes, expected {self.expect}"
-            self.done.set_result(None)
 
     async def send(self, total: int) -> float:
         block = bytearray(os.urandom(MESSAGE))

@@ -45,28 +45,17 @@ def emit(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-class Peer:
-    def __init__(self, role: str) -> None:
-        self.role = role
-        self.channel: Any = None
-        self.opened = asyncio.Event()
-        self.low = asyncio.Event()
+class Receiver:
+    """The receiving end's checks, shared by every bench peer: messages arrive numbered and in
+    order, and exactly `expect` bytes in all; `done` resolves then, `error` says what broke."""
+
+    def __init__(self) -> None:
         self.expect = 0
         self.received = 0
         self.messages = 0
         self.next_seq = 0
-        self.started = 0.0
         self.done: asyncio.Future[None] | None = None
         self.error: str | None = None
-
-    def attach(self, channel: Any) -> None:
-        self.channel = channel
-        channel.bufferedAmountLowThreshold = LOW_WATER
-        channel.on("bufferedamountlow", self.low.set)
-        channel.on("message", self.on_message)
-        if channel.readyState == "open":
-            self.opened.set()
-        channel.on("open", self.opened.set)
 
     def on_message(self, message: bytes | str) -> None:
         if self.done is None or self.done.done():
@@ -81,6 +70,25 @@ class Peer:
             if self.received != self.expect and self.error is None:
                 self.error = f"received {self.received} bytes, expected {self.expect}"
             self.done.set_result(None)
+
+
+class Peer(Receiver):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+        self.channel: Any = None
+        self.opened = asyncio.Event()
+        self.low = asyncio.Event()
+        self.started = 0.0
+
+    def attach(self, channel: Any) -> None:
+        self.channel = channel
+        channel.bufferedAmountLowThreshold = LOW_WATER
+        channel.on("bufferedamountlow", self.low.set)
+        channel.on("message", self.on_message)
+        if channel.readyState == "open":
+            self.opened.set()
+        channel.on("open", self.opened.set)
 
     async def send(self, total: int) -> float:
         block = bytearray(os.urandom(MESSAGE))

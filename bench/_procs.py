@@ -35,7 +35,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from peerproxyd.channel import HIGH_WATER, LOW_WATER  # noqa: E402
-from tests.support.procs import Proc, free_port, new_device, python, wait_http  # noqa: E402
+from tests.support.procs import (  # noqa: E402
+    Proc,
+    free_port,
+    new_device,
+    python,
+    share_link,
+    wait_http,
+)
 
 MESSAGE = 16 * 1024
 SERVICE = "bench"
@@ -72,7 +79,7 @@ class ProxyStack:
 
         # Defaults everywhere except what loopback needs: a deployment-like daemon.
         state_dir = self.log_dir / "device-state"
-        device = new_device(state_dir)
+        new_device(state_dir)
         config = self.log_dir / "daemon.toml"
         config.write_text(
             "\n".join(
@@ -98,8 +105,8 @@ class ProxyStack:
             "connect",
             python(
                 "-m", "peerproxyd", "connect",
+                share_link(state_dir, SERVICE, "bench"),
                 "--signal", f"ws://127.0.0.1:{signal_port}/ws",
-                "--device", device, "--service", SERVICE,
                 "--listen", f"127.0.0.1:{listen}", "--host-address", "127.0.0.1",
             ),
         )

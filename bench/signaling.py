@@ -22,16 +22,15 @@ Results, with per-process CPU seconds, go to bench/results/signal-<timestamp>.js
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import os
 import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import sys
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
@@ -182,6 +181,20 @@ async def wait_healthy(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"instance on port {port} did not come up")
 
 
+async def _read_until_closed(ws: Any) -> None:
+    for _ in range(MAX_LOOPS):
+        if (await ws.receive()).type.name in ("CLOSE", "CLOSING", "CLOSED", "ERROR"):
+            return
+
+
+async def registered_devices(port: int) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+            return int((await r.json())["devices"])
+
+
 class Peers:
     """Bare signaling WebSockets, spread over the loopback source addresses."""
 
@@ -193,6 +206,7 @@ class Peers:
             for a in SOURCES
         ]
         self.sockets: list[Any] = []
+        self.readers: list[asyncio.Task[None]] = []
 
     async def connect_hello(self, url: str, i: int) -> Any:
         ws = await self.sessions[i % len(self.sessions)].ws_connect(url, max_msg_size=0)
@@ -212,12 +226,18 @@ class Peers:
         for _ in range(10):
             reply = json.loads((await ws.receive(timeout=60)).data)
             if reply["type"] == "registered":
+                # Keep reading, so aiohttp answers the server's heartbeat pings: a device
+                # that never reads is dropped after 45 s and would flatter the memory figure.
+                self.readers.append(asyncio.create_task(_read_until_closed(ws)))
                 return ws
             if reply["type"] == "error":
                 raise RuntimeError(f"registration of {device_id} refused: {reply}")
         raise RuntimeError(f"no registration reply for {device_id}")
 
     async def close(self) -> None:
+        for reader in self.readers:
+            reader.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
         await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
         for session in self.sessions:
             await session.close()
@@ -345,6 +365,10 @@ async def measure_memory(setup: Setup, count: int) -> dict[str, Any]:
         rate = await register_many(peers, setup.urls, count, concurrency=200)
         await asyncio.sleep(2.0)  # let the last handlers settle
         _, after_kib = proc_stat(pid)
+        live = await registered_devices(setup.instances[0][1])
+        if live != count:
+            raise RuntimeError(f"{live} of {count} devices still registered: the figure "
+                               "would not be per registered device")
         redis_after = await setup.redis_memory() if setup.redis_port else 0
         status = Path(f"/proc/{pid}/status").read_text()
         peak = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:"))

@@ -23,9 +23,11 @@ from typing import Any, Protocol
 
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import (
+    HEADER_SIZE,
     MAX_PAYLOAD,
     DataReceived,
     ErrorCode,
+    Flag,
     HeartbeatAcked,
     MessageDropped,
     ProxyConnection,
@@ -56,9 +58,11 @@ class DataChannel(Protocol):
     bufferedAmountLowThreshold: int  # noqa: N815
     readyState: str  # noqa: N815
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes | str) -> None: ...
 
     def on(self, event: str, f: Callable[..., Any]) -> Any: ...
+
+    def remove_listener(self, event: str, f: Callable[..., Any]) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -173,7 +177,9 @@ class ChannelStream:
 class ChannelLink:
     """Moves messages between a data channel and a ProxyConnection.
 
-    `on_request(stream, head, end_stream)` is called for each new request (server role).
+    `on_request(stream, head, end_stream)` is called for each new request (server role);
+    `on_text(message)` for each text message (without it they are dropped: the protocol is
+    binary). `last_activity` is when a message other than a heartbeat last arrived.
     """
 
     def __init__(
@@ -182,6 +188,7 @@ class ChannelLink:
         conn: ProxyConnection,
         *,
         on_request: Callable[[ChannelStream, RequestHead, bool], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
         name: str = "",
         stall_timeout: float = STALL_TIMEOUT,
         max_buffered: int = MAX_BUFFERED,
@@ -193,10 +200,12 @@ class ChannelLink:
         self.max_buffered = max_buffered
         self.streams: dict[int, ChannelStream] = {}
         self._on_request = on_request
+        self._on_text = on_text
         self._low = asyncio.Event()
         self._low.set()
         self._closed = asyncio.Event()
         self.last_received = time.monotonic()
+        self.last_activity = self.last_received
         self.rtt: float | None = None
         self._heartbeat_sent: dict[int, float] = {}
         self.dropped = 0
@@ -209,9 +218,14 @@ class ChannelLink:
     def _on_message(self, message: bytes | str) -> None:
         self.last_received = time.monotonic()
         if isinstance(message, str):
+            if self._on_text is not None:
+                self._on_text(message)
+                return
             self.dropped += 1
             logger.warning("%s: dropped a text message (the protocol is binary)", self.name)
             return
+        if not _is_heartbeat(message):
+            self.last_activity = self.last_received
         for event in self.conn.receive_message(message):
             self._dispatch(event)
         self.flush()
@@ -350,6 +364,13 @@ class ChannelLink:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream._fail(PeerGoneError(f"{self.name}: data channel closed"))
+
+
+def _is_heartbeat(message: bytes) -> bool:
+    """A well-formed HEARTBEAT or HEARTBEAT|ACK (12 bytes, stream 0, the HEARTBEAT flag)."""
+    return len(message) == HEADER_SIZE and message[:4] == b"\0\0\0\0" and bool(
+        message[11] & Flag.HEARTBEAT
+    )
 
 
 async def _first(*aws: Any) -> None:

@@ -1,4 +1,4 @@
-"""Command line: serve, signal, connect, check-config, id."""
+"""Command line: serve, signal, connect, check-config, id, share, viewers, revoke."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import os
 import signal as signals
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peerproxyd import __version__
-from peerproxyd.errors import ConfigError, PeerProxyError
+from peerproxyd.errors import ConfigError, IdentityError, LinkError, PeerProxyError
 
 if TYPE_CHECKING:
     from peerproxyd.daemon import Daemon
@@ -57,6 +58,31 @@ def _parser() -> argparse.ArgumentParser:
         "(overrides [redis] url in the file)",
     )
 
+    share = sub.add_parser(
+        "share", help="add a viewer: print its share link (and a QR code) once"
+    )
+    share.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+    share.add_argument("--service", required=True, help="the one service the viewer may use")
+    share.add_argument("--name", required=True, help="the viewer: 1-64 of A-Z a-z 0-9 . _ -")
+    share.add_argument(
+        "--expires", default="never", help="7d, 12h, 30m or never (default: never)"
+    )
+    share.add_argument(
+        "--base-url",
+        help="http(s)://host[:port] the link points at (default: [signaling] public_url, "
+        "else derived from [signaling] url)",
+    )
+    share.add_argument("--no-qr", action="store_true", help="print the link only")
+
+    viewers = sub.add_parser("viewers", help="list the viewers of a device")
+    viewers.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+
+    revoke = sub.add_parser(
+        "revoke", help="revoke a viewer: its live sessions close within a second"
+    )
+    revoke.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+    revoke.add_argument("name", help="the viewer to revoke")
+
     discover = sub.add_parser("discover", help="list the peerproxyd devices on this LAN (mDNS)")
     discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
 
@@ -65,10 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen-port", type=int, default=9000)
 
     connect = sub.add_parser("connect", help="expose a device's service on a local port")
-    connect.add_argument("--signal", required=True, help="signaling URL, ws://host:port/ws")
-    connect.add_argument("--device", required=True)
-    connect.add_argument("--service", required=True)
+    connect.add_argument(
+        "link", help="the share link from `peerproxyd share` (- reads it from stdin)"
+    )
     connect.add_argument("--listen", default="127.0.0.1:9000", help="HOST:PORT (port 0: any)")
+    connect.add_argument(
+        "--signal", help="signaling URL (default: from the link, e.g. wss://host/ws)"
+    )
     connect.add_argument(
         "--host-address",
         action="append",
@@ -121,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             _signal(args)
         elif args.command == "connect":
             _connect(args)
+        elif args.command in ("share", "viewers", "revoke"):
+            _viewer_command(args)
         elif args.command == "discover":
             from peerproxyd.mdns import discover, format_devices
 
@@ -133,12 +164,58 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 2
+    except LinkError as exc:
+        print(f"link: {exc}", file=sys.stderr)
+        return 2
     except PeerProxyError as exc:
         logger.error("failed: %s", exc)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _viewer_command(args: argparse.Namespace) -> None:
+    """share, viewers, revoke: edit or list the viewer store next to the daemon."""
+    from datetime import UTC, datetime
+
+    from peerproxyd import identity, sharing
+    from peerproxyd.config import load
+    from peerproxyd.viewers import ViewerStore
+
+    settings = load(args.config)
+    directory = settings.device.state_path
+    if not identity.identity_exists(directory):
+        # Most likely the wrong directory (a systemd unit's StateDirectory is not the shell's
+        # default): viewers made here would be for no running device.
+        raise IdentityError(
+            f"no device key in {directory}: start the daemon first, or point this command at "
+            "its state directory ([device] state_dir, or STATE_DIRECTORY=/var/lib/peerproxyd/"
+            f"{Path(args.config).stem} for the systemd unit)"
+        )
+    store = ViewerStore(directory)
+    now = datetime.now(UTC)
+    if args.command == "viewers":
+        store.load()
+        print(sharing.viewers_table(store, now), end="")
+    elif args.command == "revoke":
+        record = store.revoke(args.name, now=now)
+        print(f"revoked {record.name} (service {record.service}); "
+              "a running daemon closes its sessions within a second")
+    else:
+        device = identity.load(directory)
+        shared = sharing.share(
+            settings, store, device_id=device.device_id,
+            fingerprint=device.fingerprint_bytes, service=args.service, name=args.name,
+            expires=args.expires, base=args.base_url, now=now,
+        )
+        if not args.no_qr:
+            print(sharing.terminal_qr(shared.link), end="")
+        expires = shared.record.expires
+        print(f"viewer {args.name} may use {args.service} "
+              f"{'until ' + expires.isoformat() if expires else 'with no expiry'}; "
+              "the link is shown only now:", file=sys.stderr)
+        print(shared.link, flush=True)
 
 
 def _check_config(path: str) -> int:
@@ -245,7 +322,9 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
 def _connect(args: argparse.Namespace) -> None:
     from peerproxyd.client import NativeClient
     from peerproxyd.config import IceServer, IceSettings
+    from peerproxyd.viewer_auth import parse_link
 
+    link = parse_link(sys.stdin.readline() if args.link == "-" else args.link)
     host, _, port = args.listen.rpartition(":")
     ice = IceSettings(
         servers=[IceServer(urls=[u]) for u in args.ice_server],
@@ -253,9 +332,8 @@ def _connect(args: argparse.Namespace) -> None:
         backend=args.backend,
     )
     client = NativeClient(
+        link=link,
         signal_url=args.signal,
-        device=args.device,
-        service=args.service,
         listen=(host or "127.0.0.1", int(port)),
         ice=ice,
     )
@@ -266,7 +344,7 @@ def _connect(args: argparse.Namespace) -> None:
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
-            print(f"{args.device}/{args.service} is at {client.url}", flush=True)
+            print(f"{link.device}/{link.service} is at {client.url}", flush=True)
         await task
 
     _run(run())

@@ -1,7 +1,9 @@
 """Native client: a local HTTP port whose requests travel to a device's service over WebRTC.
 
-Like ptproxy's client mode: `peerproxyd connect --device camera-pi --service camera
---listen 127.0.0.1:9000`, then point any HTTP client at http://127.0.0.1:9000/.
+Like ptproxy's client mode: `peerproxyd connect LINK --listen 127.0.0.1:9000`, then point any
+HTTP client at http://127.0.0.1:9000/. The share link names the device and service, pins the
+device's DTLS fingerprint and carries the viewer's token (docs/security.md 1.3, 1.5): an
+answer with another fingerprint is refused, and the first data-channel message is the auth.
 """
 
 from __future__ import annotations
@@ -17,13 +19,30 @@ from multidict import CIMultiDict
 
 from peerproxyd.channel import ChannelLink
 from peerproxyd.config import IceSettings
-from peerproxyd.errors import PeerGoneError, SignalingError, StreamResetError
+from peerproxyd.errors import (
+    AuthError,
+    FingerprintError,
+    PeerGoneError,
+    SignalingError,
+    StreamResetError,
+)
 from peerproxyd.http_headers import downstream_response_headers, strip_hop_by_hop
 from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
 from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, configure_ice
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
 from peerproxyd.transport import Transport, new_transport
+from peerproxyd.viewer_auth import (
+    AuthCode,
+    Granted,
+    ShareLink,
+    auth_mac,
+    check_pinned,
+    encode_auth,
+    fingerprint_from_sdp,
+    format_time,
+    parse_auth_reply,
+)
 from peerproxyd.websocket_listener import is_websocket_upgrade, serve_local_websocket
 
 logger = logging.getLogger(__name__)
@@ -38,9 +57,8 @@ class NativeClient:
     def __init__(
         self,
         *,
-        signal_url: str,
-        device: str,
-        service: str,
+        link: ShareLink,
+        signal_url: str | None = None,
         listen: tuple[str, int],
         ice: IceSettings,
         connect_timeout: float = 15.0,
@@ -49,20 +67,23 @@ class NativeClient:
         heartbeat_timeout: float = 20.0,
         backoff_max: float = 10.0,
     ) -> None:
-        self.device = device
-        self.service = service
+        self.share = link
+        self.device = link.device
+        self.service = link.service
         self.listen = listen
         self.ice = ice
         self.connect_timeout = connect_timeout
         self.request_wait = request_wait
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
         self.backoff_max = backoff_max
-        self.signaling = SignalingClient(signal_url, backoff_max=backoff_max)
+        self.signaling = SignalingClient(signal_url or link.signal_url, backoff_max=backoff_max)
         self.link: ChannelLink | None = None
         self.connections = 0  # peer connections made so far
         self.last_error = "not connected yet"
         self.url = ""
         self.report: ConnectionReport | None = None  # the current connection's selected pair
+        self.granted: Granted | None = None  # the current connection's auth-ok
+        self.refused: AuthError | None = None  # why the device closed a live connection
         self._up = asyncio.Event()
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self._device_gone = asyncio.Event()
@@ -93,12 +114,20 @@ class NativeClient:
         delay = 0.25
         while True:
             pc = new_transport(self.ice)  # aiortc or native (transport.py)
+            error: Exception | None = None
             try:
                 link = await self._connect(pc)
-            except (TimeoutError, SignalingError, ConnectionError, ValueError) as exc:
-                self.last_error = str(exc) or type(exc).__name__
-                logger.warning("cannot reach %s: %s", self.device, self.last_error)
+            except (FingerprintError, AuthError) as exc:
                 await pc.close()
+                if not (isinstance(exc, AuthError) and exc.code == AuthCode.TOO_MANY_PEERS):
+                    raise  # a wrong, revoked or expired link: retrying cannot help
+                error = exc
+            except (TimeoutError, SignalingError, ConnectionError, ValueError) as exc:
+                await pc.close()
+                error = exc
+            if error is not None:
+                self.last_error = str(error) or type(error).__name__
+                logger.warning("cannot reach %s: %s", self.device, self.last_error)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -117,6 +146,8 @@ class NativeClient:
                 self.link = None
                 link.close()
                 await pc.close()
+            if self.refused is not None:
+                raise self.refused
             self.last_error = f"connection to {self.device} lost"
             logger.warning("%s; reconnecting", self.last_error)
 
@@ -134,14 +165,61 @@ class NativeClient:
                 "offer", self.device, {"sdp": offer, "type": "offer"}
             )
             answer = await self._answer
+            check_pinned(str(answer.get("sdp", "")), self.share.fingerprint)
             await pc.set_answer(str(answer["sdp"]))
             await opened.wait()
+            logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
+            link = await self._authenticate(offer, channel)
         self.connections += 1
-        logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
         self.report = await pc.report()
         if self.report is not None:
             logger.info("connected via %s", self.report)
-        return ChannelLink(channel, ProxyConnection(Role.CLIENT), name=f"{self.device}")
+        return link
+
+    async def _authenticate(self, offer: str, channel: Any) -> ChannelLink:
+        """Send auth (docs/security.md 1.5) and wait for the answer; on auth-ok the
+        ChannelLink takes over the channel in the same step, so no message falls between."""
+        result: asyncio.Future[ChannelLink] = asyncio.get_running_loop().create_future()
+
+        def on_reply(message: bytes | str) -> None:
+            if result.done():
+                return
+            channel.remove_listener("message", on_reply)
+            try:
+                self.granted = parse_auth_reply(message)
+            except AuthError as exc:
+                result.set_exception(exc)
+                return
+            result.set_result(
+                ChannelLink(channel, ProxyConnection(Role.CLIENT), on_text=self._on_text,
+                            name=f"{self.device}")
+            )
+
+        def on_close() -> None:
+            if not result.done():
+                result.set_exception(ConnectionError(f"{self.device} closed the data channel"))
+
+        channel.on("message", on_reply)
+        channel.on("close", on_close)
+        mac = auth_mac(self.share.key, fingerprint_from_sdp(offer),
+                       self.share.fingerprint)
+        channel.send(encode_auth(self.share.name, mac))
+        link = await result
+        assert self.granted is not None
+        logger.info("authenticated as %s for %s (expires %s)", self.granted.viewer,
+                    self.granted.service, format_time(self.granted.expires) or "never")
+        return link
+
+    def _on_text(self, message: str) -> None:
+        """A text message after auth-ok: the daemon closing us (revoked, expired)."""
+        try:
+            parse_auth_reply(message)
+            error = AuthError(AuthCode.BAD_AUTH, "a second auth-ok")
+        except AuthError as exc:
+            error = exc
+        logger.error("%s: %s", self.device, error)
+        self.refused = error
+        self._device_gone.set()
 
     async def _until_lost(self, pc: Transport, link: ChannelLink) -> None:
         failed = asyncio.Event()
@@ -170,6 +248,7 @@ class NativeClient:
             self._answer.set_result(message.payload or {})
         elif message.type == "bye":
             reason = (message.payload or {}).get("reason", "device went away")
+            logger.info("%s says bye: %s", self.device, reason)
             self._fail_pending(ConnectionError(f"{self.device}: {reason}"))
             self._device_gone.set()
         elif message.type == "error":

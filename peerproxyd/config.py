@@ -170,6 +170,11 @@ class SignalingSettings(_Section):
     """The longest wait between reconnect attempts, in seconds; at least `reconnect_min`.
     **Default:** 30.0."""
 
+    public_url: str | None = None
+    """The base of share links, `http(s)://host[:port]`: viewers open
+    `<scheme>://<device>--<service>.<host>[:port]/`. **Default:** unset: `url` with ws -> http,
+    wss -> https, 127.0.0.1 and ::1 -> localhost, and the path dropped."""
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -177,6 +182,19 @@ class SignalingSettings(_Section):
             return str(WebsocketUrl(value))
         except ValidationError as exc:
             raise _url_problem(exc) from None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = HttpUrl(value)
+        except ValidationError as exc:
+            raise _url_problem(exc) from None
+        if url.path not in (None, "", "/") or url.query is not None or url.fragment is not None:
+            raise ValueError("must be http(s)://host[:port] without a path, query or fragment")
+        return str(url).rstrip("/")
 
     @field_validator("reconnect_max")
     @classmethod
@@ -351,6 +369,14 @@ class LimitsSettings(_Section):
     """A peer silent this many seconds is closed; more than `heartbeat_interval`.
     **Default:** 20.0."""
 
+    handshake_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a new peer has, from its offer, to complete DTLS and viewer authentication
+    (docs/security.md 1.5); then it is closed. **Default:** 10.0."""
+
+    idle_timeout: float = Field(default=900.0, gt=0)
+    """A peer with no open streams and no traffic other than heartbeats for this many
+    seconds is closed. **Default:** 900.0 (15 minutes)."""
+
     @field_validator("heartbeat_timeout")
     @classmethod
     def _check_heartbeat(cls, value: float, info: ValidationInfo) -> float:
@@ -378,6 +404,33 @@ class DaemonSettings(_Section):
     drain_timeout: float = Field(default=10.0, ge=0)
     """On SIGTERM, seconds to let open requests finish before the daemon closes every peer
     (new requests meanwhile get 503). 0 closes at once. **Default:** 10.0."""
+
+    panel: str | None = None
+    """`HOST:PORT` of the status panel (status, services, viewers, share links with QR
+    codes), e.g. `0.0.0.0:8099` for Home Assistant's Ingress. **Default:** unset (off)."""
+
+    panel_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Addresses or networks that may load the panel; everyone else gets 403. Home
+    Assistant's Ingress proxy is `172.30.32.2`. **Default:** loopback only."""
+
+    @field_validator("panel")
+    @classmethod
+    def _check_panel(cls, value: str | None) -> str | None:
+        if value is not None:
+            from peerproxyd.panel import parse_listen
+
+            parse_listen(value)
+        return value
+
+    @field_validator("panel_allow")
+    @classmethod
+    def _check_panel_allow(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or network: {value!r}") from None
+        return values
 
 
 def _check_service_name(name: str) -> str:

@@ -19,32 +19,40 @@ import logging
 import os
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from peerproxyd import __version__, mdns
+from peerproxyd import __version__, mdns, netwatch
 from peerproxyd.aiortc_certificate import device_certificate
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
-from peerproxyd.errors import ConfigError, PeerGoneError, StreamResetError
+from peerproxyd.errors import ConfigError, ViewerStoreError
 from peerproxyd.identity import Identity, load_or_create
 from peerproxyd.notify import Notifier
+from peerproxyd.panel import serve_panel
 from peerproxyd.peer import PeerSession
-from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
+from peerproxyd.protocol import RequestHead
+from peerproxyd.replies import reply_quietly
 from peerproxyd.router import Router, new_upstream_session
 from peerproxyd.rtc import configure_ice
 from peerproxyd.signaling import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.viewers import ViewerStore
 
 logger = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
 """Seconds between STATUS= refreshes (peer and stream counts change without an event)."""
+ACCESS_INTERVAL = 1.0
+"""Seconds between checks of the viewer store and of every peer (revoked, expired, idle)."""
 RESTART_ONLY = ("device", "signaling", "ice")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
-SHUTDOWN_BODY = b"device is shutting down\n"
+SHUTDOWN_TEXT = "device is shutting down"
+RENEGOTIATE_WAIT = 10.0
+"""Seconds a network change waits for the new signaling registration before the byes."""
 UNSENT_POLL = 0.05
 """Seconds between looks at the channels' unacknowledged bytes while draining."""
 
@@ -83,24 +91,7 @@ class DrainingRouter(Router):
 
 
 async def _refuse(stream: ChannelStream) -> None:
-    try:
-        stream.send_response(
-            ResponseHead(
-                status=503,
-                headers=(
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(SHUTDOWN_BODY))),
-                    ("Retry-After", "5"),
-                    ("X-Peerproxy-Error", "1"),
-                ),
-            )
-        )
-        await stream.write(SHUTDOWN_BODY, end=True)
-    except (StreamResetError, PeerGoneError):
-        pass
-    finally:
-        if stream.is_open:
-            stream.reset(ErrorCode.NO_ERROR, "response complete")
+    await reply_quietly(stream, 503, SHUTDOWN_TEXT, headers=(("Retry-After", "5"),))
 
 
 class Daemon:
@@ -111,14 +102,19 @@ class Daemon:
         config_path: str | Path | None = None,
         notifier: Notifier | None = None,
         identity: Identity | None = None,
+        viewers: ViewerStore | None = None,
     ) -> None:
         """`identity` defaults to the one in `[device] state_dir` (created if there is
-        none); IdentityError if it cannot be read."""
+        none); IdentityError if it cannot be read. `viewers` defaults to the viewer store in
+        the same directory."""
         self.settings = settings
         self.identity = (
             identity if identity is not None else load_or_create(settings.device.state_path)
         )
         self.device_id = self.identity.device_id
+        self.viewers = (
+            viewers if viewers is not None else ViewerStore(settings.device.state_path)
+        )
         self.config_path = Path(config_path) if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier()
         self.sessions: dict[str, PeerSession] = {}
@@ -148,6 +144,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve until cancelled, or until stop() and the drain that follows."""
         configure_ice(self.settings.ice)
+        self._load_viewers()
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
         logger.info("device %s serving %s", self.label, names)
         logger.info("DTLS fingerprint sha-256 %s", self.identity.fingerprint)
@@ -161,7 +158,10 @@ class Daemon:
             await self._serve(advertisement)
 
     async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:
-        async with new_upstream_session() as http, advertisement:
+        daemon = self.settings.daemon
+        panel = (serve_panel(self, daemon.panel, daemon.panel_allow) if daemon.panel
+                 else contextlib.nullcontext())
+        async with new_upstream_session() as http, advertisement, panel:
             self._router = DrainingRouter(self.settings.services, http)
             signaling = asyncio.create_task(
                 self.signaling.run(self._on_message, self._on_signaling_state)
@@ -171,6 +171,8 @@ class Daemon:
             helpers = [
                 asyncio.create_task(self.notifier.watchdog(self.healthy)),
                 asyncio.create_task(self._status_loop()),
+                asyncio.create_task(self._access_loop()),
+                asyncio.create_task(netwatch.watch_addresses(self._on_addresses_changed)),
             ]
             try:
                 await asyncio.wait({signaling, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -308,6 +310,42 @@ class Daemon:
         limit = self.signaling.backoff_max + 2 * HANDSHAKE_TIMEOUT + 5.0
         return time.monotonic() - self._signaling_changed < limit
 
+    # ----- viewers
+    def _load_viewers(self) -> None:
+        """(Re)read the viewer store; a bad file keeps the viewers known so far."""
+        try:
+            self.viewers.load()
+        except ViewerStoreError as exc:
+            logger.error("viewer store: %s (keeping the %d viewers read before)",
+                         exc, len(self.viewers.records))
+            return
+        logger.info("viewer store %s: %d viewers", self.viewers.path, len(self.viewers.records))
+
+    def _refresh_viewers(self) -> None:
+        """Re-read the viewer store if the file changed (a stat, cheap enough per auth)."""
+        try:
+            changed = self.viewers.changed()
+        except ViewerStoreError as exc:
+            logger.error("viewer store: %s", exc)
+            return
+        if changed:
+            self._load_viewers()
+
+    async def _access_loop(self) -> None:
+        """Every second: re-read the viewer store if it changed, then let every session
+        check its viewer (revoked, expired, shared anew) and its idleness."""
+        while True:
+            await asyncio.sleep(ACCESS_INTERVAL)
+            self._refresh_viewers()
+            now = datetime.now(UTC)
+            for session in list(self.sessions.values()):
+                session.check(now)
+
+    def _admit(self) -> bool:
+        """Whether one more viewer may authenticate (`[limits] max_peers`)."""
+        served = sum(1 for s in self.sessions.values() if s.granted is not None)
+        return served < self.settings.limits.max_peers
+
     def _update_status(self) -> None:
         self.notifier.status(self.status_text())
 
@@ -355,15 +393,21 @@ class Daemon:
             return
         if old := self.sessions.get(peer):
             await old.close()  # the viewer restarted its connection
+        # max_peers bounds authenticated viewers (auth-error too-many-peers) and, separately,
+        # connections still in their handshake, so strangers cannot crowd viewers out.
         max_peers = self.settings.limits.max_peers
-        if len(self.sessions) >= max_peers:
-            logger.warning("refusing %s: already serving %d peers", peer, max_peers)
+        pending = sum(1 for s in self.sessions.values() if s.granted is None)
+        if pending >= max_peers:
+            logger.warning("refusing %s: %d peers are authenticating", peer, pending)
             await self.signaling.send(
-                "bye", peer, {"reason": f"busy: this device serves at most {max_peers} viewers"}
+                "bye", peer, {"reason": f"busy: {pending} viewers are connecting, try again"}
             )
             return
         assert self._router is not None
-        session = PeerSession(peer, self.settings, self._router, self._forget)
+        session = PeerSession(
+            peer, self.settings, self._router, self._forget,
+            viewers=self.viewers, refresh_viewers=self._refresh_viewers, admit=self._admit,
+        )
         self.sessions[peer] = session
         try:
             answer = await session.accept(offer)
@@ -375,6 +419,26 @@ class Daemon:
         await self.signaling.send("answer", peer, answer)
         logger.info("%r: answered (%d peers)", session, len(self.sessions))
         self._update_status()
+
+    async def _on_addresses_changed(self, old: frozenset[str], new: frozenset[str]) -> None:
+        """aiortc cannot restart ICE: reconnect to the signaling server from the new address,
+        then tell every viewer to renegotiate (a `bye`; the clients connect again at once)."""
+        logger.warning("host addresses changed (%s -> %s): renegotiating with %d viewers",
+                       ", ".join(sorted(old)) or "none", ", ".join(sorted(new)) or "none",
+                       len(self.sessions))
+        self.registered.clear()
+        self.signaling.reconnect()  # the server tells the viewers "bye" as the old socket goes
+        try:
+            async with asyncio.timeout(RENEGOTIATE_WAIT):
+                await self.registered.wait()
+        except TimeoutError:
+            logger.warning("not registered again within %.0f s; viewers will notice by "
+                           "heartbeats", RENEGOTIATE_WAIT)
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await self.signaling.send("bye", session.peer_id,
+                                          {"reason": "device network changed; reconnect"})
+            await session.close()
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:
@@ -389,3 +453,4 @@ class Daemon:
     async def close_sessions(self) -> None:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+

@@ -2,7 +2,8 @@
 
 Starts a signaling server, a small demo web app, a daemon in front of it and a native
 client, all on 127.0.0.1 and in this process, then prints where to look. The daemon's
-device key lives in a temporary directory: every demo is a new device.
+device key and viewers live in a temporary directory: every demo is a new device, with a
+viewer for the browser (its share link is printed) and one for the native client.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -25,7 +27,10 @@ from peerproxyd.config import (
 )
 from peerproxyd.daemon import Daemon
 from peerproxyd.identity import load_or_create
+from peerproxyd.sharing import share
 from peerproxyd.signaling_server import build_signaling_app
+from peerproxyd.viewer_auth import parse_link
+from peerproxyd.viewers import ViewerStore
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +90,16 @@ async def _run_demo(state_dir: Path, signal_port: int, listen_port: int) -> None
         services={SERVICE: ServiceSettings(upstream=f"http://127.0.0.1:{upstream_port}")},
         ice=ice,
     )
-    daemon = Daemon(settings, identity=identity)
+    store = ViewerStore(state_dir)
+    links = {
+        name: share(settings, store, device_id=device, fingerprint=identity.fingerprint_bytes,
+                    service=SERVICE, name=name, now=datetime.now(UTC)).link
+        for name in ("browser", "native")
+    }
+    daemon = Daemon(settings, identity=identity, viewers=store)
     client = NativeClient(
+        link=parse_link(links["native"]),
         signal_url=settings.signaling.url,
-        device=device,
-        service=SERVICE,
         listen=("127.0.0.1", listen_port),
         ice=ice,
     )
@@ -103,7 +113,7 @@ async def _run_demo(state_dir: Path, signal_port: int, listen_port: int) -> None
             f"  signaling server  http://127.0.0.1:{signal_port}/\n"
             f"  device            {device} ({NAME}): service {SERVICE!r} -> "
             f"http://127.0.0.1:{upstream_port}\n"
-            f"  share link (browser):  http://{device}--{SERVICE}.localhost:{signal_port}/\n"
+            f"  share link (browser):  {links['browser']}\n"
             f"  native client:         {client.url}\n",
             flush=True,
         )

@@ -78,3 +78,25 @@ class StreamResetError(PeerProxyError, ConnectionResetError):
 
 class PeerGoneError(PeerProxyError, ConnectionError):
     """The data channel closed or the peer stopped answering heartbeats."""
+
+
+class LinkError(PeerProxyError, ValueError):
+    """A share link is malformed (docs/security.md 1.3)."""
+
+
+class FingerprintError(PeerProxyError, ValueError):
+    """An SDP lacks a usable DTLS fingerprint, or it is not the one the link pins."""
+
+
+class AuthError(PeerProxyError):
+    """Viewer authentication failed; `code` is the auth-error code of docs/security.md 1.5
+    (`unauthorized`, `revoked`, `expired`, `bad-auth`, `too-many-peers`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ViewerStoreError(PeerProxyError):
+    """The viewer store (viewers.json) cannot be read, parsed or written."""

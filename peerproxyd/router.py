@@ -23,6 +23,7 @@ from peerproxyd.http_headers import (
     upstream_request_headers,
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
+from peerproxyd.replies import reply
 from peerproxyd.websocket_upstream import serve_websocket
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Router:
     ) -> int:
         service = self.services.get(head.service)
         if service is None:
-            return await _reply(stream, 404, f"unknown service {head.service!r}")
+            return await reply(stream, 404, f"unknown service {head.service!r}")
         try:
             checked = check_request(head, max_body=service.max_request_body)
             counter = BodyCounter(checked.content_length, service.max_request_body)
@@ -97,7 +98,7 @@ class Router:
                 counter.end()
         except BadRequest as exc:
             logger.info("stream %d refused (%d): %s", stream.id, exc.status, exc)
-            return await _reply(stream, exc.status, str(exc))
+            return await reply(stream, exc.status, str(exc))
         # The service's base URL and an origin-form target that cannot leave its path: the
         # only URLs this daemon ever requests.
         url = URL(service.upstream + checked.target, encoded=True)
@@ -148,20 +149,20 @@ class Router:
                 if head_sent:
                     stream.reset(ErrorCode.CANCEL, str(error))
                     return error.status
-                return await _reply(stream, error.status, str(error))
+                return await reply(stream, error.status, str(error))
             if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)):
                 if head_sent:
                     raise
-                return await _reply(stream, 502, f"upstream {head.service} unreachable: {exc}")
+                return await reply(stream, 502, f"upstream {head.service} unreachable: {exc}")
             if isinstance(exc, TimeoutError):
                 if head_sent:
                     stream.reset(ErrorCode.UPSTREAM_ERROR, "upstream timed out")
                     return 504
-                return await _reply(stream, 504, f"upstream {head.service} timed out {exc}".strip())
+                return await reply(stream, 504, f"upstream {head.service} timed out {exc}".strip())
             if head_sent:
                 stream.reset(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc}")
                 return 502
-            return await _reply(stream, 502, f"upstream {head.service} failed: {exc}")
+            return await reply(stream, 502, f"upstream {head.service} failed: {exc}")
 
 
 async def _request_body(stream: ChannelStream, counter: BodyCounter) -> AsyncIterator[bytes]:
@@ -171,22 +172,3 @@ async def _request_body(stream: ChannelStream, counter: BodyCounter) -> AsyncIte
         counter.add(len(chunk))
         yield chunk
     counter.end()
-
-
-async def _reply(stream: ChannelStream, status: int, text: str) -> int:
-    """A short text/plain response made by peerproxyd itself."""
-    if len(text) > 300:  # e.g. a parser error quoting the upstream's garbage
-        text = text[:297] + "..."
-    body = (text + "\n").encode()
-    stream.send_response(
-        ResponseHead(
-            status=status,
-            headers=(
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("X-Peerproxy-Error", "1"),
-            ),
-        )
-    )
-    await stream.write(body, end=True)
-    return status

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT = 20.0
 HANDSHAKE_TIMEOUT = 10.0
 """Time allowed to connect, then for the hello and for the register reply."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds to wait for the server's answer to our close (a dead socket never answers)."""
 STABLE_AFTER = 10.0
 """A connection that lasted this long resets the backoff."""
 MAX_INCOMING_SIZE = 1024 * 1024
@@ -52,6 +54,7 @@ class SignalingClient:
         self.connected = False
         self.last_error: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._attempt: asyncio.Future[None] | None = None
         self._connected_event = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -74,8 +77,19 @@ class SignalingClient:
                 loop = asyncio.get_running_loop()
                 started = loop.time()
                 outcome = _Outcome()
+                attempt = asyncio.ensure_future(
+                    self._connect_once(session, on_message, on_state, outcome))
+                self._attempt = attempt
                 try:
-                    await self._connect_once(session, on_message, on_state, outcome)
+                    await attempt
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not attempt.cancelled() or (task is not None and task.cancelling()):
+                        if self.connected:
+                            self._set_state(False, on_state)
+                        raise
+                    self.last_error = "reconnecting (network change)"  # reconnect() below
+                    outcome.registered = True  # no backoff for a reconnect we asked for
                 except SignalingError as exc:
                     self.last_error = str(exc)
                     if exc.code in FATAL_CODES:
@@ -88,10 +102,8 @@ class SignalingClient:
                         self.last_error = str(exc) or type(exc).__name__
                         self._log(logging.WARNING, "connection to %s failed: %s",
                                   self.url, self.last_error)
-                except asyncio.CancelledError:
-                    if self.connected:
-                        self._set_state(False, on_state)
-                    raise
+                finally:
+                    self._attempt = None
                 self._set_state(False, on_state)
                 if self._closing.is_set():
                     break
@@ -116,7 +128,8 @@ class SignalingClient:
     ) -> None:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             ws = await session.ws_connect(
-                self.url, heartbeat=HEARTBEAT, max_msg_size=MAX_INCOMING_SIZE
+                self.url, heartbeat=HEARTBEAT, max_msg_size=MAX_INCOMING_SIZE,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
             )
         try:
             self._ws = ws
@@ -209,6 +222,13 @@ class SignalingClient:
             await ws.send_str(encode(Message(type=type, to=to, payload=payload)))
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise SignalingError("not-connected", f"send failed: {exc}") from exc
+
+    def reconnect(self) -> None:
+        """Drop the current connection and make a new one at once (e.g. from a new address:
+        the old socket may be dead without knowing it)."""
+        if self._attempt is not None and not self._attempt.done():
+            self._log(logging.INFO, "reconnecting at once")
+            self._attempt.cancel()
 
     async def close(self) -> None:
         """Disconnect for good: run() returns soon after. The client cannot be reused."""

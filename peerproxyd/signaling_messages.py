@@ -143,6 +143,8 @@ class TokenBucket:
     The bucket starts full. `now` is any monotonic clock in seconds (loop.time()).
     """
 
+    __slots__ = ("rate", "burst", "tokens", "_last")
+
     def __init__(self, rate: float, burst: int) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")

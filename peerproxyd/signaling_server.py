@@ -21,13 +21,13 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from peerproxyd import identity, stun_server, turn_credentials
+from peerproxyd import identity, turn_credentials
 from peerproxyd.errors import RegistrationError, SignalingError
 from peerproxyd.signal_metrics import SignalMetrics, render_json, render_prometheus
 from peerproxyd.signaling_messages import (
@@ -58,6 +58,9 @@ ABUSE_BURST = 50
 MAX_OUTBOX = 256
 """Messages from other instances waiting for one slow connection; beyond, they are dropped."""
 MAX_REMOTE_PARTNERS = 1024
+MAX_FRAMES = 1 << 62
+"""Bound of a connection's receive loop (never reached: the rate limit comes first)."""
+_END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,7 +86,8 @@ class Connection:
     """Made at the first rate-limited message (most connections never need one)."""
     device_id: str | None = None
     replaced: bool = False
-    partners: set[Connection] = field(default_factory=set)
+    partners: set[Connection] | None = None
+    """Connections here this one exchanged messages with (made at the first)."""
     remote_partners: set[str] | None = None
     """Ids on other instances this connection exchanged messages with."""
     outbox: deque[str] | None = None
@@ -107,6 +111,13 @@ class Connection:
             logger.debug("send to %s failed: %r", self.id, exc)
             return False
         return True
+
+    def link(self, other: Connection) -> None:
+        """Remember that `other` (here) and this connection talk to each other."""
+        for a, b in ((self, other), (other, self)):
+            if a.partners is None:
+                a.partners = set()
+            a.partners.add(b)
 
     def link_remote(self, other_id: str) -> None:
         if self.remote_partners is None:
@@ -168,10 +179,13 @@ class Registry:
 
     def unlink(self, conn: Connection) -> tuple[list[Connection], list[str]]:
         """Forget whom `conn` talked to; return those still worth a "bye" (here, elsewhere)."""
-        partners = [p for p in conn.partners if not p.replaced and not p.ws.closed]
-        for partner in conn.partners:
-            partner.partners.discard(conn)
-        conn.partners.clear()
+        partners = [p for p in conn.partners or () if not p.replaced and not p.ws.closed]
+        for partner in conn.partners or ():
+            if partner.partners is not None:
+                partner.partners.discard(conn)
+                if not partner.partners:
+                    partner.partners = None
+        conn.partners = None
         remote = list(conn.remote_partners or ())
         conn.remote_partners = None
         return partners, remote
@@ -192,7 +206,7 @@ class Registry:
 
     def sessions(self) -> int:
         """Viewer-device pairs whose device is registered here."""
-        return sum(len(c.partners) + len(c.remote_partners or ())
+        return sum(len(c.partners or ()) + len(c.remote_partners or ())
                    for c in self.devices.values())
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -391,8 +405,7 @@ class _Handler:
             if await dest.send(out):
                 registry.metrics.messages_delivered += 1
                 if dest is not conn:
-                    conn.partners.add(dest)
-                    dest.partners.add(conn)
+                    conn.link(dest)
                 return
         elif registry.cluster is not None and await registry.cluster.route(
             conn.id, to, msg.type, encode(out)
@@ -431,6 +444,15 @@ async def _takeover(registry: Registry, old: Connection, partners: list[Connecti
     await _replace(old)
 
 
+def _hello(conn: Connection, ice: IceOffer) -> Message:
+    hello: dict[str, Any] = {"id": conn.hello_id, "challenge": conn.challenge}
+    if ice.urls:  # browsers' RTCConfiguration.iceServers, TURN credentials minted per peer
+        hello["iceServers"] = turn_credentials.ice_servers(
+            list(ice.urls), ice.turn_secret, conn.hello_id, ttl=ice.turn_ttl
+        )
+    return Message(type="hello", extra=hello)
+
+
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     limits = app[LIMITS]
@@ -438,7 +460,10 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     cluster = registry.cluster
     # The transport limit is above ours, so that a message a little too large gets a
     # "too-large" error first; aiohttp itself closes with 1009 beyond twice the limit.
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=2 * limits.max_message_size)
+    # No permessage-deflate: browsers ask for it, and its zlib streams would cost every
+    # idle connection hundreds of KB to shrink a few small JSON messages.
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=2 * limits.max_message_size,
+                               compress=False)
     await ws.prepare(request)
     conn = Connection(
         ws=ws,
@@ -452,19 +477,18 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     handler = _Handler(app, conn)
     logger.debug("peer %s connected from %s", conn.hello_id, conn.remote)
     try:
-        hello: dict[str, Any] = {"id": conn.hello_id, "challenge": conn.challenge}
-        ice = app[ICE]
-        if ice.urls:  # browsers' RTCConfiguration.iceServers, TURN credentials minted per peer
-            hello["iceServers"] = turn_credentials.ice_servers(
-                list(ice.urls), ice.turn_secret, conn.hello_id, ttl=ice.turn_ttl
-            )
-        await conn.send(Message(type="hello", extra=hello))
-        async for frame in ws:
+        await conn.send(_hello(conn, app[ICE]))
+        # receive(), not `async for`: one coroutine frame less waiting on every idle socket
+        for _ in range(MAX_FRAMES):
+            frame = await ws.receive()
             if frame.type is WSMsgType.TEXT:
                 if not await handler.on_text(frame.data):
                     break
             elif frame.type is WSMsgType.BINARY:
                 await conn.send(error_message("bad-message", "binary frames are not supported"))
+            elif frame.type in _END:
+                break
+            del frame  # an idle connection does not keep its last message's text
     finally:
         partners, remote = registry.remove(conn)
         kind = "device" if conn.device_id else "peer"
@@ -565,6 +589,8 @@ def build_signaling_app(
     app[LIMITS] = limits
     app[ICE] = IceOffer(tuple(ice_urls), turn_secret, turn_ttl)
     if stun is not None:
+        from peerproxyd import stun_server  # aioice and its imports: ~4 MB, only if asked
+
         app.cleanup_ctx.append(stun_server.cleanup_ctx(*stun))
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws", _websocket)

@@ -6,6 +6,8 @@ connection state are read and changed on the loop alone. Received messages are p
 `on_available` schedules a drain that takes at most DRAIN_BATCH messages per loop turn from
 libdatachannel's queue, so a fast sender cannot starve the loop and nothing is dropped; a
 peer that outruns us by more than MAX_QUEUED bytes is closed (that queue has no byte bound).
+Nothing is taken from it while the channel has no "message" listener (the answerer's channel
+is handed to the loop before peer.py listens, and the viewer's auth may already be there).
 Send backpressure is libdatachannel's bufferedAmount and its "buffered amount low" callback.
 
 ICE settings: STUN/TURN servers, `port_range`, and one host address (`bind_address`;
@@ -138,7 +140,7 @@ class NativeChannel:
         self._threshold = value
         self._dc.set_buffered_amount_low_threshold(value)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | str) -> None:
         if self.readyState != "open":
             return
         try:
@@ -149,7 +151,13 @@ class NativeChannel:
 
     def on(self, event: str, f: Callable[..., Any]) -> Callable[..., Any]:
         self._handlers[event].append(f)
+        if event == "message" and not self._drain_pending:
+            self._drain_pending = True  # what arrived before anyone listened (see _drain)
+            self._loop.call_soon(self._drain)
         return f
+
+    def remove_listener(self, event: str, f: Callable[..., Any]) -> None:
+        self._handlers[event].remove(f)
 
     def close(self) -> None:
         """Close the channel: its whole peer connection (see the class docstring)."""
@@ -184,8 +192,8 @@ class NativeChannel:
     def _drain(self) -> None:
         self._drain_pending = False
         for _ in range(DRAIN_BATCH):
-            if self.readyState == "closed":
-                return
+            if self.readyState == "closed" or not self._handlers.get("message"):
+                return  # no listener yet (the channel is being handed over): keep it queued
             message = self._dc.receive()
             if message is None:
                 return

@@ -25,6 +25,7 @@ from peerproxyd.http_headers import (
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.protocol.websocket import MAX_MESSAGE
+from peerproxyd.replies import reply
 from peerproxyd.websocket_relay import CLOSE_TIMEOUT, WebSocketRelay
 
 logger = logging.getLogger(__name__)
@@ -166,18 +167,5 @@ async def _open(
 
 
 async def _refuse(stream: ChannelStream, status: int, text: str) -> None:
-    if len(text) > 300:
-        text = text[:297] + "..."
-    body = (text + "\n").encode()
-    stream.send_response(
-        ResponseHead(
-            status=status,
-            headers=(
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("X-Peerproxy-Error", "1"),
-            ),
-        )
-    )
-    await stream.write(body, end=True)
-    return None
+    """Answer the upgrade with `status` (no relay follows)."""
+    await reply(stream, status, text)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.support.procs import Proc
+from tests.support.procs import Proc, share_link
 
 NatKind = Literal["cone", "symmetric"]
 
@@ -395,9 +395,9 @@ class NetStack:
     ) -> tuple[Proc, str]:
         """A native client in `role`'s namespace; returns it and its URL (in that namespace)."""
         self.clients += 1
-        args = ["-m", "peerproxyd", "connect", "--signal", self.signal_url,
-                "--device", self.device_id(device),
-                "--service", "camera", "--listen", f"127.0.0.1:{port}"]
+        link = share_link(self.state_dir(device), "camera", f"{role}-{self.clients}")
+        args = ["-m", "peerproxyd", "connect", link, "--signal", self.signal_url,
+                "--listen", f"127.0.0.1:{port}"]
         if stun:
             args += ["--ice-server", f"stun:{stun}"]
         proc = self.net.python(role, f"client{self.clients}-{role}", *args)

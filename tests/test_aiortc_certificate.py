@@ -84,9 +84,9 @@ def stack(tmp_path: Path):
         s.stop()
 
 
-async def answer_fingerprints(signal_url: str, device: str) -> tuple[list[str], list[str]]:
+async def answer_fingerprints(signal_url: str, link: str) -> tuple[list[str], list[str]]:
     """(device's, viewer's) sha-256 fingerprints of one real connection, after a request."""
-    async with RawPeer(signal_url, device) as peer:
+    async with RawPeer(signal_url, link) as peer:
         head, body = await peer.request("camera", "/")
         assert (head.status, body) == (200, b"hello from camera\n")
         return (fingerprints(peer.pc.remoteDescription.sdp),
@@ -99,15 +99,15 @@ async def test_daemon_answers_with_its_fingerprint_across_connections_and_restar
     daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
     expected = [load(stack.state_dir).fingerprint]
     assert f"DTLS fingerprint sha-256 {expected[0]}" in daemon.log()
-    first, viewer1 = await answer_fingerprints(stack.signal_url, stack.device)
-    second, viewer2 = await answer_fingerprints(stack.signal_url, stack.device)
+    first, viewer1 = await answer_fingerprints(stack.signal_url, stack.link("camera"))
+    second, viewer2 = await answer_fingerprints(stack.signal_url, stack.link("camera"))
     assert first == second == expected
     assert viewer1 != viewer2 and viewer1 != expected  # viewers: a fresh one every time
 
     daemon.stop()
     stack.daemon({"camera": stack.upstream_ports["camera"]}).wait_for_log(
         "registered as", count=2)  # the same log file: the restarted daemon's line
-    again, _ = await answer_fingerprints(stack.signal_url, stack.device)
+    again, _ = await answer_fingerprints(stack.signal_url, stack.link("camera"))
     assert again == expected
     assert identity_exists(stack.state_dir)
 

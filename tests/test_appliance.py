@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 import yaml
 
-from peerproxyd.config import load
 from peerproxyd import identity
+from peerproxyd.config import load
 from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -442,6 +442,10 @@ def test_addon_default_options_become_a_valid_configuration(tmp_path: Path):
     assert {n: s.upstream for n, s in settings.services.items()} == {"ha": "http://127.0.0.1:8123"}
     assert settings.limits.max_peers == 16 and settings.log.level == "info"
     assert settings.ice.servers == []
+    # The Ingress panel, for Supervisor's proxy only.
+    assert (settings.daemon.panel, settings.daemon.panel_allow) == ("0.0.0.0:8099", ["172.30.32.2"])
+    addon = addon_config()
+    assert (addon["ingress"], addon["ingress_port"]) == (True, 8099)
 
 
 def test_addon_options_map_key_by_key(tmp_path: Path):

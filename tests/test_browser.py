@@ -6,8 +6,10 @@ Design (tests/browser/harness.py): the namespace holds the app, `peerproxyd sign
 which also runs in the namespace (its DevTools port exists only there) and takes Playwright
 calls from this process as JSON lines over a pipe. `world.agent.page` is the top page (the
 connection manager), `world.agent.app` the app's frame. Each test opens a fresh browser
-context (no service worker, no storage) at http://<world.device>--camera.localhost:8787/.
-Peer connections are counted on the daemon side ("answered" lines in its log).
+context (no service worker, no storage) through the share link of the service's viewer
+(http://<world.device>--camera.localhost:8787/#v=1&...). The trust side (links, refusals,
+what the app can see) is tests/test_browser_trust.py. Peer connections are counted on the
+daemon side ("answered" lines in its log).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def test_app_renders_through_the_data_channel(world: BrowserWorld) -> None:
     assert page.text_content("#path") == "direct (LAN)"
     assert re.fullmatch(r"RTT \d+(\.\d)? ms", page.text_content("#rtt"))
     assert page.evaluate("document.title") == f"Test app home · {world.device} · camera"
+    assert page.text_content("#viewer") == "alice"
     assert world.answered() - before == 1
 
 
@@ -100,7 +103,7 @@ def test_fetch_and_xhr_with_json(world: BrowserWorld) -> None:
     assert posted["method"] == "POST"
     assert posted["json"] == {"a": 1, "text": "grüße", "list": [1, 2, 3]}
     assert posted["headers"]["x-custom"] == "yes"
-    assert posted["headers"]["origin"] == f"http://{world.device}--camera.localhost:8787"
+    assert posted["headers"]["origin"] == world.origin()
     xhr = app.evaluate(
         """() => new Promise((resolve) => {
             const x = new XMLHttpRequest();
@@ -242,8 +245,15 @@ def test_device_offline_is_reported(world: BrowserWorld) -> None:
 
 
 def test_unknown_service_is_reported(world: BrowserWorld) -> None:
-    world.open("/", service="nope", phase="unknown-service")
-    assert world.agent.page.text_content("#message") == f"{world.device} has no service “nope”."
+    # With share links an unknown service is a link the device does not grant: alice's key
+    # under another service name.
+    requests = len(world.app_requests())
+    world.open("/", service="nope", viewer="alice", phase="unauthorized")
+    page = world.agent.page
+    assert page.text_content("#message") == "This link does not open “nope”."
+    assert "“alice” may use camera, not nope" in page.text_content("#detail")
+    assert page.evaluate("document.getElementById('app')") is None
+    assert len(world.app_requests()) == requests
 
 
 def test_cookie_login_protected_page_and_logout(world: BrowserWorld) -> None:
@@ -287,7 +297,7 @@ def test_cookie_login_protected_page_and_logout(world: BrowserWorld) -> None:
     app.wait_for_function("() => !window.previousPage && document.getElementById('login-form')")
     assert "theme=dark" in app.evaluate("document.cookie")
     # Another service of the same device is another origin: none of these cookies there.
-    page.goto(world.origin(service="admin") + "/")
+    page.goto(world.link("/", service="admin"))
     world.wait_phase("connected")
     app = world.agent.app
     assert app.evaluate("document.cookie") == ""

@@ -95,3 +95,44 @@ def test_serve_with_a_bad_file_exits_2_before_starting(tmp_path):
 def test_version():
     result = run("--version")
     assert result.stdout.startswith("peerproxyd ")
+
+
+def test_share_viewers_revoke(tmp_path):
+    env = {"STATE_DIRECTORY": str(tmp_path)}
+    result = run("share", "--config", "config/example.toml", "--service", "camera",
+                 "--name", "alice", env=env)
+    assert result.returncode == 1
+    assert f"failed: no device key in {tmp_path}: start the daemon first" in result.stderr
+    assert not (tmp_path / "viewers.json").exists()
+
+    ident = identity.load_or_create(tmp_path)
+    result = run("share", "--config", "config/example.toml", "--service", "camera",
+                 "--name", "alice", "--expires", "12h", env=env)
+    assert result.returncode == 0, result.stderr
+    *qr, link = result.stdout.splitlines()
+    assert len(qr) > 10 and set("".join(qr)) <= set("█▀▄ ")
+    assert link.startswith(f"http://{ident.device_id}--camera.localhost:8787/#v=1&")
+    assert "viewer alice may use camera until " in result.stderr
+
+    result = run("share", "--config", "config/example.toml", "--service", "nope",
+                 "--name", "bob", "--no-qr", env=env)
+    assert result.returncode == 1
+    assert "failed: no service 'nope' in the configuration (services: camera, ha)" in result.stderr
+
+    result = run("share", "--config", "config/example.toml", "--service", "ha", "--name", "bob",
+                 "--no-qr", "--base-url", "https://p.example.net", env=env)
+    assert result.stdout.startswith(f"https://{ident.device_id}--ha.p.example.net/#v=1&")
+
+    assert run("revoke", "--config", "config/example.toml", "alice", env=env).returncode == 0
+    result = run("viewers", "--config", "config/example.toml", env=env)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "SERVICE", "CREATED", "EXPIRES", "STATE"]
+    assert lines[1].split()[:2] == ["alice", "camera"] and lines[1].split()[4] == "revoked"
+    assert lines[2].split()[:2] == ["bob", "ha"] and lines[2].split()[3:] == ["never", "active"]
+    result = run("revoke", "--config", "config/example.toml", "carol", env=env)
+    assert (result.returncode, result.stderr.strip()[-30:]) == (1, "failed: no viewer named 'carol'"[-30:])
+
+
+def test_connect_refuses_a_bad_link():
+    result = run("connect", "https://example.net/#v=1")
+    assert (result.returncode, result.stderr) == (2, "link: link lacks d, s, n, t, f\n")

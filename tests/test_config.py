@@ -64,7 +64,8 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(settings, Settings)
     assert settings.model_dump() == {
         "device": {"state_dir": tmp_path / "peerproxyd" / "example", "name": "Camera Pi"},
-        "signaling": {"url": "ws://127.0.0.1:8787/ws", "reconnect_min": 0.5, "reconnect_max": 30.0},
+        "signaling": {"url": "ws://127.0.0.1:8787/ws", "reconnect_min": 0.5, "reconnect_max": 30.0,
+                      "public_url": None},
         "services": {
             "camera": {
                 "max_request_body": 104857600,
@@ -94,9 +95,11 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "max_header_bytes": 65536,
             "heartbeat_interval": 5.0,
             "heartbeat_timeout": 20.0,
+            "handshake_timeout": 10.0,
+            "idle_timeout": 900.0,
         },
         "log": {"level": "info"},
-        "daemon": {"drain_timeout": 10.0},
+        "daemon": {"drain_timeout": 10.0, "panel": None, "panel_allow": ["127.0.0.1", "::1"]},
     }
 
 
@@ -279,6 +282,24 @@ def test_bad_upstream(tmp_path: Path, upstream: str, expected: str) -> None:
 def test_bad_signaling_url(tmp_path: Path) -> None:
     text = edit(('"ws://127.0.0.1:8787/ws"', '"https://127.0.0.1:8787/ws"'))
     assert problems(tmp_path, text) == ["signaling.url: URL scheme should be 'ws' or 'wss'"]
+
+
+@pytest.mark.parametrize(
+    ("public_url", "expected"),
+    [
+        ("ws://p.example.net", "signaling.public_url: URL scheme should be 'http' or 'https'"),
+        ("https://p.example.net/x", "signaling.public_url: must be http(s)://host[:port] "
+         "without a path, query or fragment"),
+    ],
+)
+def test_bad_public_url(tmp_path: Path, public_url: str, expected: str) -> None:
+    text = edit(('"ws://127.0.0.1:8787/ws"', f'"ws://127.0.0.1:8787/ws"\npublic_url = "{public_url}"'))
+    assert problems(tmp_path, text) == [expected]
+
+
+def test_public_url_is_normalized(tmp_path: Path) -> None:
+    text = edit(('"ws://127.0.0.1:8787/ws"', '"ws://127.0.0.1:8787/ws"\npublic_url = "HTTPS://P.example.net/"'))
+    assert load(write(tmp_path, text)).signaling.public_url == "https://p.example.net"
 
 
 @pytest.mark.parametrize(

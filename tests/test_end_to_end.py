@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,6 +26,7 @@ MB = 1024 * 1024
 class Net:
     signal_url: str
     device: str
+    link: Callable[[str], str]  # a new viewer of a service: its share link
     camera_upstream: str
     camera: str  # native client URL for service "camera"
     ha: str  # native client URL for service "ha"
@@ -46,6 +48,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         yield Net(
             signal_url=stack.signal_url,
             device=stack.device,
+            link=stack.link,
             camera_upstream=camera,
             camera=camera_client,
             ha=ha_client,
@@ -195,29 +198,36 @@ async def test_client_cancel_mid_download_frees_stream(net: Net, http: aiohttp.C
 
 
 async def test_unknown_service_and_upstream_errors(net: Net):
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("nope")) as peer:  # a service since removed
         head, body = await peer.request("nope", "/")
         assert (head.status, body) == (404, b"unknown service 'nope'\n")
+    async with RawPeer(net.signal_url, net.link("down")) as peer:
         head, body = await peer.request("down", "/")
         assert head.status == 502
         assert body.startswith(b"upstream down unreachable")
+    async with RawPeer(net.signal_url, net.link("slow")) as peer:
         head, body = await peer.request("slow", "/slow?s=4")
         assert head.status == 504
+    async with RawPeer(net.signal_url, net.link("camera")) as peer:
         head, body = await peer.request("camera", "/")
         assert (head.status, body) == (200, b"hello from camera\n")
+        head, body = await peer.request("ha", "/")
+        assert (head.status, body) == (
+            403, f"viewer {peer.share.name} may use service camera only, not ha\n".encode()
+        )
 
 
 async def test_error_reply_stops_a_large_upload(net: Net):
     """The daemon answers 404 without reading the body, then resets the stream (NO_ERROR)
     so the viewer stops sending instead of waiting for window forever."""
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("nope")) as peer:
         head, body = await peer.request("nope", "/", method="POST", body=b"x" * (3 * MB))
         assert head.status == 404
         assert peer.link.conn.open_streams == 0
 
 
 async def test_malformed_packets_reset_only_that_stream(net: Net, http: aiohttp.ClientSession):
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("camera")) as peer:
         # A valid request on stream 1 first, so the connection has state.
         head, _ = await peer.request("camera", "/")
         assert head.status == 200

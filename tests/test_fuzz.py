@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import string
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -33,9 +34,9 @@ from peerproxyd.protocol import (
     Role,
     StreamReset,
 )
-from tests.support.recording_upstream import RecordingUpstream
 from tests.support.rawpeer import RawPeer
-from tests.support.stack import DEVICE, Stack
+from tests.support.recording_upstream import RecordingUpstream
+from tests.support.stack import Stack
 
 H, E, F = Flag.HEADERS, Flag.END_HEADERS, Flag.FINAL
 BASE = "http://127.0.0.1:8081/app"
@@ -326,6 +327,29 @@ def test_accepted_targets_never_leave_the_base_path(target: str) -> None:
 class Net:
     signal_url: str
     upstream: RecordingUpstream
+    link: Callable[[str], str]  # a new viewer of a service: its share link
+
+
+class Viewer:
+    """One viewer per service (a share link names one): `request(service, ...)` goes through
+    that service's RawPeer, opened on first use."""
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.peers: dict[str, RawPeer] = {}
+
+    async def __aenter__(self) -> Viewer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for peer in self.peers.values():
+            await peer.__aexit__(None, None, None)
+
+    async def request(self, service: str, *args: Any, **kwargs: Any) -> Any:
+        if service not in self.peers:
+            peer = RawPeer(self.net.signal_url, self.net.link(service))
+            self.peers[service] = await peer.__aenter__()
+        return await self.peers[service].request(service, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -341,14 +365,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             f'upstream = "http://127.0.0.1:{port}"\nmax_request_body = 65536\n'
         )
         stack.daemon({"camera": port})
-        yield Net(stack.signal_url, upstream)
+        yield Net(stack.signal_url, upstream, stack.link)
     finally:
         stack.stop()
         upstream.stop()
 
 
 async def test_injections_through_a_real_peer_never_reach_the_upstream(net: Net) -> None:
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with Viewer(net) as peer:
         # Protocol layer: the stream is reset, nothing goes upstream.
         for target in ("/x\r\nGET /smuggled-target HTTP/1.1", "//evil.example/smuggled-target"):
             with pytest.raises(StreamResetError) as info:
@@ -382,7 +406,7 @@ async def test_injections_through_a_real_peer_never_reach_the_upstream(net: Net)
 
 
 async def test_smuggling_attempts_through_a_real_peer(net: Net) -> None:
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with Viewer(net) as peer:
         smuggled = b"GET /smuggled-request HTTP/1.1\r\nHost: x\r\n\r\n"
         # Body longer than its Content-Length: the extra bytes would be a second request on a
         # kept-alive upstream connection. The daemon refuses before writing any of it.
@@ -422,7 +446,7 @@ async def test_smuggling_attempts_through_a_real_peer(net: Net) -> None:
 
 
 async def test_request_body_limit_per_service(net: Net) -> None:
-    async with RawPeer(net.signal_url, DEVICE) as peer:
+    async with Viewer(net) as peer:
         before = len(net.upstream.heads())
         # Declared over the limit: 413 before anything is read or sent upstream.
         head, body = await peer.request(
@@ -430,7 +454,7 @@ async def test_request_body_limit_per_service(net: Net) -> None:
             headers=(("Content-Length", "70000"),),
         )
         assert (head.status, body) == (413, b"request body of 70000 bytes exceeds 65536 bytes\n")
-        assert peer.link.conn.open_streams == 0  # the stream was reset (NO_ERROR) too
+        assert peer.peers["small"].link.conn.open_streams == 0  # the stream was reset (NO_ERROR) too
         assert len(net.upstream.heads()) == before
         # Streamed over the limit without a length: cut off, upstream connection dropped.
         head, body = await peer.request("small", "/streamed", method="POST",
@@ -458,7 +482,7 @@ def _streamed_cut(net: Net) -> bool:
 
 async def test_other_streams_and_peers_unaffected(net: Net) -> None:
     """Refusals interleaved with good requests on one peer, and a second peer meanwhile."""
-    async with RawPeer(net.signal_url, DEVICE) as a, RawPeer(net.signal_url, DEVICE) as b:
+    async with Viewer(net) as a, Viewer(net) as b:
         results = await asyncio.gather(
             a.request("based", "/../x"),
             a.request("camera", "/fine-a"),

@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 
 from peerproxyd.channel import HIGH_WATER, ChannelStream
 from peerproxyd.config import ServiceSettings
-from peerproxyd.errors import StreamResetError
+from peerproxyd.errors import AuthError, StreamResetError
 from peerproxyd.protocol import (
     INITIAL_WINDOW,
     MAX_PAYLOAD,
@@ -35,11 +35,9 @@ from peerproxyd.protocol import (
     RequestHead,
 )
 from peerproxyd.router import Router, new_upstream_session
-from peerproxyd.signaling import SignalingClient
 from tests.support.peer_pair import PeerPair
 from tests.support.procs import Proc, free_port, python, wait_http
 from tests.support.rawpeer import RawPeer
-from tests.support.stack import DEVICE
 from tests.support.tuned_stack import TunedStack
 from tests.support.upstream_app import STATS, build_app, pattern
 
@@ -74,7 +72,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunedStack]:
 
 
 async def test_header_block_over_the_limit(tight: TunedStack) -> None:
-    async with RawPeer(tight.signal_url, DEVICE) as peer:
+    async with RawPeer(tight.signal_url, tight.link("camera")) as peer:
         big = tuple((f"X-Big-{i}", "v" * 1000) for i in range(5))  # > 4096 bytes of JSON
         with pytest.raises(StreamResetError) as info:
             await peer.request("camera", "/", headers=big)
@@ -87,8 +85,8 @@ async def test_header_block_over_the_limit(tight: TunedStack) -> None:
 
 
 async def test_streams_per_peer(tight: TunedStack) -> None:
-    async with RawPeer(tight.signal_url, DEVICE) as peer, \
-            RawPeer(tight.signal_url, DEVICE) as other:
+    async with RawPeer(tight.signal_url, tight.link("camera")) as peer, \
+            RawPeer(tight.signal_url, tight.link("camera")) as other:
         slow = [asyncio.create_task(peer.request("camera", "/slow?s=2")) for _ in range(2)]
         await until(lambda: peer.link.conn.open_streams == 2)  # (ordered channel: the
         # daemon sees both before the third)
@@ -121,39 +119,18 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunedStack]:
         stack.stop()
 
 
-async def offer_answered(signal_url: str) -> dict[str, Any]:
-    """Send a (junk) offer as a new viewer; return the device's bye or answer payload."""
-    client = SignalingClient(signal_url, backoff_max=1.0)
-    reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-    async def on_message(msg: Any) -> None:
-        if msg.type in ("bye", "answer") and not reply.done():
-            reply.set_result({"type": msg.type, **(msg.payload or {})})
-
-    task = asyncio.create_task(client.run(on_message))
-    try:
-        await client.wait_connected(10)
-        await client.send("offer", DEVICE, {"sdp": "v=0\r\n", "type": "offer"})
-        async with asyncio.timeout(10):
-            return await reply
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await client.close()
-
-
 async def test_peers_per_device_refused_cleanly(single: TunedStack) -> None:
-    async with RawPeer(single.signal_url, DEVICE) as first:
-        busy = await offer_answered(single.signal_url)
-        assert busy == {"type": "bye",
-                        "reason": "busy: this device serves at most 1 viewers"}
-        assert "refusing" in single.procs["daemon"].log()
+    async with RawPeer(single.signal_url, single.link("camera")) as first:
+        with pytest.raises(AuthError) as refused:
+            async with RawPeer(single.signal_url, single.link("camera")):
+                pass
+        assert refused.value.code == "too-many-peers"
         head, body = await first.request("camera", "/")  # the served peer is unaffected
         assert (head.status, body) == (200, b"hello from camera\n")
     # Once the first viewer has gone, the device takes the next one.
-    await until(lambda: re.search(r"PeerSession\(c-[0-9a-f]+\): closing",
+    await until(lambda: re.search(r"PeerSession\(c-[0-9a-f]+ [^)]*\): closing",
                                   single.procs["daemon"].log()), timeout=30)
-    async with RawPeer(single.signal_url, DEVICE) as second:
+    async with RawPeer(single.signal_url, single.link("camera")) as second:
         head, _ = await second.request("camera", "/")
         assert head.status == 200
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.netns import (
     DEV,
+    DEVICE,
     INET,
     LAN_VIEWER,
     PRIVATE_ADDRESS,
@@ -23,6 +24,7 @@ from tests.netns import (
     setup_ms,
     unavailable_reason,
 )
+from tests.support.procs import share_link
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 NEW_DEV = "192.168.50.11"
@@ -147,8 +149,9 @@ async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: Net
     assert connected == {f"{INET}:{TURN_PORT}"}, sockets  # TURN allocations
 
     third = stack.net.python(
-        "lanv", "client-third", "-m", "peerproxyd", "connect", "--signal", stack.signal_url,
-        "--device", stack.device_id(), "--service", "camera", "--listen", "127.0.0.1:9001",
+        "lanv", "client-third", "-m", "peerproxyd", "connect",
+        share_link(stack.state_dir(DEVICE), "camera", "third"), "--signal", stack.signal_url,
+        "--listen", "127.0.0.1:9001",
         "--ice-server", f"stun:{INET}:{TURN_PORT}",
     )
     third.wait_for_log(r"all 2 UDP ports of \[ice\] port_range 50000-50001 are in use")
@@ -175,9 +178,11 @@ async def test_forwarded_port_range_reaches_symmetric_nat_without_turn(stack: Ne
 @pytest.mark.timeout(240)
 async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     """The device's LAN address changes (DHCP renumbering). aiortc cannot restart ICE, so the
-    session survives the way the native client survives any loss: heartbeats notice, it
-    connects again (the daemon gathers on its new address), and its local URL keeps working."""
-    stack.daemon()
+    daemon notices the change itself (netwatch.py), registers again from the new address and
+    tells its viewers to renegotiate (`bye`): the native client connects again at once (the
+    daemon gathers on its new address) instead of waiting for heartbeats, and its local URL
+    keeps working."""
+    daemon = stack.daemon()
     client, url = stack.client("lanv")
     assert stack.net.fetch("lanv", url + "/").status == 200
 
@@ -186,6 +191,8 @@ async def test_daemon_address_change_viewer_reconnects(stack: NetStack):
     dev.ip("addr", "add", f"{NEW_DEV}/24", "dev", "eth0")
     dev.ip("route", "add", "default", "via", "192.168.50.1")
 
+    daemon.wait_for_log(rf"host addresses changed \(.* -> .*{NEW_DEV}", timeout=30)
+    client.wait_for_log(r"says bye: ", timeout=60)  # the server's or the daemon's
     client.wait_for_log(rf"connected to {stack.device_id()}/camera", count=2, timeout=150)
     report = report_from_log(client, count=2)
     assert report.type == "host" and f"({NEW_DEV})" in report.line, report

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ from peerproxyd.notify import Notifier, _one_line
 from peerproxyd.protocol import RequestHead
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
-from tests.support.procs import Proc, daemon_config, free_port, new_device, python
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python, share_link
 from tests.support.rawpeer import RawPeer
 from tests.support.stack import Stack
 from tests.support.upstream_app import pattern
@@ -109,6 +110,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def device_id(tmp_path: Path, name: str) -> str:
     """The device id of the daemon `start_daemon(..., device=name)` runs (made on first use)."""
     return new_device(tmp_path / f"{name}.state")
+
+
+def viewer_link(tmp_path: Path, name: str, service: str = "camera") -> str:
+    """The share link of a new viewer of `service` on the daemon `name`."""
+    return share_link(tmp_path / f"{name}.state", service, f"viewer-{secrets.token_hex(4)}")
 
 
 def start_daemon(stack: Stack, tmp_path: Path, notify: NotifySocket, *, device: str,
@@ -246,7 +252,7 @@ def test_ready_after_registration_then_status_and_watchdog(stack, tmp_path, noti
     assert all(0.35 < g < 0.75 for g in gaps), gaps
 
     async def viewer() -> None:
-        async with RawPeer(url, ready_pi) as peer:
+        async with RawPeer(url, viewer_link(tmp_path, "ready-pi")) as peer:
             await asyncio.to_thread(
                 notify_socket.wait_for, "STATUS", status=r"; peers 1, open streams 0$", timeout=5
             )
@@ -283,7 +289,7 @@ def test_sighup_reloads_services_without_dropping_peers(stack, tmp_path, notify_
     notify_socket.wait_for("READY", "1")
 
     async def scenario() -> None:
-        async with RawPeer(stack.signal_url, device_id(tmp_path, "reload-pi")) as peer:
+        async with RawPeer(stack.signal_url, viewer_link(tmp_path, "reload-pi", "ha")) as peer:
             head, _ = await peer.request("ha", "/")
             assert head.status == 404  # not configured yet
             config.write_text(config.read_text() + (
@@ -296,8 +302,8 @@ def test_sighup_reloads_services_without_dropping_peers(stack, tmp_path, notify_
             # The same peer, never disconnected, reaches the new service ...
             head, body = await peer.request("ha", "/")
             assert (head.status, body) == (200, b"hello from ha\n")
-            head, body = await peer.request("camera", "/")
-            assert (head.status, body) == (200, b"hello from camera\n")
+            head, _ = await peer.request("camera", "/")
+            assert head.status == 403  # a viewer of ha only
             # ... and a broken file changes nothing but the status line.
             config.write_text(config.read_text() + "[services.bad]\nupstream = 'ftp://x'\n")
             os.kill(daemon.pid, signal.SIGHUP)
@@ -365,7 +371,7 @@ def test_sigterm_sends_stopping_and_drains_an_in_flight_20_mb_download(
     size = 20 * MB
 
     async def scenario() -> None:
-        async with RawPeer(stack.signal_url, device_id(tmp_path, "drain-pi")) as peer:
+        async with RawPeer(stack.signal_url, viewer_link(tmp_path, "drain-pi")) as peer:
             stream = await _start_download(peer, size)
             digest = hashlib.sha256()
             received = await _read_some(stream, digest, MB)
@@ -402,7 +408,7 @@ def test_second_signal_stops_at_once_and_drain_timeout_is_kept(stack, tmp_path, 
 
     async def held_download(proc: Proc, sigs: list[int]) -> float:
         async with RawPeer(stack.signal_url,
-                                 device_id(tmp_path, proc.name.removeprefix("daemon-"))) as peer:
+                           viewer_link(tmp_path, proc.name.removeprefix("daemon-"))) as peer:
             stream = await _start_download(peer, 50 * MB)
             await _read_some(stream, hashlib.sha256(), MB)  # then stop reading: held open
             started = time.monotonic()

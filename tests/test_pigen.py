@@ -141,9 +141,11 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
     assert (state.parent.stat().st_mode & 0o777, (state / "camera").stat().st_mode & 0o777) \
         == (0o700, 0o700)
     assert not (state / "signal").exists()
-    assert ("camera: peerproxyd connect --signal ws://signal.example.net:8787/ws "
-            f"--device {device} --service camera --listen 127.0.0.1:9000") in first.stdout
-    assert (etc / "share.txt").read_text() == first.stdout
+    assert ("camera: sudo STATE_DIRECTORY=/var/lib/private/peerproxyd/camera peerproxyd share "
+            "--config /etc/peerproxyd/camera.toml --service camera --name NAME") in first.stdout
+    shared = (etc / "share.txt").read_text()
+    assert "  camera: link: http://" in shared and "link: http" not in first.stdout
+    assert "camera: owner link in /etc/peerproxyd/share.txt (root only)" in first.stdout
     key = (state / "camera/device.key").read_bytes()
     again = chroot(rootfs, "/opt/peerproxyd/bin/python /usr/local/lib/peerproxyd/firstboot.py")
     assert "first boot is done" in again.stdout
@@ -170,3 +172,36 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
         if daemon is not None:
             daemon.stop()
         signal.stop()
+
+
+def test_first_boot_stores_owner_links_that_open_the_services(tmp_path: Path):
+    """The first-boot script outside the image (no chroot): a device key per configuration,
+    an owner viewer per service whose link is in share.txt only, and nothing on a rerun."""
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    shutil.copy(ROOT / "config/camera.toml", etc / "camera.toml")
+    shutil.copy(ROOT / "config/signal.toml", etc / "signal.toml")
+    env = {**os.environ, "PEERPROXYD_ETC": str(etc), "PEERPROXYD_STATE_ROOT": str(state)}
+    script = PIGEN / "stage-peerproxyd/00-peerproxyd/files/peerproxyd-firstboot.py"
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    from peerproxyd.identity import load_or_create
+    from peerproxyd.viewer_auth import parse_link
+    from peerproxyd.viewers import ViewerStore
+
+    identity = load_or_create(state / "camera")
+    links = [line.split("link: ", 1)[1] for line in (etc / "share.txt").read_text().splitlines()
+             if "link: " in line]
+    assert len(links) == 2  # camera.toml has two services
+    store = ViewerStore(state / "camera")
+    store.load()
+    for link in links:
+        share = parse_link(link)
+        assert (share.device, share.fingerprint) == (identity.device_id, identity.fingerprint_bytes)
+        record = store.get(share.name)
+        assert record is not None and record.service == share.service and record.expires is None
+    assert "link: http" not in first.stdout and "owner link in" in first.stdout
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert "first boot is done" in again.stdout

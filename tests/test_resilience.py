@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support.procs import free_port, python
+from tests.support.procs import free_port
 from tests.support.stack import Stack
 
 
@@ -56,13 +56,7 @@ async def test_device_offline_then_online(stack: Stack):
     stack.upstream("camera")
     stack.signal()
     port = free_port()
-    client = stack._start(
-        "client-early",
-        python(
-            "-m", "peerproxyd", "connect", "--signal", stack.signal_url, "--device", stack.device,
-            "--service", "camera", "--listen", f"127.0.0.1:{port}", "--host-address", "127.0.0.1",
-        ),
-    )
+    client = stack._start("client-early", stack.connect_args("camera", port))
     client.wait_for_log(f"device {stack.device} is not online")
     stack.daemon({"camera": stack.upstream_ports["camera"]})
     client.wait_for_log("is at http", timeout=30)

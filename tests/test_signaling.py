@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -341,6 +343,41 @@ async def test_bye_to_partners_on_disconnect(client: TestClient[Any, Any]) -> No
             await bystander.receive()
 
 
+async def test_partner_sets_are_made_on_first_exchange_and_dropped(
+    client: TestClient[Any, Any],
+) -> None:
+    """Memory per idle connection: no partner set until it talks to someone here."""
+    registry = client.server.app[REGISTRY]
+    device = await register(client)
+    peer, peer_id = await connect(client)
+    device_conn, peer_conn = registry.devices[D], registry.peers[peer_id]
+    assert device_conn.partners is None and peer_conn.partners is None
+    await send(peer, type="offer", to=D, payload={})
+    await recv(device)
+    assert device_conn.partners == {peer_conn} and peer_conn.partners == {device_conn}
+    assert registry.sessions() == 1
+    await peer.close()
+    assert await recv(device) == {"type": "bye", "from": peer_id}
+    assert device_conn.partners is None
+    assert registry.sessions() == 0
+
+
+async def test_no_permessage_deflate(client: TestClient[Any, Any]) -> None:
+    """Browsers ask for compression; its zlib state would cost each idle socket ~300 KB."""
+    ws = await client.ws_connect("/ws", compress=15)
+    assert ws.compress == 0
+    assert (await recv(ws))["type"] == "hello"
+
+
+def test_signaling_without_stun_does_not_load_aioice() -> None:
+    """aioice (with dnspython, ifaddr) costs the idle server ~4 MB; only `stun` needs it."""
+    code = ("import sys; from peerproxyd.signaling_server import build_signaling_app; "
+            "build_signaling_app(); print('aioice' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False"
+
+
 async def test_too_large_closes_with_1009(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app(max_message_size=1024))
     peer, _ = await connect(client)
@@ -601,6 +638,23 @@ async def test_client_replaced_reconnects(aiohttp_server: ServerFactory, running
     await second_rec.wait_state(True)
     await first_rec.wait_state(False)  # replaced; it will take the id back after a backoff
     await first_rec.wait_state(True)
+
+
+async def test_client_reconnect_on_request(aiohttp_server: ServerFactory, running: Any) -> None:
+    """reconnect() (the daemon's answer to a network change) drops the connection and
+    registers again on a new one, without backoff; run() keeps going."""
+    server = await aiohttp_server(make_app())
+    registry = server.app[REGISTRY]
+    device, rec = SignalingClient(str(server.make_url("/ws")), identity=DEVICE,
+                                  backoff_min=0.02, backoff_max=30.0), Recorder()
+    task = running(device, rec)
+    await rec.wait_state(True)
+    first = registry.devices[D]
+    device.reconnect()
+    await rec.wait_state(False)
+    await rec.wait_state(True)
+    assert registry.devices[D] is not first and not task.done()
+    assert device.last_error == "reconnecting (network change)"
 
 
 async def test_client_cancel_and_close(aiohttp_server: ServerFactory, running: Any) -> None:

@@ -27,7 +27,7 @@ from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
 from peerproxyd.signaling_redis import RedisCluster, RedisOptions, redact
 from peerproxyd.signaling_server import Registry
-from tests.support.procs import Proc, daemon_config, free_port, new_device, python
+from tests.support.procs import Proc, daemon_config, free_port, new_device, python, share_link
 
 WAIT = 5.0
 TTL = 5.0
@@ -436,7 +436,7 @@ async def test_native_client_through_another_instance(cluster: Cluster, tmp_path
     procs = [Proc("upstream", python("-m", "tests.support.upstream_app", "--port",
                                      str(upstream_port), "--name", "camera"), tmp_path)]
     try:
-        device = new_device(tmp_path / "state")
+        new_device(tmp_path / "state")
         config = daemon_config(tmp_path / "daemon.toml", state_dir=tmp_path / "state",
                                signal_port=a.port, services={"camera": upstream_port})
         procs.append(Proc("daemon", python("-m", "peerproxyd", "serve", "--config",
@@ -444,8 +444,8 @@ async def test_native_client_through_another_instance(cluster: Cluster, tmp_path
         procs[-1].wait_for_log("registered as")
         listen = free_port()
         procs.append(Proc("client", python(
-            "-m", "peerproxyd", "connect", "--signal", b.url, "--device", device,
-            "--service", "camera", "--listen", f"127.0.0.1:{listen}",
+            "-m", "peerproxyd", "connect", share_link(tmp_path / "state", "camera", "alice"),
+            "--signal", b.url, "--listen", f"127.0.0.1:{listen}",
             "--host-address", "127.0.0.1"), tmp_path))
         procs[-1].wait_for_log("is at http", timeout=30)
         async with aiohttp.ClientSession() as http:

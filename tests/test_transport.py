@@ -189,3 +189,38 @@ async def test_native_closes_a_channel_that_outruns_the_reader(caplog: pytest.Lo
     finally:
         await a.close()
         await b.close()
+
+
+@needs_native
+@pytest.mark.parametrize("offer_backend", ["aiortc", "native"])
+async def test_native_keeps_what_arrives_before_a_listener(offer_backend: str):
+    """The viewer sends its auth (text) as soon as the channel opens, often before the daemon
+    listens: a native channel keeps it queued until a "message" listener is set, and text
+    and binary messages keep their type and order; remove_listener stops delivery."""
+    offerer = new_transport(ICE, backend=offer_backend)  # type: ignore[arg-type]
+    answerer = new_transport(ICE, backend="native")
+    try:
+        arrived: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        answerer.on_channel(arrived.set_result)
+        local = offerer.create_channel("peerproxy")
+        local.on("open", lambda: (local.send("auth"), local.send(b"\x00binary")))
+        await offerer.set_answer(await answerer.answer(await offerer.offer()))
+        async with asyncio.timeout(20):
+            remote = await arrived
+            while remote._dc.available_amount() < len("auth") + 7:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)  # both are queued in libdatachannel
+        got: list[bytes | str] = []
+        first = asyncio.Event()
+
+        def auth(message: bytes | str) -> None:
+            got.append(message)
+            remote.remove_listener("message", auth)  # type: ignore[attr-defined]
+            remote.on("message", lambda m: (got.append(m), first.set()))  # type: ignore[attr-defined]
+
+        remote.on("message", auth)  # type: ignore[attr-defined]
+        async with asyncio.timeout(20):
+            await first.wait()
+        assert got == ["auth", b"\x00binary"]
+    finally:
+        await offerer.close()
+        await answerer.close()

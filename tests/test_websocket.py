@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,6 +33,7 @@ class Net:
     down: str  # native client for service "down" (nothing listens upstream)
     upstream: str
     daemon: Proc
+    link: Callable[[str], str]  # a new viewer of a service: its share link
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         daemon = stack.daemon({"camera": stack.upstream_ports["camera"], "down": free_port()})
         _, camera = stack.client("camera")
         _, down = stack.client("down")
-        yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon)
+        yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon, stack.link)
     finally:
         stack.stop()
 
@@ -192,7 +193,7 @@ async def test_an_upstream_message_over_the_limit_closes_with_1009(
 async def test_bad_records_reset_only_their_stream(net: Net, http: aiohttp.ClientSession):
     before = len(await upstream_closes(http, net))
     head = RequestHead(method="GET", target="/ws", service="camera", websocket=True)
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("camera")) as peer:
 
         async def opened() -> ChannelStream:
             stream = peer.link.open_stream(head)
@@ -244,7 +245,7 @@ async def test_bad_records_reset_only_their_stream(net: Net, http: aiohttp.Clien
 async def test_a_websocket_target_cannot_leave_the_service(net: Net, target: str, reason: bytes):
     """The upgrade gets the proxy policy of every request: refused with 400, never sent."""
     head = RequestHead(method="GET", target=target, service="camera", websocket=True)
-    async with RawPeer(net.signal_url, net.device) as peer:
+    async with RawPeer(net.signal_url, net.link("camera")) as peer:
         stream = peer.link.open_stream(head)
         response, _ = await asyncio.wait_for(stream.response, 10)
         body = b""

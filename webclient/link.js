@@ -90,11 +90,16 @@ export class LinkStream {
 
 export class PeerLink {
   /**
-   * `channel`: an open RTCDataChannel. `onClose(reason)` is called once, when the channel
-   * closes or the device stays silent past `heartbeatTimeout` ms.
+   * `channel`: an open RTCDataChannel, past the viewer's auth (access.js). `onClose(reason)`
+   * is called once, when the channel closes or the device stays silent past `heartbeatTimeout`
+   * ms. `onText(text)` gets the device's text messages (an auth-error when it ends the session).
    */
-  constructor(channel, { heartbeatInterval = 2000, heartbeatTimeout = 10000, onClose = () => {} } = {}) {
+  constructor(
+    channel,
+    { heartbeatInterval = 2000, heartbeatTimeout = 10000, onClose = () => {}, onText = null } = {},
+  ) {
     this.channel = channel;
+    this.onText = onText;
     this.conn = new ProxyConnection(Role.CLIENT);
     this.streams = new Map();
     this.onClose = onClose;
@@ -120,7 +125,8 @@ export class PeerLink {
   _onMessage(data) {
     this._lastReceived = performance.now();
     if (typeof data === "string") {
-      this.dropped += 1;
+      if (this.onText) this.onText(data);
+      else this.dropped += 1;
       return;
     }
     this.bytesIn += data.byteLength;

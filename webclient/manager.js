@@ -5,15 +5,28 @@
 // the path the page was opened with. The frame's requests reach us through the worker (relay.js)
 // and travel over the one data channel of this visit; navigations inside the frame reuse it.
 // When the connection drops, the page says so and reconnects; the frame stays.
+//
+// Trust (docs/security.md 1.3, 1.5; access.js): the page is opened with a share link whose
+// fragment carries the viewer's name, token and the device's pinned DTLS fingerprint. The
+// fragment leaves the address bar before anything else happens. Every connection checks the
+// answer's fingerprint against the pinned one before it is used, then sends the viewer's auth
+// as the first data-channel message; only after the device's auth-ok does the packet protocol
+// start and do the worker's requests go through.
 
+import { NoCredential, authenticate, loadCredential, takeLinkFromAddressBar } from "./access.js";
 import { PeerLink } from "./link.js";
 import { isLocalAddress, parseHost } from "./origin.js";
 import { Relay } from "./relay.js";
 import { Signaling, SignalingError } from "./signaling.js";
+import { AuthError, FingerprintError, authProblem, checkPinned, parseAuthReply, sdpFingerprint } from "./trust.js";
 import { startWebSocketBridge } from "./wsbridge.js";
+
+// First of all: the secret part of the link leaves the address bar (and history).
+const linkHref = takeLinkFromAddressBar();
 
 const CONNECT_TIMEOUT = 15_000; // offer -> data channel open
 const ANSWER_TIMEOUT = 10_000;
+const AUTH_TIMEOUT = 10_000; // auth sent -> auth-ok or auth-error
 const BACKOFF_MIN = 500;
 const BACKOFF_MAX = 10_000;
 const SANDBOX = "allow-scripts allow-same-origin allow-forms allow-popups allow-modals allow-downloads";
@@ -25,17 +38,22 @@ const ui = {
   barDetail: $("bar-detail"),
   path: $("path"),
   rtt: $("rtt"),
+  viewer: $("viewer"),
   card: $("card"),
   heading: $("heading"),
   message: $("message"),
   detail: $("detail"),
+  help: $("help"),
   steps: [...document.querySelectorAll("#steps li")],
   stage: $("stage"),
 };
 
 // ----- the page's state, shown in the bar and the card
 
-const STEPS = ["signaling", "ice", "channel", "loading"];
+const STEPS = ["signaling", "identity", "ice", "access", "loading"];
+// Problems that waiting does not fix: the page stops connecting and says what to do.
+const FINAL = ["invalid", "unknown-service", "nolink", "badlink", "mismatch", "unauthorized", "revoked", "expired"];
+const PROBLEMS = [...FINAL, "offline", "failed", "unreachable", "full"];
 const state = {
   phase: "starting",
   step: "signaling", // the last connection step reached
@@ -47,14 +65,17 @@ const state = {
   pc: null,
   pathText: "",
   everConnected: false,
+  viewer: null, // the name the device granted access to, and until when (ISO 8601 or null)
+  expires: null,
 };
 window.__peerproxy = state; // for the curious (and the tests): read-only by convention
 
 const LOST = "Connection lost — reconnecting…";
 const STEP_TEXT = {
   signaling: "Contacting the device…",
+  identity: "Checking the device's identity…",
   ice: "Finding a network path…",
-  channel: "Channel open",
+  access: "Presenting this browser's access key…",
 };
 
 /** A step of connecting: shown as such the first time, as detail of "lost" afterwards. */
@@ -63,11 +84,32 @@ function step(phase) {
   else setPhase(phase);
 }
 
+/**
+ * Extra lines under the card's message: strings are paragraphs, {code} a line of code, an
+ * array one paragraph of both. Cleared by every setPhase.
+ */
+function showHelp(...blocks) {
+  ui.help.replaceChildren(
+    ...blocks.map((block) => {
+      const p = document.createElement("p");
+      for (const part of [block].flat()) {
+        if (typeof part === "string") p.append(part);
+        else {
+          const code = document.createElement("code");
+          code.textContent = part.code;
+          p.append(code);
+        }
+      }
+      return p;
+    }),
+  );
+}
+
 function setPhase(phase, message = "", detail = "") {
   state.phase = phase;
   document.body.dataset.phase = phase;
   if (STEPS.includes(phase)) state.step = phase;
-  const problem = ["offline", "failed", "invalid", "unreachable", "unknown-service"].includes(phase);
+  const problem = PROBLEMS.includes(phase);
   // On a problem, the step we were at is the one that failed.
   const stepIndex = STEPS.indexOf(problem ? state.step : phase);
   ui.steps.forEach((li, i) => {
@@ -79,10 +121,11 @@ function setPhase(phase, message = "", detail = "") {
   ui.status.textContent = message || texts[phase] || phase;
   ui.message.textContent = message;
   ui.detail.textContent = detail;
+  ui.help.replaceChildren();
   document.body.classList.toggle("problem", problem);
   document.body.classList.toggle("lost", phase === "lost");
   // The card covers the frame until the app is there; afterwards the bar speaks alone.
-  ui.card.hidden = state.everConnected && !["invalid", "unknown-service"].includes(phase);
+  ui.card.hidden = state.everConnected && !FINAL.includes(phase);
   ui.barDetail.textContent = ui.card.hidden ? detail : "";
 }
 
@@ -138,12 +181,21 @@ function candidateSummary(sdp) {
   return found;
 }
 
-async function connectOnce(target, signaling, config) {
+/** An Error that the page shows with `kind` as its phase (see describeFailure). */
+function failure(kind, message, detail) {
+  const error = new Error(message);
+  error.kind = kind;
+  error.detail = detail;
+  return error;
+}
+
+async function connectOnce(target, signaling, config, credential) {
   step("signaling");
   await signaling.ready();
   // ICE servers: the signaling server's (its hello), else config.json's, else none.
   const iceServers = signaling.iceServers ?? config.iceServers ?? [];
-  const pc = new RTCPeerConnection({ iceServers });
+  // Always this visit's certificate: the precomputed MAC covers its fingerprint (access.js).
+  const pc = new RTCPeerConnection({ iceServers, certificates: [credential.certificate] });
   state.pc = pc;
   const local = [];
   try {
@@ -158,9 +210,28 @@ async function connectOnce(target, signaling, config) {
       }
     });
     await pc.setLocalDescription(await pc.createOffer());
+    if (sdpFingerprint(pc.localDescription.sdp) !== credential.viewerFp) {
+      throw failure("failed", "This browser did not use the viewer's certificate for the connection.");
+    }
     const answered = signaling.waitAnswer(target.device, ANSWER_TIMEOUT);
     signaling.send({ type: "offer", to: target.device, payload: { sdp: pc.localDescription.sdp, type: "offer" } });
     const answer = await answered;
+    // The device's identity, before the answer is used at all: a wrong fingerprint means the
+    // signaling server (or the network) answered in the device's place.
+    step("identity");
+    try {
+      checkPinned(String(answer.sdp), credential.pinned);
+    } catch (exc) {
+      if (!(exc instanceof FingerprintError)) throw exc;
+      const error = failure(
+        "mismatch",
+        "The device's identity does not match the link.",
+        "The answer came with another certificate than the one the link pins: the signaling " +
+          "server or the network tried to intercept the connection. Nothing was sent to it.",
+      );
+      error.help = [["The device answered with ", { code: exc.got }], ["The link pins ", { code: exc.pinned }]];
+      throw error;
+    }
     step("ice");
     await pc.setRemoteDescription({ type: "answer", sdp: String(answer.sdp) });
     await new Promise((resolve, reject) => {
@@ -184,11 +255,18 @@ async function connectOnce(target, signaling, config) {
         if (pc.connectionState === "failed") fail("the connection checks failed");
       });
     });
-    step("channel");
-    state.connections += 1;
     // ms since this page's navigation started (performance.timeOrigin): the setup time.
     state.channelOpenAt = performance.now();
-    return { pc, channel };
+    step("access");
+    const granted = await authenticate(channel, credential, AUTH_TIMEOUT);
+    if (granted.service !== target.service) {
+      throw new AuthError(
+        "wrong-service",
+        `this link's viewer “${granted.viewer}” may use ${granted.service}, not ${target.service}`,
+      );
+    }
+    state.connections += 1;
+    return { pc, channel, granted };
   } catch (exc) {
     pc.close();
     state.pc = null;
@@ -219,6 +297,42 @@ async function describePath(pc) {
   } catch {
     return "";
   }
+}
+
+/** What the page says about a failed attempt: {phase, message, detail, final}. */
+function describeFailure(exc, target, credential) {
+  if (exc instanceof AuthError) {
+    const p = authProblem(exc, { service: target.service, name: credential.name });
+    return { ...p, step: "access", final: !p.retry };
+  }
+  if (exc.kind === "mismatch") {
+    return { phase: "mismatch", message: exc.message, detail: exc.detail, help: exc.help, step: "identity", final: true };
+  }
+  if (exc instanceof SignalingError && exc.code === "device-offline") {
+    return { phase: "offline", message: `${target.device} is offline.`, detail: "Waiting for it to come online…" };
+  }
+  if (exc instanceof SignalingError && exc.code === "unreachable") {
+    return { phase: "unreachable", message: "Cannot reach the signaling server.", detail: "Retrying…" };
+  }
+  if (exc instanceof SignalingError) {
+    return { phase: "failed", message: `${target.device} refused the connection: ${exc.message}`, detail: "Retrying…" };
+  }
+  return { phase: "failed", message: exc.message, detail: exc.detail ?? "Retrying…" };
+}
+
+/** The card for a missing or broken link: how to get a working one. */
+function showNoCredential(exc, target) {
+  if (exc.kind === "badlink") {
+    setPhase("badlink", "This share link is incomplete or damaged.", `The link says: ${exc.message}.`);
+    showHelp("Copy the whole link, including everything after “#”, and open it again.");
+    return;
+  }
+  setPhase("nolink", exc.message, "A share link carries this browser's access key to the device.");
+  showHelp(
+    "Ask the device's owner for one; they make it on the device with",
+    { code: `peerproxyd share --service ${target.service} --name <your name>` },
+    ["It looks like ", { code: `${location.origin}/#v=1&d=${target.device}&s=${target.service}&n=…` }],
+  );
 }
 
 function showRtt() {
@@ -267,6 +381,19 @@ async function run() {
   ui.heading.textContent = state.label;
   document.title = state.label;
 
+  let credential;
+  try {
+    credential = await loadCredential(linkHref, target);
+  } catch (exc) {
+    if (!(exc instanceof NoCredential)) {
+      setPhase("failed", "This browser cannot run the viewer.", exc.message);
+      return;
+    }
+    showNoCredential(exc, target);
+    return;
+  }
+  if (!credential) return; // reloading without the link's fragment (access.js)
+
   const relay = new Relay(target.service, {
     describeOutage: () => `not connected to ${target.device}: ${state.lastError || state.phase}`,
     onResponse: (info) => {
@@ -289,6 +416,18 @@ async function run() {
   const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
   let frame = null;
   let delay = BACKOFF_MIN;
+  // Refused for good (or an impostor answered): stop connecting, take the app away, say why.
+  const giveUp = (problem) => {
+    frame?.remove();
+    frame = null;
+    signaling.close();
+    ui.path.textContent = "";
+    ui.rtt.textContent = "";
+    ui.viewer.textContent = "";
+    if (problem.step) state.step = problem.step; // the step that failed (a live session too)
+    setPhase(problem.phase, problem.message, problem.detail);
+    if (problem.help) showHelp(...problem.help);
+  };
   setInterval(async () => {
     showRtt();
     if (state.phase === "connected" && state.pc) {
@@ -302,33 +441,49 @@ async function run() {
     state.attempts += 1;
     let pc;
     let channel;
+    let granted;
     try {
-      ({ pc, channel } = await connectOnce(target, signaling, config));
+      ({ pc, channel, granted } = await connectOnce(target, signaling, config, credential));
     } catch (exc) {
       state.lastError = exc.message;
+      const problem = describeFailure(exc, target, credential);
+      if (problem.final) {
+        giveUp(problem);
+        return;
+      }
       if (state.everConnected) {
-        const why = exc instanceof SignalingError && exc.code === "device-offline"
-          ? `${target.device} is offline.` : exc.message;
+        const why = problem.phase === "failed" ? exc.message : problem.message;
         setPhase("lost", LOST, why);
-      } else if (exc instanceof SignalingError && exc.code === "device-offline") {
-        setPhase("offline", `${target.device} is offline.`, "Waiting for it to come online…");
-      } else if (exc instanceof SignalingError && exc.code === "unreachable") {
-        setPhase("unreachable", "Cannot reach the signaling server.", "Retrying…");
-      } else if (exc instanceof SignalingError) {
-        setPhase("failed", `${target.device} refused the connection: ${exc.message}`, "Retrying…");
       } else {
-        setPhase("failed", exc.message, exc.detail ?? "Retrying…");
+        setPhase(problem.phase, problem.message, problem.detail);
       }
       await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random() / 2)));
       delay = Math.min(delay * 2, BACKOFF_MAX);
       continue;
     }
     delay = BACKOFF_MIN;
+    state.viewer = granted.viewer;
+    state.expires = granted.expires?.toISOString() ?? null;
+    ui.viewer.textContent = granted.viewer;
+    ui.viewer.title = `viewer ${granted.viewer}` +
+      (granted.expires ? `; access until ${granted.expires.toLocaleString()}` : "; no expiry");
     let lost;
     const closed = new Promise((resolve) => {
       lost = resolve;
     });
-    const link = new PeerLink(channel, { onClose: (reason) => lost(reason) });
+    // The device ends a session it no longer serves (revoked, expired) with an auth-error.
+    let refusal = null;
+    const onText = (text) => {
+      try {
+        parseAuthReply(text);
+      } catch (exc) {
+        if (exc instanceof AuthError && exc.code !== "bad-auth") {
+          refusal = exc;
+          link.close(`${target.device} ended the session: ${exc.message}`);
+        }
+      }
+    };
+    const link = new PeerLink(channel, { onClose: (reason) => lost(reason), onText });
     pc.addEventListener("connectionstatechange", () => {
       if (["failed", "closed"].includes(pc.connectionState)) link.close(`connection ${pc.connectionState}`);
     });
@@ -350,9 +505,16 @@ async function run() {
     pc.close();
     state.pc = null;
     state.lastError = reason;
+    if (refusal) {
+      const problem = describeFailure(refusal, target, credential);
+      if (problem.final) {
+        giveUp(problem);
+        return;
+      }
+    }
     ui.path.textContent = "";
     ui.rtt.textContent = "";
-    setPhase("lost", "Connection lost — reconnecting…", reason);
+    setPhase("lost", LOST, reason);
   }
 }
 

@@ -221,8 +221,10 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const FORBIDDEN_IN_VALUE = /[\r\n\0]/;
 const LONE_SURROGATE = /[\ud800-\udfff]/u; // with /u, a valid pair is one code point: no match
 const FORBIDDEN_IN_TARGET = /[\x00-\x20\x7f#\ud800-\udfff]/u;
-const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$/;
-const DEVICE_ID = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
+// peerproxyd/names.py: a device id is 32 characters of lowercase base32 (derived from the
+// device key, docs/security.md 1.1); a service name at most 29, so that both fit one DNS label.
+const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,27}[a-z0-9])?$/;
+const DEVICE_ID = /^[a-z2-7]{32}$/;
 const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/u;
 
 /** A head is malformed; the connection resets its stream with the message. */
@@ -233,7 +235,7 @@ export function validServiceName(name) {
 }
 
 export function validDeviceId(id) {
-  return typeof id === "string" && DEVICE_ID.test(id) && !id.includes("--") && !/^c-[0-9a-f]{16}$/.test(id);
+  return typeof id === "string" && DEVICE_ID.test(id);
 }
 
 /** Python's repr() of a JSON value, for error texts that quote one (docs/protocol.md §4). */

@@ -10,6 +10,7 @@ Protocol: one JSON object per line each way.
     <- {"id": 1, "ok": true, "value": ...}   or   {"id": 1, "ok": false, "error": "..."}
 Other ops: "new_page" (a fresh browser context: empty storage, no service worker),
 "quit". The first line the agent writes is {"ready": true, "chromium_pid": PID}.
+Extra Chromium flags (e.g. --host-resolver-rules) come as a JSON list in $PP_CHROMIUM_FLAGS.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _jsonable(value: Any) -> Any:
 def _launch(user_data: str) -> tuple[subprocess.Popen[str], str]:
     log = open(os.environ.get("PP_CHROMIUM_LOG", os.devnull), "a")
     proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={user_data}", "--remote-debugging-port=0",
+        [CHROMIUM, *FLAGS, *json.loads(os.environ.get("PP_CHROMIUM_FLAGS") or "[]"),
+         f"--user-data-dir={user_data}", "--remote-debugging-port=0",
          "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

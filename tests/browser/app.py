@@ -1,8 +1,9 @@
 """A small multi-page web app for the browser tests, run behind the daemon as service "camera".
 
 Pages with CSS, JS and an image; a JSON API; a form with a 303 redirect; a multipart upload
-hashed as it streams in; a deterministic download; a cookie-session login. What it received
-(upload hashes, logins) is printed as `STATE {json}` lines that the tests read from its log.
+hashed as it streams in; a deterministic download; a cookie-session login; a page that looks for the viewer's secret in the page that frames it
+(/peek). What it received (upload hashes, logins) is printed as `STATE {json}` lines, and every
+request as a `REQUEST METHOD /path` line, for the tests to read from its log.
 
 Run: python -m tests.browser.app --port 8081
 """
@@ -17,6 +18,7 @@ import secrets
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -56,6 +58,20 @@ def page(title: str, body: str, *, head: str = "") -> web.Response:
 def record(app: web.Application, **changes: object) -> None:
     app[STATE].update(changes)
     print("STATE " + json.dumps(app[STATE]), flush=True)
+
+
+@web.middleware
+async def log_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    print(f"REQUEST {request.method} {request.path_qs}", flush=True)
+    return await handler(request)
+
+
+async def peek(request: web.Request) -> web.Response:
+    return page(
+        "Peek",
+        '<h1 id="title">Peek</h1><pre id="seen"></pre>',
+        head='<script src="/static/peek.js" defer></script>',
+    )
 
 
 async def index(request: web.Request) -> web.Response:
@@ -283,7 +299,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def build_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024**2)
+    app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests])
     app[STATE] = {}
     app[SESSIONS] = {}
     app.router.add_get("/", index)
@@ -301,6 +317,7 @@ def build_app() -> web.Application:
     app.router.add_post("/login", login)
     app.router.add_get("/private", private)
     app.router.add_get("/logout", logout)
+    app.router.add_get("/peek", peek)
     app.router.add_get("/chat", chat)
     app.router.add_get("/ws/echo", ws_echo)
     return app

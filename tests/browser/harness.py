@@ -12,6 +12,9 @@ The pytest process never enters the namespace: every process there is started wi
 by PID and deletes the namespace. Chromium resolves `*.localhost` to 127.0.0.1 by itself, so
 `http://<device id>--camera.localhost:8787/` needs no DNS and is a secure context. The device
 key is made up front (world.device is its id) and kept across daemon restarts.
+
+Viewers: `up()` shares each service with one viewer (`peerproxyd share`, VIEWERS) and keeps
+the links; `open()` opens a service through its viewer's link, as a person would.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from tests.support.procs import ROOT, Proc, daemon_config, new_device
 
 SERVICE = "camera"
 OTHER_SERVICE = "admin"  # the same app under a second name: a second origin
+VIEWERS = {SERVICE: "alice", OTHER_SERVICE: "alice-admin"}  # the viewer up() shares each with
 SIGNAL_PORT = 8787
 APP_PORT = 8081
 CALL_TIMEOUT = 90.0
@@ -82,10 +88,13 @@ class Remote:
 class Agent:
     """The pipe to tests/browser/agent.py; every call is bounded by CALL_TIMEOUT."""
 
-    def __init__(self, ns: str, log_dir: Path) -> None:
+    def __init__(self, ns: str, log_dir: Path, *, chromium_flags: Sequence[str] = ()) -> None:
+        """`chromium_flags`: more command-line flags for Chromium (e.g. --host-resolver-rules)."""
         self.log_path = log_dir / "agent.log"
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PP_CHROMIUM_LOG": str(log_dir / "chromium.log")}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PP_CHROMIUM_LOG": str(log_dir / "chromium.log"),
+               "PP_CHROMIUM_FLAGS": json.dumps(list(chromium_flags))}
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.browser.agent"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=env,
@@ -175,6 +184,8 @@ class BrowserWorld:
         self.ns = f"pp-{secrets.token_hex(4)}"
         self.procs: dict[str, Proc] = {}
         self.agent: Agent | None = None
+        self.links: dict[str, str] = {}  # viewer name -> share link
+        self.extra_limits: list[str] = []  # more `[limits]` lines for the daemon's config
         self._made = False
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
@@ -190,6 +201,8 @@ class BrowserWorld:
         self.procs["app"].wait_for_log("test app listening")
         self.procs["signal"].wait_for_log("signaling server listening")
         self.start_daemon()
+        for service, viewer in VIEWERS.items():
+            self.share(viewer, service)
         self.agent = Agent(self.ns, self.log_dir)
         return self
 
@@ -199,11 +212,19 @@ class BrowserWorld:
         self.procs[name] = proc
         return proc
 
+    @property
+    def config(self) -> Path:
+        return self.log_dir / "daemon.toml"
+
     def start_daemon(self) -> Proc:
         config = daemon_config(
-            self.log_dir / "daemon.toml", state_dir=self.state_dir, signal_port=SIGNAL_PORT,
+            self.config, state_dir=self.state_dir, signal_port=SIGNAL_PORT,
             services={SERVICE: APP_PORT, OTHER_SERVICE: APP_PORT},
         )
+        if self.extra_limits:
+            text = config.read_text().replace("[limits]\n", "[limits]\n" + "".join(
+                line + "\n" for line in self.extra_limits), 1)
+            config.write_text(text)
         previous = self.procs.get("daemon")
         count = len(re.findall("registered as", previous.log())) if previous else 0
         proc = self.start("daemon", "-m", "peerproxyd", "serve", "--config", str(config))
@@ -212,6 +233,30 @@ class BrowserWorld:
 
     def stop_daemon(self) -> None:
         self.procs["daemon"].stop()
+
+    def peerproxyd(self, *args: str) -> str:
+        """Run `peerproxyd ARGS` in the namespace (next to the daemon's state); its stdout."""
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "peerproxyd", *args],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"peerproxyd {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def share(self, viewer: str, service: str = SERVICE, *, expires: str = "never") -> str:
+        """A new viewer of `service`: its share link (also kept in `links`)."""
+        out = self.peerproxyd("share", "--config", str(self.config), "--service", service,
+                              "--name", viewer, "--expires", expires, "--no-qr")
+        link = out.strip().splitlines()[-1]
+        fields = link_fields(link)
+        assert fields["n"] == viewer and fields["s"] == service, link
+        assert fields["d"] == self.device, link
+        self.links[viewer] = link
+        return link
+
+    def revoke(self, viewer: str) -> None:
+        self.peerproxyd("revoke", "--config", str(self.config), viewer)
 
     def down(self) -> None:
         if self.agent is not None:
@@ -231,8 +276,22 @@ class BrowserWorld:
             self._made = False
 
     # ----- helpers for tests
-    def origin(self, device: str | None = None, service: str = SERVICE) -> str:
-        return f"http://{device or self.device}--{service}.localhost:{SIGNAL_PORT}"
+    def origin(self, device: str | None = None, service: str = SERVICE, port: int = SIGNAL_PORT) -> str:
+        return f"http://{device or self.device}--{service}.localhost:{port}"
+
+    def link(self, path: str = "/", *, viewer: str | None = None, service: str = SERVICE,
+             device: str | None = None, port: int = SIGNAL_PORT, **fields: str) -> str:
+        """The share link of `viewer` (default: the one of `service`) opened at `path`;
+        `device`, `service` (when not its own) and `fields` (t=, f=, ...) forge a variant."""
+        viewer = viewer or VIEWERS.get(service, VIEWERS[SERVICE])
+        values = link_fields(self.links[viewer])
+        values.update(d=device or values["d"], s=service, **fields)
+        fragment = "&".join(f"{k}={v}" for k, v in values.items() if v is not None)
+        return f"{self.origin(values['d'], service, port)}{path}#{fragment}"
+
+    def app_requests(self) -> list[str]:
+        """`METHOD path` of every request the test app received, in order (from its log)."""
+        return re.findall(r"^REQUEST (.*)$", self.procs["app"].log(), re.M)
 
     def answered(self) -> int:
         """Peer connections the daemon has answered so far (across restarts)."""
@@ -244,11 +303,13 @@ class BrowserWorld:
         return json.loads(records[-1]) if records else {}
 
     def open(self, path: str = "/", *, device: str | None = None, service: str = SERVICE,
-             phase: str = "connected", timeout: float = 20.0) -> None:
-        """A fresh browser context at `path` of the device origin; wait for `phase`."""
+             viewer: str | None = None, url: str | None = None, phase: str = "connected",
+             timeout: float = 20.0) -> None:
+        """A fresh browser context opening the share link of `viewer` (default: the one of
+        `service`) at `path`, or `url`; wait for `phase`."""
         assert self.agent is not None
         self.agent.new_page()
-        self.agent.page.goto(self.origin(device, service) + path)
+        self.agent.page.goto(url or self.link(path, viewer=viewer, service=service, device=device))
         self.wait_phase(phase, timeout=timeout)
 
     def wait_phase(self, phase: str, timeout: float = 20.0) -> None:
@@ -262,6 +323,11 @@ class BrowserWorld:
         path = self.log_dir / f"{name}.png"
         self.agent.page.screenshot(path=str(path))
         return path
+
+
+def link_fields(link: str) -> dict[str, str]:
+    """The fragment of a share link as {key: value} (v, d, s, n, t, f)."""
+    return dict(parse_qsl(urlsplit(link).fragment, strict_parsing=True))
 
 
 def png_pixel(data: bytes, x: int, y: int) -> tuple[int, int, int]:

@@ -94,6 +94,23 @@ def new_device(state_dir: Path) -> str:
     return load_or_create(state_dir).device_id
 
 
+def share_link(
+    state_dir: Path, service: str, name: str, base: str = "http://localhost"
+) -> str:
+    """A new viewer `name` of `service` on the device in `state_dir`, stored as `peerproxyd
+    share` stores it; its share link (native clients in tests pass --signal anyway)."""
+    from datetime import UTC, datetime
+
+    from peerproxyd.identity import load_or_create
+    from peerproxyd.viewer_auth import build_link
+    from peerproxyd.viewers import ViewerStore
+
+    identity = load_or_create(state_dir)
+    token = ViewerStore(state_dir).add(name, service, expires=None, now=datetime.now(UTC))
+    return build_link(base, device=identity.device_id, service=service,
+                      name=name, token=token, fingerprint=identity.fingerprint_bytes)
+
+
 def daemon_config(
     path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int],
     backend: str = "auto",

@@ -1,26 +1,48 @@
 """An in-process viewer built from the real parts (aiortc, SignalingClient, ChannelLink), with
-access to the raw data channel so tests can send what a well-behaved client never would."""
+access to the raw data channel so tests can send what a well-behaved client never would.
+
+It is the viewer of a share link (tests.support.procs.share_link): it authenticates as the
+native client does (docs/security.md 1.5) before any binary message."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from aiortc import RTCSessionDescription
+
 from peerproxyd import aioice_tuning
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import StreamResetError
-from peerproxyd.protocol import ErrorCode, Frame, ProxyConnection, RequestHead, ResponseHead, Role, parse_frame
+from peerproxyd.protocol import (
+    ErrorCode,
+    Frame,
+    ProxyConnection,
+    RequestHead,
+    ResponseHead,
+    Role,
+    parse_frame,
+)
 from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
 from peerproxyd.signaling import SignalingClient
-
-from aiortc import RTCSessionDescription
+from peerproxyd.viewer_auth import (
+    Granted,
+    auth_mac,
+    check_pinned,
+    encode_auth,
+    fingerprint_from_sdp,
+    parse_auth_reply,
+    parse_link,
+)
 
 
 class RawPeer:
-    def __init__(self, signal_url: str, device: str) -> None:
+    def __init__(self, signal_url: str, link: str) -> None:
         self.signal_url = signal_url
-        self.device = device
+        self.share = parse_link(link)
+        self.device = self.share.device
+        self.granted: Granted | None = None
         self.received: list[Frame] = []
         self.signaling = SignalingClient(signal_url, backoff_max=1.0)
         self._answer: asyncio.Future[dict[str, Any]] | None = None
@@ -35,29 +57,48 @@ class RawPeer:
                 self._answer.set_result(msg.payload)
 
         self._tasks.append(asyncio.create_task(self.signaling.run(on_message)))
-        await self.signaling.wait_connected(10)
         self.pc = new_peer_connection(IceSettings(host_addresses=["127.0.0.1"]))
+        try:
+            await self._connect()
+        except BaseException:  # refused (AuthError), timed out...: leave nothing behind
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _connect(self) -> None:
+        await self.signaling.wait_connected(10)
         self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         opened = asyncio.Event()
         self.channel.on("open", opened.set)
+        replies: asyncio.Queue[str] = asyncio.Queue()
         self.channel.on("message", self._record)
+        self.channel.on("message", lambda m: isinstance(m, str) and replies.put_nowait(m))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.signaling.send("offer", self.device, {"sdp": self.pc.localDescription.sdp, "type": "offer"})
         answer = await asyncio.wait_for(self._answer, 10)
+        check_pinned(answer["sdp"], self.share.fingerprint)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(opened.wait(), 10)
+        viewer_fp = fingerprint_from_sdp(self.pc.localDescription.sdp)
+        mac = auth_mac(self.share.key, viewer_fp, self.share.fingerprint)
+        self.channel.send(encode_auth(self.share.name, mac))
+        self.granted = parse_auth_reply(await asyncio.wait_for(replies.get(), 10))
+        # Binary messages before the ChannelLink exists are recorded, never parsed: the
+        # daemon sends none before auth-ok, and the first heartbeat can wait.
         self.link = ChannelLink(self.channel, ProxyConnection(Role.CLIENT), name="rawpeer")
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.link.close()
+        if getattr(self, "link", None) is not None:
+            self.link.close()
         await self.pc.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.signaling.close()
 
-    def _record(self, message: bytes) -> None:
+    def _record(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            return
         try:
             self.received.append(parse_frame(message))
         except Exception:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
+from tests.support.procs import (
+    Proc,
+    daemon_config,
+    free_port,
+    new_device,
+    python,
+    share_link,
+    wait_http,
+)
 
 
 class Stack:
@@ -15,10 +23,11 @@ class Stack:
         self.upstream_ports: dict[str, int] = {}
         self.services: dict[str, str] = {}  # service name -> upstream URL
         self.extra_config = ""
-        self.backend = "auto"  # [ice] backend of the daemon and --backend of the clients
+        self.backend = "auto"  # [transport] backend of the daemon and --backend of the clients
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
         """The daemon's device id (its key is made up front, in state_dir)."""
+        self.viewers = 0
 
     @property
     def signal_url(self) -> str:
@@ -61,16 +70,23 @@ class Stack:
         proc.wait_for_log("registered as")
         return proc
 
+    def link(self, service: str) -> str:
+        """The share link of a new viewer of `service` (each client is its own viewer), at
+        http://<device>--<service>.localhost:<signaling port>/ as a browser opens it."""
+        self.viewers += 1
+        return share_link(self.state_dir, service, f"{service}-viewer-{self.viewers}",
+                          base=f"http://localhost:{self.signal_port}")
+
+    def connect_args(self, service: str, port: int, backend: str | None = None) -> list[str]:
+        return python(
+            "-m", "peerproxyd", "connect", self.link(service), "--signal", self.signal_url,
+            "--listen", f"127.0.0.1:{port}", "--host-address", "127.0.0.1",
+            "--backend", backend or self.backend,
+        )
+
     def client(self, service: str, backend: str | None = None) -> tuple[Proc, str]:
         port = free_port()
-        proc = self._start(
-            f"client-{service}",
-            python(
-                "-m", "peerproxyd", "connect", "--signal", self.signal_url, "--device", self.device,
-                "--service", service, "--listen", f"127.0.0.1:{port}",
-                "--host-address", "127.0.0.1", "--backend", backend or self.backend,
-            ),
-        )
+        proc = self._start(f"client-{service}", self.connect_args(service, port, backend))
         proc.wait_for_log("is at http")
         return proc, f"http://127.0.0.1:{port}"
 

@@ -4,13 +4,13 @@ its own `[limits]` table, which `extra_config` cannot extend)."""
 from __future__ import annotations
 
 from tests.support.procs import Proc, daemon_config, python
-from tests.support.stack import DEVICE, Stack
+from tests.support.stack import Stack
 
 
 class TunedStack(Stack):
     def daemon(self, services: dict[str, int], limits: dict[str, object] | None = None) -> Proc:
         config = daemon_config(
-            self.log_dir / "daemon.toml", device=DEVICE, signal_port=self.signal_port,
+            self.log_dir / "daemon.toml", state_dir=self.state_dir, signal_port=self.signal_port,
             services=services,
         )
         text = config.read_text()

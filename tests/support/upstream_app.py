@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 
 from aiohttp import WSMsgType, web
 

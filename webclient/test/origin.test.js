@@ -4,13 +4,15 @@ import { test } from "node:test";
 import { isLocalAddress, parseHost } from "../origin.js";
 
 test("parseHost: <device>--<service> in the first label", () => {
-  assert.deepEqual(parseHost("test-pi--camera.localhost"), { device: "test-pi", service: "camera" });
-  assert.deepEqual(parseHost("Camera-Pi--HA.example.net"), { device: "camera-pi", service: "ha" });
-  for (const bad of ["signal.example.net", "pi--.x", "--cam.x", "pi--ca--m.x", "-pi--cam.x", "pi--cam-.x",
-    `${"a".repeat(41)}--cam.x`, `${"a".repeat(40)}--${"b".repeat(22)}.x`, "c-0123456789abcdef--cam.x"]) {
+  const id = "iagqyuphl22c5flgteck3lgiv7crbrex"; // 32 characters of base32 (security.md 1.1)
+  assert.deepEqual(parseHost(`${id}--camera.localhost`), { device: id, service: "camera" });
+  assert.deepEqual(parseHost(`${id.toUpperCase()}--HA.example.net`), { device: id, service: "ha" });
+  for (const bad of ["signal.example.net", `${id}--.x`, "--cam.x", `${id}--ca--m.x`, `${id}--cam-.x`,
+    "test-pi--camera.x", `${id.slice(1)}--cam.x`, `${id}a--cam.x`, `${id.slice(1)}1--cam.x`,
+    `${id}--${"b".repeat(30)}.x`, "c-0123456789abcdef--cam.x"]) {
     assert.equal(parseHost(bad), null, bad);
   }
-  assert.deepEqual(parseHost(`${"a".repeat(40)}--${"b".repeat(21)}.x`), { device: "a".repeat(40), service: "b".repeat(21) });
+  assert.deepEqual(parseHost(`${id}--${"b".repeat(29)}.x`), { device: id, service: "b".repeat(29) });
 });
 
 test("isLocalAddress", () => {

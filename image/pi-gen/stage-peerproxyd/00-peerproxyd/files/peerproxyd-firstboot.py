@@ -7,8 +7,10 @@ Run once by peerproxyd-firstboot.service (as root, before multi-user.target):
    StateDirectory=peerproxyd/<name>, which with DynamicUser= lives in
    /var/lib/private/peerproxyd/<name> (systemd hands it to the service's user at start).
    The device id is derived from that key; nothing needs configuring.
-2. The share details (device id, signaling server, a `peerproxyd connect` command per
-   service) on stdout (the console and the journal) and in /etc/peerproxyd/share.txt.
+2. A share link per service for the owner (viewer "owner", no expiry), written to
+   /etc/peerproxyd/share.txt (root only); the share details (device id, signaling server,
+   how to invite more viewers) there and on stdout (the console and the journal). The links
+   themselves stay out of the journal, which more users can read than share.txt.
 3. /etc/peerproxyd/identity, listing the device ids, marks first boot as done.
 
 PEERPROXYD_ETC moves /etc/peerproxyd and PEERPROXYD_STATE_ROOT /var/lib/private/peerproxyd
@@ -22,9 +24,16 @@ import sys
 import tomllib
 from pathlib import Path
 
+from datetime import datetime, timezone
+
 from peerproxyd.config import load
-from peerproxyd.errors import ConfigError, IdentityError
-from peerproxyd.identity import load_or_create
+from peerproxyd.errors import ConfigError, IdentityError, ViewerStoreError
+from peerproxyd.identity import Identity, load_or_create
+from peerproxyd.sharing import share
+from peerproxyd.viewers import ViewerStore
+
+OWNER = "owner"
+LINK_MARK = "link: "
 
 
 def write_private(path: Path, text: str) -> None:
@@ -50,8 +59,10 @@ def daemon_configs(etc: Path) -> list[Path]:
     return found
 
 
-def share_details(path: Path, device: str) -> list[str]:
-    """Lines telling a viewer how to reach the services of `path` (device id `device`)."""
+def share_details(path: Path, identity: Identity, state_dir: Path) -> list[str]:
+    """Lines telling the owner how to reach and share the services of `path` (device key and
+    viewers in `state_dir`), with an owner link per service (lines with LINK_MARK)."""
+    device = identity.device_id
     try:
         settings = load(path)
     except ConfigError as exc:
@@ -62,12 +73,32 @@ def share_details(path: Path, device: str) -> list[str]:
         f"{path.stem}: device {device} (systemctl enable --now peerproxyd@{path.stem})",
         f"  signaling server: {url}",
     ]
-    for port, service in enumerate(settings.services, start=9000):
+    store = ViewerStore(state_dir)
+    for service in settings.services:
+        try:
+            store.load()
+            link = share(settings, store, device_id=device,
+                         fingerprint=identity.fingerprint_bytes, service=service,
+                         name=f"{OWNER}-{service}", now=datetime.now(timezone.utc)).link
+            lines.append(f"  {service}: {LINK_MARK}{link}")
+        except ViewerStoreError as exc:
+            lines.append(f"  {service}: no owner link: {exc}")
+    lines.append("  invite a viewer (prints a share link to open, or to pass to peerproxyd connect):")
+    for service in settings.services:
         lines.append(
-            f"  {service}: peerproxyd connect --signal {url} --device {device} "
-            f"--service {service} --listen 127.0.0.1:{port}"
+            f"  {service}: sudo STATE_DIRECTORY={state_dir} peerproxyd share --config {path} "
+            f"--service {service} --name NAME"
         )
     return lines
+
+
+def without_links(text: str) -> str:
+    """`text` with every link replaced by where to find it."""
+    return "".join(
+        line.split(LINK_MARK, 1)[0] + "owner link in /etc/peerproxyd/share.txt (root only)\n"
+        if LINK_MARK in line else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 def main() -> int:
@@ -84,16 +115,16 @@ def main() -> int:
     devices = []
     for path in daemon_configs(etc):
         try:
-            device = load_or_create(state_root / path.stem).device_id
+            identity = load_or_create(state_root / path.stem)
         except IdentityError as exc:
             lines.append(f"{path.stem}: no device key: {exc}")
             continue
-        devices.append(f"{path.stem}={device}\n")
-        lines += share_details(path, device)
+        devices.append(f"{path.stem}={identity.device_id}\n")
+        lines += share_details(path, identity, state_root / path.stem)
     text = "\n".join(lines) + "\n"
     write_private(etc / "share.txt", text)
     write_private(marker, "".join(devices))
-    sys.stdout.write(text)
+    sys.stdout.write(without_links(text))
     return 0
 
 

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 
+INGRESS_PORT = 8099
+INGRESS_PROXY = "172.30.32.2"
+
+
 def toml_string(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's)."""
     return json.dumps(value, ensure_ascii=False)
@@ -57,6 +61,8 @@ def convert(options: dict[str, Any], data_dir: Path) -> str:
         lines += ["", "[ice]", f"servers = [{servers}]"]
     if "max_peers" in options:
         lines += ["", "[limits]", f"max_peers = {int(options['max_peers'])}"]
+    # The Ingress panel: Supervisor's proxy (172.30.32.2) is its only client.
+    lines += ["", "[daemon]", f'panel = "0.0.0.0:{INGRESS_PORT}"', f'panel_allow = ["{INGRESS_PROXY}"]']
     if "log_level" in options:
         lines += ["", "[log]", f"level = {toml_string(str(options['log_level']))}"]
     return "\n".join(lines) + "\n"
