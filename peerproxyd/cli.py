@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     connect.add_argument(
         "--backend", choices=("auto", "aiortc", "native"), default="auto",
-        help="WebRTC stack, as [ice] backend (default auto: native when installed)",
+        help="WebRTC stack, as [transport] backend (default auto: native when installed)",
     )
     return parser
 
@@ -329,14 +329,17 @@ def _connect(args: argparse.Namespace) -> None:
     ice = IceSettings(
         servers=[IceServer(urls=[u]) for u in args.ice_server],
         host_addresses=args.host_address,
-        backend=args.backend,
     )
-    client = NativeClient(
-        link=link,
-        signal_url=args.signal,
-        listen=(host or "127.0.0.1", int(port)),
-        ice=ice,
-    )
+    try:
+        client = NativeClient(
+            link=link,
+            signal_url=args.signal,
+            listen=(host or "127.0.0.1", int(port)),
+            ice=ice,
+            backend=args.backend,
+        )
+    except ValueError as exc:
+        sys.exit(f"connect --backend {args.backend}: {exc}")
 
     async def run() -> None:
         ready = asyncio.Event()

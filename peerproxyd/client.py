@@ -31,7 +31,7 @@ from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
 from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, configure_ice
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
-from peerproxyd.transport import Transport, new_transport
+from peerproxyd.transport import Transport, choose_backend, new_transport
 from peerproxyd.viewer_auth import (
     AuthCode,
     Granted,
@@ -61,17 +61,21 @@ class NativeClient:
         signal_url: str | None = None,
         listen: tuple[str, int],
         ice: IceSettings,
+        backend: str = "auto",
         connect_timeout: float = 15.0,
         request_wait: float = 30.0,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 20.0,
         backoff_max: float = 10.0,
     ) -> None:
+        """`backend`: the WebRTC stack, "auto", "aiortc" or "native" (transport.py);
+        ValueError if "native" cannot run here."""
         self.share = link
         self.device = link.device
         self.service = link.service
         self.listen = listen
         self.ice = ice
+        self.backend, self.backend_reason = choose_backend(backend, ice)
         self.connect_timeout = connect_timeout
         self.request_wait = request_wait
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
@@ -92,6 +96,7 @@ class NativeClient:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve the local port and keep a connection to the device until cancelled."""
         configure_ice(self.ice)
+        logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -113,7 +118,7 @@ class NativeClient:
     async def _connection_loop(self, ready: asyncio.Event | None) -> None:
         delay = 0.25
         while True:
-            pc = new_transport(self.ice)  # aiortc or native (transport.py)
+            pc = new_transport(self.ice, backend=self.backend)
             error: Exception | None = None
             try:
                 link = await self._connect(pc)

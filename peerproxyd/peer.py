@@ -25,7 +25,7 @@ from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead,
 from peerproxyd.replies import reply_quietly
 from peerproxyd.router import Router
 from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport
-from peerproxyd.transport import Transport, new_transport
+from peerproxyd.transport import Backend, Transport, new_transport
 from peerproxyd.viewer_auth import (
     AuthCode,
     Granted,
@@ -57,6 +57,7 @@ class PeerSession:
         router: Router,
         on_closed: Callable[[PeerSession], None],
         *,
+        backend: Backend,
         viewers: ViewerStore,
         refresh_viewers: Callable[[], None] = lambda: None,
         admit: Callable[[], bool] = lambda: True,
@@ -68,7 +69,7 @@ class PeerSession:
         self._viewers = viewers
         self._refresh_viewers = refresh_viewers
         self._admit = admit
-        self._pc: Transport = new_transport(settings.ice)  # aiortc or native (transport.py)
+        self._pc: Transport = new_transport(settings.ice, backend=backend)
         self._channel: Any = None  # the data channel (peerproxyd.channel.DataChannel)
         self._channel_closed = asyncio.Event()
         self._link: ChannelLink | None = None

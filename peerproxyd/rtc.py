@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,8 +25,6 @@ from peerproxyd import (
 )
 from peerproxyd.config import IceSettings
 
-logger = logging.getLogger(__name__)
-
 CHANNEL_LABEL = "peerproxy"
 RTT_TIMEOUT = 2.0
 
@@ -46,10 +43,6 @@ def configure_ice(ice: IceSettings) -> None:
     aioice_nomination.install()
     aioice_consent.install()
     install_speedups(SPEEDUPS)
-    from peerproxyd.transport import choose_backend  # transport.py imports this module
-
-    backend, why = choose_backend(ice)  # ValueError: "native" asked for but cannot run
-    logger.info("WebRTC backend: %s (%s)", backend, why)
 
 
 SPEEDUPS: dict[str, Callable[[bool], None]] = {
@@ -93,7 +86,8 @@ class ConnectionReport:
 
     `type` is the path: `relay` through a TURN server, `srflx` through at least one NAT
     (a server- or peer-reflexive candidate with a public address), `host` directly.
-    `protocol` is how our packets leave: `udp`, or `tcp`/`tls` to a TURN server."""
+    `protocol` is how our packets leave: `udp`, or `tcp`/`tls` to a TURN server. `backend`
+    is the WebRTC stack of our end (transport.py)."""
 
     type: PairType
     protocol: str
@@ -102,12 +96,13 @@ class ConnectionReport:
     remote_type: str
     remote: str
     rtt_ms: float | None
+    backend: str = "aiortc"
 
     def __str__(self) -> str:
         rtt = f"{self.rtt_ms:.1f} ms" if self.rtt_ms is not None else "unknown"
         return (
             f"{self.type} ({self.protocol}) {self.local} [{self.local_type}] <-> "
-            f"{self.remote} [{self.remote_type}], rtt {rtt}"
+            f"{self.remote} [{self.remote_type}], rtt {rtt}, backend {self.backend}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -172,6 +167,7 @@ async def connection_report(
         remote_type=remote.type,
         remote=_address(remote.host, remote._network_host, remote.port),
         rtt_ms=rtt,
+        backend="aiortc",
     )
 
 

@@ -2,9 +2,10 @@
 
 Two backends: `aiortc` (transport_aiortc.py; always installed, the only one on Python 3.11)
 and `native` (transport_native.py; libdatachannel-py, the `peerproxyd[native]` extra on
-Python >= 3.12, ~4x less CPU per MB: bench/datachannel.md). `[ice] backend` chooses:
-"aiortc", "native", or "auto" (native when importable and the ICE settings are ones it
-supports, else aiortc; `choose_backend` says why).
+Python >= 3.12, ~4x less CPU per MB: bench/datachannel.md). `[transport] backend` (the
+daemon) and `connect --backend` (the native client) choose once per process: "aiortc",
+"native", or "auto" (native when importable and the ICE settings are ones it supports, else
+aiortc; `choose_backend` says why).
 
 A transport makes one peer connection with one data channel that satisfies
 `peerproxyd.channel.DataChannel`. Offerer: `create_channel`, `offer`, `set_answer`.
@@ -74,16 +75,18 @@ def native_unsupported(ice: IceSettings) -> str | None:
     return None
 
 
-def choose_backend(ice: IceSettings) -> tuple[Backend, str]:
-    """The backend for `ice.backend`, and why; ValueError when "native" cannot run."""
-    wanted = ice.backend
+def choose_backend(wanted: str, ice: IceSettings) -> tuple[Backend, str]:
+    """The backend for `wanted` ("auto", "aiortc" or "native") with these ICE settings, and
+    why; ValueError when "native" cannot run here."""
     if wanted == "aiortc":
         return "aiortc", "configured"
-    problem = None if native_available() else "libdatachannel-py is not installed"
+    problem = None if native_available() else (
+        "libdatachannel-py is not installed (the peerproxyd[native] extra: Python >= 3.12 on "
+        "x86_64 or aarch64)")
     problem = problem or native_unsupported(ice)
     if wanted == "native":
         if problem:
-            raise ValueError(f'[ice] backend = "native": {problem}')
+            raise ValueError(f'"native" cannot run here: {problem}')
         return "native", "configured"
     if problem:
         return "aiortc", f"auto: native unavailable ({problem})"
@@ -91,12 +94,12 @@ def choose_backend(ice: IceSettings) -> tuple[Backend, str]:
 
 
 def new_transport(
-    ice: IceSettings, *, identity: Identity | None = None, backend: Backend | None = None
+    ice: IceSettings, *, backend: Backend, identity: Identity | None = None
 ) -> Transport:
-    """A transport for one peer connection. `identity`: the device's DTLS certificate; None:
-    the identity of the enclosing `aiortc_certificate.device_certificate` context (the
-    daemon runs in one), else a fresh certificate per connection (the native client)."""
-    backend = backend or choose_backend(ice)[0]
+    """A transport for one peer connection on `backend` (from `choose_backend`).
+    `identity`: the device's DTLS certificate; None: the identity of the enclosing
+    `aiortc_certificate.device_certificate` context (the daemon runs in one), else a fresh
+    certificate per connection (the native client)."""
     if backend == "native":
         from peerproxyd.aiortc_certificate import current_identity
         from peerproxyd.transport_native import NativeTransport

@@ -297,6 +297,7 @@ class NativeTransport:
             remote_type=ends[1].type,
             remote=f"{ends[1].host}:{ends[1].port}",
             rtt_ms=rtt.total_seconds() * 1000 if rtt is not None else None,
+            backend="native",
         )
 
     async def close(self) -> None:

@@ -86,8 +86,8 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "udp_receive_buffer": 4194304,
             "mdns": True,
             "port_range": None,
-            "backend": "auto",
         },
+        "transport": {"backend": "auto"},
         "limits": {
             "stall_timeout": 60.0,
             "max_peers": 32,
@@ -115,6 +115,7 @@ def test_every_field_is_documented() -> None:
         config.ServiceSettings,
         IceServer,
         config.IceSettings,
+        config.TransportSettings,
         config.LimitsSettings,
         config.LogSettings,
     ]

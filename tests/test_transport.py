@@ -8,11 +8,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from peerproxyd.channel import HIGH_WATER, LOW_WATER
-from peerproxyd.config import IceSettings
+from peerproxyd.config import (
+    DeviceSettings,
+    IceSettings,
+    ServiceSettings,
+    Settings,
+    SignalingSettings,
+    TransportSettings,
+)
+from peerproxyd.daemon import Daemon
+from peerproxyd.errors import ConfigError
 from peerproxyd.identity import Identity
 from peerproxyd.rtc import configure_ice
 from peerproxyd.transport import (
@@ -96,6 +106,8 @@ async def test_pairing_moves_data_both_ways_intact(offer_backend: str, answer_ba
         for transport in (offerer, answerer):
             report = await transport.report()
             assert report is not None and report.type == "host"
+            assert report.backend == transport.backend
+            assert str(report).endswith(f", backend {transport.backend}")
             assert report.local.startswith("127.0.0.1:")
             assert transport.state == "connected"
         closed = asyncio.Event()
@@ -148,18 +160,38 @@ async def test_native_refuses_a_bad_offer_and_keeps_working():
 
 
 def test_choose_backend():
-    assert choose_backend(IceSettings(backend="aiortc")) == ("aiortc", "configured")
-    several = IceSettings(backend="auto", host_addresses=["127.0.0.1", "127.0.0.2"])
-    assert choose_backend(several)[0] == "aiortc"
+    assert choose_backend("aiortc", ICE) == ("aiortc", "configured")
+    several = IceSettings(host_addresses=["127.0.0.1", "127.0.0.2"])
+    assert choose_backend("auto", several)[0] == "aiortc"
+    with pytest.raises(ValueError, match="one host address" if native_available() else
+                       "not installed"):
+        choose_backend("native", several)
     if native_available():
-        assert choose_backend(IceSettings(backend="auto"))[0] == "native"
-        assert choose_backend(IceSettings(backend="native")) == ("native", "configured")
-        with pytest.raises(ValueError, match="one host address"):
-            choose_backend(IceSettings(backend="native", host_addresses=["127.0.0.1", "::1"]))
+        assert choose_backend("auto", ICE) == ("native", "auto: libdatachannel-py importable")
+        assert choose_backend("native", ICE) == ("native", "configured")
+        assert "one host address" in choose_backend("auto", several)[1]
     else:
-        assert choose_backend(IceSettings(backend="auto"))[0] == "aiortc"
-        with pytest.raises(ValueError, match="not installed"):
-            choose_backend(IceSettings(backend="native"))
+        assert choose_backend("auto", ICE)[0] == "aiortc"
+        with pytest.raises(ValueError, match="libdatachannel-py is not installed"):
+            choose_backend("native", ICE)
+
+
+def test_daemon_refuses_a_native_backend_that_cannot_run(tmp_path: Path):
+    """`[transport] backend = "native"` where it cannot run is a configuration error at start
+    (two host addresses: the native stack binds one; without libdatachannel-py: not
+    installed), not a silent fall-back."""
+    settings = Settings(
+        signaling=SignalingSettings(url="ws://127.0.0.1:9/ws"),
+        services={"camera": ServiceSettings(upstream="http://127.0.0.1:9")},
+        ice=IceSettings(host_addresses=["127.0.0.1", "127.0.0.2"]),
+        transport=TransportSettings(backend="native"),
+        device=DeviceSettings(state_dir=tmp_path),
+    )
+    with pytest.raises(ConfigError, match=r'transport\.backend: "native" cannot run here'):
+        Daemon(settings, identity=Identity.generate())
+    auto = Daemon(settings.model_copy(update={"transport": TransportSettings()}),
+                  identity=Identity.generate())
+    assert (auto.backend, auto.backend_reason[:5]) == ("aiortc", "auto:")
 
 
 @needs_native

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.procs import (
+    TEST_BACKEND,
     Proc,
     daemon_config,
     free_port,
@@ -23,7 +24,7 @@ class Stack:
         self.upstream_ports: dict[str, int] = {}
         self.services: dict[str, str] = {}  # service name -> upstream URL
         self.extra_config = ""
-        self.backend = "auto"  # [transport] backend of the daemon and --backend of the clients
+        self.backend = TEST_BACKEND  # [transport] backend of the daemon, --backend of clients
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
         """The daemon's device id (its key is made up front, in state_dir)."""
