@@ -5,14 +5,19 @@ BIN    := $(VENV)/bin
 # Debian packages the tests use (root on the test machines; skipped if already present).
 APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor
 
-# The native backend (libdatachannel-py, Python >= 3.12): `make test-native` runs its tests in
-# a second venv when such a Python is found (python3.13, python3.12 or pyenv's); `make test`
-# runs them after the main suite.
+# The native backend (libdatachannel-py, Python >= 3.12 on x86_64/aarch64; requirements*.lock
+# pin it with that marker): `make test-native` runs the end-to-end suites with every daemon,
+# native client and raw peer on it (PEERPROXYD_TEST_BACKEND=native) in a second venv, when
+# such a Python is found (python3.13, python3.12 or pyenv's); `make test` runs it after the
+# main suite.
 PYTHON_NATIVE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 \
 	$$HOME/.pyenv/versions/3.12*/bin/python3; do $$p -c 'import sys; assert sys.version_info >= (3, 12)' \
 	>/dev/null 2>&1 && echo $$p && break; done)
 VENV_NATIVE ?= .venv313
-NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/test_browser.py
+NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/test_end_to_end.py \
+	tests/test_browser.py tests/test_browser_trust.py tests/test_trust.py tests/test_limits.py \
+	tests/test_websocket.py tests/test_browser_websocket.py
+NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")
 
 .PHONY: run test test-native install system-deps bench lock clean
 
@@ -23,14 +28,13 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
-	if $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
-		$(BIN)/pip install -q 'libdatachannel-py>=2026.1'; fi  # the native extra
 	touch $@
 
-$(VENV_NATIVE)/.installed: pyproject.toml
+$(VENV_NATIVE)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON_NATIVE) -m venv $(VENV_NATIVE)
 	$(VENV_NATIVE)/bin/pip install -q --upgrade pip
-	$(VENV_NATIVE)/bin/pip install -q -e '.[test,native]'
+	$(VENV_NATIVE)/bin/pip install -q -r requirements-dev.lock
+	$(VENV_NATIVE)/bin/pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,18 +59,26 @@ test-native: system-deps
 		echo "test-native: no Python >= 3.12 here: the native backend is not tested"; \
 	else \
 		$(MAKE) --no-print-directory $(VENV_NATIVE)/.installed && \
-		$(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
+		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
 	fi
 
 bench: install
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
 
-# Re-pin after changing dependencies in pyproject.toml (uses a throwaway venv).
+# Re-pin after changing dependencies in pyproject.toml (uses throwaway venvs). The native
+# extra is resolved with PYTHON_NATIVE and appended with NATIVE_MARKER, so Python 3.11 and
+# armv7 skip it.
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install -q . && .lockenv/bin/pip freeze --exclude peerproxyd > requirements.lock
 	.lockenv/bin/pip install -q '.[test,bench]' && .lockenv/bin/pip freeze --exclude peerproxyd > requirements-dev.lock
+	rm -rf .lockenv && $(PYTHON_NATIVE) -m venv .lockenv
+	.lockenv/bin/pip install -q '.[native]'
+	pin="$$(.lockenv/bin/pip freeze | grep -i '^libdatachannel-py==') ; "'$(NATIVE_MARKER)'; \
+	for f in requirements.lock requirements-dev.lock; do \
+		printf '%s\n' '# the native backend (peerproxyd[native]): wheels for CPython >= 3.12 on x86_64/aarch64 only' \
+			"$$pin" >> $$f; done
 	rm -rf .lockenv
 
 clean:
