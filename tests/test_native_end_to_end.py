@@ -64,3 +64,28 @@ async def test_requests_and_bodies_intact_across_backends(clients):
                 data = await r.read()
             assert len(data) == size and data == pattern(size), name
 
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("client_backend", ["native", "aiortc"])
+async def test_native_daemon_relayed_through_coturn(tmp_path, client_backend: str):
+    """A viewer behind a symmetric NAT reaches a native daemon through coturn (TURN over UDP,
+    REST-API credentials): both ends report a relay pair and a body arrives intact."""
+    from tests.netns import NetStack, Network, coturn_relayed, report_from_log
+    from tests.test_nat import require_netns
+
+    require_netns()
+    net = Network(tmp_path, remote_nat="symmetric").up()
+    try:
+        stack = NetStack(net).services()
+        daemon = stack.daemon(backend="native")
+        client, url = stack.client("rv", backend=client_backend)
+        on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+        assert (on_client.type, on_daemon.type) == ("relay", "relay"), (on_client, on_daemon)
+        assert on_daemon.line.endswith("backend native"), on_daemon
+        result = net.fetch("rv", url + "/download?size=1000000")
+        assert (result.status, result.size) == (200, 1_000_000)
+        assert stack.coturn is not None and coturn_relayed(stack.coturn)
+    finally:
+        net.down()
