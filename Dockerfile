@@ -13,7 +13,10 @@
 # --network host: ICE offers the host's own addresses (LAN viewers connect directly) and
 # the upstreams on 127.0.0.1 are the host's. See docs/deploy.md.
 
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+# Python 3.13: requirements.lock's libdatachannel-py (the native WebRTC backend, [transport]
+# backend = "auto" picks it) has wheels for it on amd64 and arm64; arm/v7 skips it by its
+# marker and runs on aiortc.
+ARG PYTHON_IMAGE=python:3.13-slim-bookworm
 
 # ---- build: a venv at /opt/peerproxyd from the pinned requirements
 FROM ${PYTHON_IMAGE} AS build

@@ -5,7 +5,22 @@ BIN    := $(VENV)/bin
 # Debian packages the tests use (root on the test machines; skipped if already present).
 APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor
 
-.PHONY: run test install system-deps bench lock clean
+# The native backend (libdatachannel-py, Python >= 3.12 on x86_64/aarch64; requirements*.lock
+# pin it with that marker): `make test-native` runs the end-to-end suites with every daemon,
+# native client and raw peer on it (PEERPROXYD_TEST_BACKEND=native) in a second venv, when
+# such a Python is found (python3.13, python3.12 or pyenv's); `make test` runs it after the
+# main suite.
+PYTHON_NATIVE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 \
+	$$HOME/.pyenv/versions/3.12*/bin/python3; do $$p -c 'import sys; assert sys.version_info >= (3, 12)' \
+	>/dev/null 2>&1 && echo $$p && break; done)
+VENV_NATIVE ?= .venv313
+NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/test_end_to_end.py \
+	tests/test_browser.py tests/test_browser_trust.py tests/test_trust.py tests/test_limits.py \
+	tests/test_websocket.py tests/test_browser_websocket.py \
+	tests/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device
+NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")
+
+.PHONY: run test test-native install system-deps bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +29,13 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(VENV_NATIVE)/.installed: pyproject.toml requirements-dev.lock
+	$(PYTHON_NATIVE) -m venv $(VENV_NATIVE)
+	$(VENV_NATIVE)/bin/pip install -q --upgrade pip
+	$(VENV_NATIVE)/bin/pip install -q -r requirements-dev.lock
+	$(VENV_NATIVE)/bin/pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,17 +53,34 @@ run: install
 test: install system-deps
 	node --test webclient/test/
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-native
+
+test-native: system-deps
+	@if [ -z "$(PYTHON_NATIVE)" ]; then \
+		echo "test-native: no Python >= 3.12 here: the native backend is not tested"; \
+	else \
+		$(MAKE) --no-print-directory $(VENV_NATIVE)/.installed && \
+		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
+	fi
 
 bench: install
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
 
-# Re-pin after changing dependencies in pyproject.toml (uses a throwaway venv).
+# Re-pin after changing dependencies in pyproject.toml (uses throwaway venvs). The native
+# extra is resolved with PYTHON_NATIVE and appended with NATIVE_MARKER, so Python 3.11 and
+# armv7 skip it.
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install -q . && .lockenv/bin/pip freeze --exclude peerproxyd > requirements.lock
 	.lockenv/bin/pip install -q '.[test,bench]' && .lockenv/bin/pip freeze --exclude peerproxyd > requirements-dev.lock
+	rm -rf .lockenv && $(PYTHON_NATIVE) -m venv .lockenv
+	.lockenv/bin/pip install -q '.[native]'
+	pin="$$(.lockenv/bin/pip freeze | grep -i '^libdatachannel-py==') ; "'$(NATIVE_MARKER)'; \
+	for f in requirements.lock requirements-dev.lock; do \
+		printf '%s\n' '# the native backend (peerproxyd[native]): wheels for CPython >= 3.12 on x86_64/aarch64 only' \
+			"$$pin" >> $$f; done
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_NATIVE) .pytest_cache .hypothesis

@@ -27,6 +27,7 @@ from peerproxyd.identity import Identity
 
 _current: ContextVar[RTCCertificate | None] = ContextVar("peerproxyd_dtls_certificate",
                                                         default=None)
+_identity: ContextVar[Identity | None] = ContextVar("peerproxyd_dtls_identity", default=None)
 _generate_fresh = RTCCertificate.generateCertificate.__func__  # type: ignore[attr-defined]
 
 
@@ -48,11 +49,18 @@ def certificate_of(identity: Identity) -> RTCCertificate:
 @contextmanager
 def device_certificate(identity: Identity) -> Iterator[RTCCertificate]:
     """Every RTCPeerConnection made in this context (and in tasks started from it) uses the
-    identity's certificate for DTLS."""
+    identity's certificate for DTLS; so does every native transport (transport.py)."""
     install()
     certificate = certificate_of(identity)
-    token = _current.set(certificate)
+    token, identity_token = _current.set(certificate), _identity.set(identity)
     try:
         yield certificate
     finally:
         _current.reset(token)
+        _identity.reset(identity_token)
+
+
+def current_identity() -> Identity | None:
+    """The identity of the enclosing `device_certificate` context (the native transport
+    backend takes the certificate from it), or None."""
+    return _identity.get()

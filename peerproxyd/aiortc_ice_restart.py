@@ -40,14 +40,12 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceTransport, candidate_to_aioice
 
+from peerproxyd.errors import IceRestartError
+
 logger = logging.getLogger(__name__)
 
 RESTART_TIMEOUT = 5.0
 """Seconds a restart may take, from the remote's credentials to a nominated pair."""
-
-
-class IceRestartError(RuntimeError):
-    """A restart that cannot start (no live ICE transport, or the remote did not restart)."""
 
 
 def ice_transport(pc: RTCPeerConnection) -> RTCIceTransport:
@@ -57,22 +55,6 @@ def ice_transport(pc: RTCPeerConnection) -> RTCIceTransport:
     if transport is None or transport.state != "completed" or pc.connectionState != "connected":
         raise IceRestartError("no connected ICE transport to restart")
     return transport
-
-
-def remote_ice_ufrag(description: str) -> str | None:
-    """The ICE username fragment of the data-channel section of an SDP, if any."""
-    for media in aiortc_sdp.SessionDescription.parse(description).media:
-        if media.kind == "application":
-            return media.ice.usernameFragment
-    return None
-
-
-def current_remote_ufrag(pc: RTCPeerConnection) -> str | None:
-    """The remote ufrag the live ICE connection checks with."""
-    sctp = pc.sctp
-    if sctp is None:
-        return None
-    return sctp.transport.transport._connection.remote_username
 
 
 class IceRestart:

@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--ice-server", action="append", default=[], help="stun:host:port (repeatable)"
     )
+    connect.add_argument(
+        "--backend", choices=("auto", "aiortc", "native"), default="auto",
+        help="WebRTC stack, as [transport] backend (default auto: native when installed)",
+    )
     return parser
 
 
@@ -326,12 +330,16 @@ def _connect(args: argparse.Namespace) -> None:
         servers=[IceServer(urls=[u]) for u in args.ice_server],
         host_addresses=args.host_address,
     )
-    client = NativeClient(
-        link=link,
-        signal_url=args.signal,
-        listen=(host or "127.0.0.1", int(port)),
-        ice=ice,
-    )
+    try:
+        client = NativeClient(
+            link=link,
+            signal_url=args.signal,
+            listen=(host or "127.0.0.1", int(port)),
+            ice=ice,
+            backend=args.backend,
+        )
+    except ValueError as exc:
+        sys.exit(f"connect --backend {args.backend}: {exc}")
 
     async def run() -> None:
         ready = asyncio.Event()

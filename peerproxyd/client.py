@@ -12,33 +12,28 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDict
 
-from peerproxyd.aiortc_ice_restart import IceRestart, IceRestartError, finish_restart, offer_restart
 from peerproxyd.channel import ChannelLink
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import (
     AuthError,
     FingerprintError,
+    IceRestartError,
     PeerGoneError,
     SignalingError,
     StreamResetError,
 )
 from peerproxyd.http_headers import downstream_response_headers, strip_hop_by_hop
 from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc import (
-    CHANNEL_LABEL,
-    ConnectionReport,
-    configure_ice,
-    connection_report,
-    new_peer_connection,
-)
+from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, configure_ice
+from peerproxyd.sdp_restart import keep_session
 from peerproxyd.signaling import SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.transport import Transport, choose_backend, new_transport
 from peerproxyd.viewer_auth import (
     AuthCode,
     Granted,
@@ -51,6 +46,9 @@ from peerproxyd.viewer_auth import (
     parse_auth_reply,
 )
 from peerproxyd.websocket_listener import is_websocket_upgrade, serve_local_websocket
+
+if TYPE_CHECKING:
+    from peerproxyd.aiortc_ice_restart import IceRestart
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +66,21 @@ class NativeClient:
         signal_url: str | None = None,
         listen: tuple[str, int],
         ice: IceSettings,
+        backend: str = "auto",
         connect_timeout: float = 15.0,
         request_wait: float = 30.0,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 20.0,
         backoff_max: float = 10.0,
     ) -> None:
+        """`backend`: the WebRTC stack, "auto", "aiortc" or "native" (transport.py);
+        ValueError if "native" cannot run here."""
         self.share = link
         self.device = link.device
         self.service = link.service
         self.listen = listen
         self.ice = ice
+        self.backend, self.backend_reason = choose_backend(backend, ice)
         self.connect_timeout = connect_timeout
         self.request_wait = request_wait
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
@@ -96,11 +98,13 @@ class NativeClient:
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self._device_gone = asyncio.Event()
         self._restart_wanted = asyncio.Event()
+        self._offer = ""  # the current connection's last offer
         self._runner: web.AppRunner | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve the local port and keep a connection to the device until cancelled."""
         configure_ice(self.ice)
+        logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -122,7 +126,7 @@ class NativeClient:
     async def _connection_loop(self, ready: asyncio.Event | None) -> None:
         delay = 0.25
         while True:
-            pc = new_peer_connection(self.ice)
+            pc = new_transport(self.ice, backend=self.backend)
             error: Exception | None = None
             try:
                 link = await self._connect(pc)
@@ -160,34 +164,32 @@ class NativeClient:
             self.last_error = f"connection to {self.device} lost"
             logger.warning("%s; reconnecting", self.last_error)
 
-    async def _connect(self, pc: RTCPeerConnection) -> ChannelLink:
+    async def _connect(self, pc: Transport) -> ChannelLink:
         async with asyncio.timeout(self.connect_timeout):
             await self.signaling.wait_connected(self.connect_timeout)
-            channel = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+            channel = pc.create_channel(CHANNEL_LABEL)
             opened = asyncio.Event()
             channel.on("open", opened.set)
-            await pc.setLocalDescription(await pc.createOffer())
+            self._offer = offer = await pc.offer()
             self._answer = asyncio.get_running_loop().create_future()
             self._device_gone.clear()
             started = time.monotonic()
             await self.signaling.send(
-                "offer", self.device, {"sdp": pc.localDescription.sdp, "type": "offer"}
+                "offer", self.device, {"sdp": offer, "type": "offer"}
             )
             answer = await self._answer
             check_pinned(str(answer.get("sdp", "")), self.share.fingerprint)
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=str(answer["sdp"]), type="answer")
-            )
+            await pc.set_answer(str(answer["sdp"]))
             await opened.wait()
             logger.info("data channel open in %.0f ms", (time.monotonic() - started) * 1000)
-            link = await self._authenticate(pc, channel)
+            link = await self._authenticate(offer, channel)
         self.connections += 1
-        self.report = await connection_report(pc)
+        self.report = await pc.report()
         if self.report is not None:
             logger.info("connected via %s", self.report)
         return link
 
-    async def _authenticate(self, pc: RTCPeerConnection, channel: Any) -> ChannelLink:
+    async def _authenticate(self, offer: str, channel: Any) -> ChannelLink:
         """Send auth (docs/security.md 1.5) and wait for the answer; on auth-ok the
         ChannelLink takes over the channel in the same step, so no message falls between."""
         result: asyncio.Future[ChannelLink] = asyncio.get_running_loop().create_future()
@@ -212,7 +214,7 @@ class NativeClient:
 
         channel.on("message", on_reply)
         channel.on("close", on_close)
-        mac = auth_mac(self.share.key, fingerprint_from_sdp(pc.localDescription.sdp),
+        mac = auth_mac(self.share.key, fingerprint_from_sdp(offer),
                        self.share.fingerprint)
         channel.send(encode_auth(self.share.name, mac))
         link = await result
@@ -232,17 +234,17 @@ class NativeClient:
         self.refused = error
         self._device_gone.set()
 
-    async def _until_lost(self, pc: RTCPeerConnection, link: ChannelLink) -> None:
+    async def _until_lost(self, pc: Transport, link: ChannelLink) -> None:
         """Serve until the connection is lost; restart ICE on it when asked (the device's
         `restart`, or the server's `bye` as the device's signaling socket went), and return,
         for a new connection, if a restart fails."""
         failed = asyncio.Event()
 
-        def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+        def on_state(state: str) -> None:
+            if state in ("failed", "closed"):
                 failed.set()
 
-        pc.on("connectionstatechange", on_state)
+        pc.on_state(on_state)
         self._restart_wanted.clear()
         waits = [
             asyncio.ensure_future(link.keepalive(*self.heartbeat)),
@@ -263,23 +265,23 @@ class NativeClient:
             for w in waits:
                 w.cancel()
 
-    async def _restart_ice(self, pc: RTCPeerConnection) -> bool:
+    async def _restart_ice(self, pc: Transport) -> bool:
         """Restart ICE on the live connection (aiortc_ice_restart.py): offer new credentials
         and candidates, check against the device's; streams in flight go on. False if it did
-        not complete within `connect_timeout` (the caller then connects anew)."""
+        not complete within `connect_timeout`, or the backend cannot restart (the caller
+        then connects anew)."""
         started = time.monotonic()
         restart: IceRestart | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                offer, restart = await offer_restart(pc)
+                offer, restart = await pc.restart_offer()
+                # The same SDP session as before, so the device sees a restart (sdp_restart.py)
+                self._offer = offer = keep_session(offer, self._offer)
                 self._answer = asyncio.get_running_loop().create_future()
-                await self.signaling.send("offer", self.device,
-                                          {"sdp": offer.sdp, "type": "offer"})
+                await self.signaling.send("offer", self.device, {"sdp": offer, "type": "offer"})
                 answer = await self._answer
                 check_pinned(str(answer.get("sdp", "")), self.share.fingerprint)
-                done = await finish_restart(
-                    pc, restart, RTCSessionDescription(sdp=str(answer["sdp"]), type="answer")
-                )
+                done = await pc.finish_restart(restart, str(answer["sdp"]))
         except (IceRestartError, TimeoutError, SignalingError, ConnectionError,
                 ValueError) as exc:
             if restart is not None:
@@ -291,7 +293,7 @@ class NativeClient:
             return False
         self._restart_wanted.clear()  # asked for during this restart: this one did it
         self.ice_restarts += 1
-        self.report = await connection_report(pc)
+        self.report = await pc.report()
         logger.info("ICE restart with %s done in %.0f ms; connected via %s", self.device,
                     (time.monotonic() - started) * 1000, self.report)
         return True

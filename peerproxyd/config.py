@@ -338,6 +338,17 @@ class IceSettings(_Section):
         return f"{low}-{high}"
 
 
+class TransportSettings(_Section):
+    """`[transport]`: which WebRTC stack makes the peer connections (issue 7)."""
+
+    backend: Literal["auto", "aiortc", "native"] = "auto"
+    """`"aiortc"` (pure Python, always installed), `"native"` (libdatachannel-py, the
+    `peerproxyd[native]` extra: Python >= 3.12 on x86_64/aarch64, ~4x less CPU per MB; at most
+    one `[ice] host_addresses` entry) or `"auto"`: native when importable and the `[ice]`
+    settings allow it, else aiortc. The log, the status panel and each connection report
+    say which. **Default:** `"auto"`."""
+
+
 class LimitsSettings(_Section):
     """`[limits]`: bounds on everything a remote peer controls."""
 
@@ -461,6 +472,9 @@ class Settings(BaseSettings):
 
     ice: IceSettings = Field(default_factory=IceSettings)
     """`[ice]`. **Default:** all defaults."""
+
+    transport: TransportSettings = Field(default_factory=TransportSettings)
+    """`[transport]`. **Default:** all defaults."""
 
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     """`[limits]`. **Default:** all defaults."""

@@ -27,10 +27,9 @@ import aiohttp
 
 from peerproxyd import __version__, mdns, netwatch
 from peerproxyd.aiortc_certificate import device_certificate
-from peerproxyd.aiortc_ice_restart import IceRestartError
 from peerproxyd.channel import ChannelStream
 from peerproxyd.config import ServiceSettings, Settings, load
-from peerproxyd.errors import ConfigError, ViewerStoreError
+from peerproxyd.errors import ConfigError, IceRestartError, ViewerStoreError
 from peerproxyd.identity import Identity, load_or_create
 from peerproxyd.notify import Notifier
 from peerproxyd.panel import serve_panel
@@ -41,6 +40,7 @@ from peerproxyd.router import Router, new_upstream_session
 from peerproxyd.rtc import configure_ice
 from peerproxyd.signaling import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling_messages import Message
+from peerproxyd.transport import choose_backend
 from peerproxyd.viewers import ViewerStore
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ STATUS_INTERVAL = 1.0
 """Seconds between STATUS= refreshes (peer and stream counts change without an event)."""
 ACCESS_INTERVAL = 1.0
 """Seconds between checks of the viewer store and of every peer (revoked, expired, idle)."""
-RESTART_ONLY = ("device", "signaling", "ice")
+RESTART_ONLY = ("device", "signaling", "ice", "transport")
 """Tables a reload cannot change in a running daemon: it keeps the old ones and says so."""
 SHUTDOWN_TEXT = "device is shutting down"
 RENEGOTIATE_WAIT = 10.0
@@ -121,8 +121,13 @@ class Daemon:
     ) -> None:
         """`identity` defaults to the one in `[device] state_dir` (created if there is
         none); IdentityError if it cannot be read. `viewers` defaults to the viewer store in
-        the same directory."""
+        the same directory. ConfigError if `[transport] backend` cannot run here."""
         self.settings = settings
+        try:
+            self.backend, self.backend_reason = choose_backend(settings.transport.backend,
+                                                               settings.ice)
+        except ValueError as exc:
+            raise ConfigError([f"transport.backend: {exc}"]) from None
         self.identity = (
             identity if identity is not None else load_or_create(settings.device.state_path)
         )
@@ -159,6 +164,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve until cancelled, or until stop() and the drain that follows."""
         configure_ice(self.settings.ice)
+        logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         self._load_viewers()
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
         logger.info("device %s serving %s", self.label, names)
@@ -248,8 +254,8 @@ class Daemon:
         """Re-read config_path and apply it; on any problem keep the running configuration.
 
         Services (added, removed, changed), limits for new peers, the log level and the drain
-        timeout take effect at once; no peer is dropped. [device], [signaling] and [ice]
-        need a restart. Sends RELOADING=1, then READY=1 whatever the outcome.
+        timeout take effect at once; no peer is dropped. [device], [signaling], [ice] and
+        [transport] need a restart. Sends RELOADING=1, then READY=1 whatever the outcome.
         """
         async with self._reload_lock:
             self.notifier.reloading()
@@ -422,7 +428,7 @@ class Daemon:
             return
         assert self._router is not None
         session = PeerSession(
-            peer, self.settings, self._router, self._forget,
+            peer, self.settings, self._router, self._forget, backend=self.backend,
             viewers=self.viewers, refresh_viewers=self._refresh_viewers, admit=self._admit,
         )
         self.sessions[peer] = session

@@ -100,3 +100,8 @@ class AuthError(PeerProxyError):
 
 class ViewerStoreError(PeerProxyError):
     """The viewer store (viewers.json) cannot be read, parsed or written."""
+
+
+class IceRestartError(PeerProxyError, RuntimeError):
+    """An ICE restart that cannot start: no live ICE transport, the remote did not restart,
+    or a backend without ICE restarts (the caller falls back to a new connection)."""

@@ -63,6 +63,10 @@ class PanelSource(Protocol):
         """Service name -> upstream URL."""
         ...
 
+    def panel_backend(self) -> dict[str, str]:
+        """The WebRTC backend (`name`: aiortc or native) and `why` it was chosen."""
+        ...
+
     async def panel_peers(self) -> list[PeerRow]: ...
 
     def panel_viewers(self) -> list[dict[str, Any]]:
@@ -100,6 +104,9 @@ class DaemonPanelSource:
 
     def panel_services(self) -> dict[str, str]:
         return {n: s.upstream for n, s in self.daemon.settings.services.items()}
+
+    def panel_backend(self) -> dict[str, str]:
+        return {"name": self.daemon.backend, "why": self.daemon.backend_reason}
 
     async def panel_peers(self) -> list[PeerRow]:
         rows = []
@@ -206,6 +213,7 @@ async def _status(request: web.Request) -> web.Response:
         "status": source.status_text(),
         "identity": source.panel_identity(),
         "services": source.panel_services(),
+        "backend": source.panel_backend(),
         "peers": [asdict(p) for p in peers],
         "viewers": source.panel_viewers(),
     })
@@ -251,11 +259,14 @@ async def _page(
     source = request.app[SOURCE]
     identity = source.panel_identity()
     services = source.panel_services()
+    backend = source.panel_backend()
     peers = await source.panel_peers()
     viewers = source.panel_viewers()
     parts = [f"<h1>peerproxyd <small>{_e(identity.get('name') or '')}</small></h1>",
              f"<p class=status>{_e(source.status_text())}</p>",
-             f"<p class=id>device <code>{_e(identity.get('device_id', ''))}</code></p>"]
+             f"<p class=id>device <code>{_e(identity.get('device_id', ''))}</code></p>",
+             f"<p class=backend>WebRTC backend <code>{_e(backend.get('name'))}</code> "
+             f"({_e(backend.get('why'))})</p>"]
     if error:
         parts.append(f"<p class=error>{_e(error)}</p>")
     if shared:

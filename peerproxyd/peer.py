@@ -15,19 +15,17 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.sdp import candidate_from_sdp
-
-from peerproxyd import aiortc_ice_restart, mdns
+from peerproxyd import mdns, sdp_restart
 from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import Settings
 from peerproxyd.errors import AuthError
 from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
 from peerproxyd.replies import reply_quietly
 from peerproxyd.router import Router
-from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport, connection_report, new_peer_connection
+from peerproxyd.rtc import CHANNEL_LABEL, ConnectionReport
+from peerproxyd.transport import Backend, Transport, new_transport
 from peerproxyd.viewer_auth import (
     AuthCode,
     Granted,
@@ -40,6 +38,9 @@ from peerproxyd.viewer_auth import (
     parse_auth,
 )
 from peerproxyd.viewers import ViewerStore
+
+if TYPE_CHECKING:
+    from peerproxyd.aiortc_ice_restart import IceRestart
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("peerproxyd.access")
@@ -59,6 +60,7 @@ class PeerSession:
         router: Router,
         on_closed: Callable[[PeerSession], None],
         *,
+        backend: Backend,
         viewers: ViewerStore,
         refresh_viewers: Callable[[], None] = lambda: None,
         admit: Callable[[], bool] = lambda: True,
@@ -70,8 +72,8 @@ class PeerSession:
         self._viewers = viewers
         self._refresh_viewers = refresh_viewers
         self._admit = admit
-        self._pc: RTCPeerConnection = new_peer_connection(settings.ice)
-        self._channel: RTCDataChannel | None = None
+        self._pc: Transport = new_transport(settings.ice, backend=backend)
+        self._channel: Any = None  # the data channel (peerproxyd.channel.DataChannel)
         self._channel_closed = asyncio.Event()
         self._link: ChannelLink | None = None
         self._viewer_fp = b""
@@ -84,8 +86,10 @@ class PeerSession:
         self._closing = False
         self.ice_restarts = 0  # ICE restarts completed on this connection
         self._ice_restarted = asyncio.Event()
-        self._pc.on("datachannel", self._on_datachannel)
-        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._viewer_offer = ""  # the offer that began the session
+        self._viewer_ufrag: str | None = None  # the viewer's ICE ufrag in use
+        self._pc.on_channel(self._on_datachannel)
+        self._pc.on_state(self._on_connection_state)
 
     def __repr__(self) -> str:
         if self.granted is not None:
@@ -115,45 +119,38 @@ class PeerSession:
         sdp = str(offer["sdp"])
         self._viewer_fp = fingerprint_from_sdp(sdp)
         self._deadline = self._spawn(self._handshake_deadline())
-        await self._pc.setRemoteDescription(
-            RTCSessionDescription(sdp=sdp, type=str(offer.get("type", "offer")))
-        )
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
-        self._device_fp = fingerprint_from_sdp(self._pc.localDescription.sdp)
-        return await self._answer()
+        self._viewer_offer, self._viewer_ufrag = sdp, sdp_restart.ice_ufrag(sdp)
+        sdp = await self._pc.answer(sdp)
+        self._device_fp = fingerprint_from_sdp(sdp)
+        return await self._published(sdp)
 
-    async def _answer(self) -> dict[str, str]:
-        local = self._pc.localDescription
-        sdp = local.sdp
+    async def _published(self, sdp: str) -> dict[str, str]:
+        """Our answer as the viewer gets it: host addresses as .local names if mdns."""
         if self._settings.ice.mdns:
             sdp = await mdns.hide_host_addresses(sdp, subscriber=self)
-        return {"sdp": sdp, "type": local.type}
+        return {"sdp": sdp, "type": "answer"}
 
-    # ----- ICE restart (aiortc_ice_restart.py; docs/network.md)
+    # ----- ICE restart (aiortc_ice_restart.py, sdp_restart.py; docs/network.md)
     def is_ice_restart(self, offer: dict[str, Any]) -> bool:
-        """True if `offer` comes from this session's own peer connection (the same DTLS
-        fingerprint) with new ICE credentials: an ICE restart, not a new connection."""
-        sdp = str(offer.get("sdp", ""))
-        try:
-            same_viewer = fingerprint_from_sdp(sdp) == self._viewer_fp
-            ufrag = aiortc_ice_restart.remote_ice_ufrag(sdp)
-        except (ValueError, IndexError, KeyError):  # not an SDP we can read: not a restart
-            return False
-        current = aiortc_ice_restart.current_remote_ufrag(self._pc)
-        return same_viewer and not self._closing and ufrag is not None and ufrag != current
+        """True if `offer` restarts ICE on this session's connection (sdp_restart.py): the
+        same certificate and SDP session, new ICE credentials. Else a new connection."""
+        return not self._closing and sdp_restart.is_restart_offer(
+            str(offer.get("sdp", "")), self._viewer_offer, self._viewer_ufrag
+        )
 
     async def restart_ice(self, offer: dict[str, Any]) -> dict[str, str]:
         """Answer the viewer's ICE-restart offer on the live connection (DTLS, SCTP and
         every stream go on); the new pair takes over once nominated. IceRestartError if the
         connection cannot restart; after any other error the session is unusable."""
-        description = RTCSessionDescription(sdp=str(offer["sdp"]), type="offer")
-        _, restart = await aiortc_ice_restart.answer_restart(self._pc, description)
-        self._spawn(self._after_restart(restart))
-        return await self._answer()
+        sdp = str(offer["sdp"])
+        answer, restart = await self._pc.restart_answer(sdp)
+        self._spawn(self._after_restart(restart, sdp_restart.ice_ufrag(sdp)))
+        return await self._published(answer)
 
-    async def _after_restart(self, restart: aiortc_ice_restart.IceRestart) -> None:
+    async def _after_restart(self, restart: IceRestart, ufrag: str | None) -> None:
         if not await restart.wait():
             return  # the old pair carries on; the viewer renegotiates if it is gone
+        self._viewer_ufrag = ufrag
         self.ice_restarts += 1
         self._ice_restarted.set()
         await self._log_report()
@@ -173,20 +170,13 @@ class PeerSession:
     async def report(self) -> ConnectionReport | None:
         """The selected candidate pair (host / srflx / relay), protocol and RTT; None until
         ICE has selected a pair."""
-        return await connection_report(self._pc)
+        return await self._pc.report()
 
     async def add_candidate(self, payload: dict[str, Any]) -> None:
         """A trickled ICE candidate from the viewer (browsers trickle; aiortc does not)."""
-        text = payload.get("candidate")
-        if not text:
-            return  # end-of-candidates
-        candidate = candidate_from_sdp(str(text).removeprefix("candidate:"))
-        candidate.sdpMid = payload.get("sdpMid")
-        candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
-        await self._pc.addIceCandidate(candidate)
+        await self._pc.add_candidate(payload)
 
-    def _on_connection_state(self) -> None:
-        state = self._pc.connectionState
+    def _on_connection_state(self, state: str) -> None:
         logger.info("%r: connection %s", self, state)
         if state in ("failed", "closed"):
             self._spawn(self.close())
@@ -204,7 +194,7 @@ class PeerSession:
             logger.warning("%r: no viewer authentication within %.1f s: closing", self, timeout)
             await self.close()
 
-    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+    def _on_datachannel(self, channel: Any) -> None:
         if channel.label != CHANNEL_LABEL or self._channel is not None:
             logger.warning("%r: refusing data channel %r", self, channel.label)
             channel.close()
@@ -295,7 +285,7 @@ class PeerSession:
             self._spawn(self.close())
 
     # ----- serving
-    def _start_link(self, channel: RTCDataChannel) -> None:
+    def _start_link(self, channel: Any) -> None:
         limits = self._settings.limits
         conn = ProxyConnection(
             Role.SERVER,

@@ -86,7 +86,8 @@ class ConnectionReport:
 
     `type` is the path: `relay` through a TURN server, `srflx` through at least one NAT
     (a server- or peer-reflexive candidate with a public address), `host` directly.
-    `protocol` is how our packets leave: `udp`, or `tcp`/`tls` to a TURN server."""
+    `protocol` is how our packets leave: `udp`, or `tcp`/`tls` to a TURN server. `backend`
+    is the WebRTC stack of our end (transport.py)."""
 
     type: PairType
     protocol: str
@@ -95,12 +96,13 @@ class ConnectionReport:
     remote_type: str
     remote: str
     rtt_ms: float | None
+    backend: str = "aiortc"
 
     def __str__(self) -> str:
         rtt = f"{self.rtt_ms:.1f} ms" if self.rtt_ms is not None else "unknown"
         return (
             f"{self.type} ({self.protocol}) {self.local} [{self.local_type}] <-> "
-            f"{self.remote} [{self.remote_type}], rtt {rtt}"
+            f"{self.remote} [{self.remote_type}], rtt {rtt}, backend {self.backend}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -165,6 +167,7 @@ async def connection_report(
         remote_type=remote.type,
         remote=_address(remote.host, remote._network_host, remote.port),
         rtt_ms=rtt,
+        backend="aiortc",
     )
 
 

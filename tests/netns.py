@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.support.procs import Proc, share_link
+from tests.support.procs import TEST_BACKEND, Proc, share_link
 
 NatKind = Literal["cone", "symmetric"]
 
@@ -361,6 +361,7 @@ class NetStack:
         self, *, device: str = DEVICE, mdns: bool = True, stun: str | None = f"{INET}:{TURN_PORT}",
         turn: str | None = f"{INET}:{TURN_PORT}", turn_transport: str = "udp",
         port_range: str | None = None, heartbeat_timeout: float = 5.0, extra: str = "",
+        backend: str = TEST_BACKEND,
     ) -> Proc:
         from peerproxyd.turn_credentials import mint
 
@@ -380,6 +381,7 @@ class NetStack:
             "reconnect_max = 1.0",
             "[ice]", f"mdns = {'true' if mdns else 'false'}", f"servers = [{', '.join(servers)}]",
             *([f'port_range = "{port_range}"'] if port_range else []),
+            "[transport]", f'backend = "{backend}"',
             "[limits]", "heartbeat_interval = 1.0", f"heartbeat_timeout = {heartbeat_timeout}",
             "[services.camera]", 'upstream = "http://127.0.0.1:8081"',
         ]
@@ -391,13 +393,13 @@ class NetStack:
 
     def client(
         self, role: str, *, device: str = DEVICE, stun: str | None = f"{INET}:{TURN_PORT}",
-        port: int = 9000,
+        port: int = 9000, backend: str = TEST_BACKEND,
     ) -> tuple[Proc, str]:
         """A native client in `role`'s namespace; returns it and its URL (in that namespace)."""
         self.clients += 1
         link = share_link(self.state_dir(device), "camera", f"{role}-{self.clients}")
         args = ["-m", "peerproxyd", "connect", link, "--signal", self.signal_url,
-                "--listen", f"127.0.0.1:{port}"]
+                "--listen", f"127.0.0.1:{port}", "--backend", backend]
         if stun:
             args += ["--ice-server", f"stun:{stun}"]
         proc = self.net.python(role, f"client{self.clients}-{role}", *args)

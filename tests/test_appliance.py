@@ -256,7 +256,7 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_init():
     steps = dockerfile_instructions(ROOT / "Dockerfile")
     froms = [args for op, args in steps if op == "FROM"]
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
-    assert ("ARG", "PYTHON_IMAGE=python:3.12-slim-bookworm") in steps
+    assert ("ARG", "PYTHON_IMAGE=python:3.13-slim-bookworm") in steps  # the native backend
     runtime = steps[[op for op, _ in steps].index("FROM", 3) + 1:]
     assert ("USER", "peerproxyd:peerproxyd") in runtime
     user_at = runtime.index(("USER", "peerproxyd:peerproxyd"))
@@ -404,6 +404,8 @@ def test_addon_follows_current_conventions():
     steps = dockerfile_instructions(ADDON / "Dockerfile")
     assert steps[0] == ("ARG", "BUILD_FROM=ghcr.io/home-assistant/base:3.23")
     assert steps[1] == ("FROM", "${BUILD_FROM}")
+    # no musllinux wheel of libdatachannel-py, and no marker for musl: the add-on leaves it out
+    assert "grep -v '^libdatachannel-py' /ctx/dist/requirements.lock" in dict(steps)["RUN"]
     for name in ("DOCS.md", "CHANGELOG.md", "apparmor.txt"):
         assert (ADDON / name).read_text().strip(), name
     assert f"## {config['version']}" in (ADDON / "CHANGELOG.md").read_text()
@@ -544,34 +546,69 @@ def test_addon_start_script_runs_the_daemon(tmp_path: Path):
 
 # ----- wheels for every platform (slow: PyPI)
 
+def _glibc(arch: str, newest: int) -> list[str]:
+    return [f"manylinux_2_{v}_{arch}" for v in range(17, newest + 1)] + [f"manylinux2014_{arch}"]
+
+
 PLATFORMS = {
-    # name: (python version, pip --platform tags); bookworm's glibc is 2.36.
-    "linux/amd64": ("3.12", [f"manylinux_2_{v}_x86_64" for v in range(17, 37)]
-                    + ["manylinux2014_x86_64"]),
-    "linux/arm64": ("3.12", [f"manylinux_2_{v}_aarch64" for v in range(17, 37)]
-                    + ["manylinux2014_aarch64"]),
-    "linux/arm/v7": ("3.12", [f"manylinux_2_{v}_armv7l" for v in range(17, 37)]
-                     + ["manylinux2014_armv7l"]),
-    "ha-addon aarch64 (Alpine)": ("3.12", ["musllinux_1_1_aarch64", "musllinux_1_2_aarch64"]),
-    "ha-addon amd64 (Alpine)": ("3.12", ["musllinux_1_1_x86_64", "musllinux_1_2_x86_64"]),
-    "pi-gen arm64 (bookworm)": ("3.11", [f"manylinux_2_{v}_aarch64" for v in range(17, 37)]
-                                + ["manylinux2014_aarch64"]),
+    # name: (python version, platform_machine, pip --platform tags); glibc: bookworm 2.36,
+    # trixie 2.41
+    "linux/amd64": ("3.13", "x86_64", _glibc("x86_64", 36)),
+    "linux/arm64": ("3.13", "aarch64", _glibc("aarch64", 36)),
+    "linux/arm/v7": ("3.13", "armv7l", _glibc("armv7l", 36)),
+    "ha-addon aarch64 (Alpine)": ("3.12", "aarch64", ["musllinux_1_1_aarch64",
+                                                      "musllinux_1_2_aarch64"]),
+    "ha-addon amd64 (Alpine)": ("3.12", "x86_64", ["musllinux_1_1_x86_64", "musllinux_1_2_x86_64"]),
+    "pi-gen arm64 (trixie)": ("3.13", "aarch64", _glibc("aarch64", 41)),
+    "pi-gen armhf (trixie)": ("3.13", "armv7l", _glibc("armv7l", 41)),
 }
 PURE_SDIST = {"sdnotify"}  # no wheel on PyPI at all; pure Python, builds anywhere
 NO_WHEEL = {  # what the Dockerfile's build stage has to compile (docs/deploy.md)
     "linux/arm/v7": {"cffi", "google-crc32c", "pylibsrtp", "uvloop"},
+    "pi-gen armhf (trixie)": {"cffi", "google-crc32c", "pylibsrtp", "uvloop"},  # 00-packages
     "ha-addon aarch64 (Alpine)": {"google-crc32c"},  # falls back to pure Python
     "ha-addon amd64 (Alpine)": {"google-crc32c"},
 }
+LEFT_OUT = {  # installed elsewhere, left out here by the Dockerfile (no musllinux wheel)
+    "ha-addon aarch64 (Alpine)": {"libdatachannel-py"},
+    "ha-addon amd64 (Alpine)": {"libdatachannel-py"},
+}
+
+
+def pins(python_version: str, machine: str) -> dict[str, str]:
+    """requirements.lock's pins (name -> version) whose markers hold on that platform."""
+    from packaging.requirements import Requirement
+
+    out = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement = Requirement(line)
+        env = {"python_version": python_version, "platform_machine": machine,
+               "sys_platform": "linux", "platform_system": "Linux"}
+        if requirement.marker is None or requirement.marker.evaluate(env):
+            out[requirement.name.lower()] = str(requirement.specifier).removeprefix("==")
+    return out
+
+
+def test_the_native_backend_is_locked_where_it_has_wheels():
+    assert "libdatachannel-py" in pins("3.13", "x86_64") and "libdatachannel-py" in pins(
+        "3.12", "aarch64")
+    for python_version, machine in (("3.11", "x86_64"), ("3.13", "armv7l")):
+        assert "libdatachannel-py" not in pins(python_version, machine)
+        assert "aiortc" in pins(python_version, machine)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="asks PyPI for every pinned package: PEERPROXYD_SLOW=1")
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_every_dependency_has_a_wheel_or_is_known_to_build(platform: str, tmp_path: Path):
-    version, tags = PLATFORMS[platform]
+    version, machine, tags = PLATFORMS[platform]
     missing = set()
-    for requirement in (ROOT / "requirements.lock").read_text().split():
+    for name, pin in pins(version, machine).items():
+        if name in LEFT_OUT.get(platform, ()):
+            continue
+        requirement = f"{name}=={pin}"
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
              "--only-binary=:all:", "--python-version", version,
@@ -588,11 +625,11 @@ def test_what_armv7_lacks_builds_from_source_with_the_dockerfiles_packages(tmp_p
     """The same sdists, built here (amd64) with the -dev packages the Dockerfile's build
     stage installs for arm/v7 (build-essential pkg-config libffi-dev libssl-dev
     libsrtp2-dev): what the build needs does not depend on the architecture."""
-    pins = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().split())
+    pinned = pins("3.13", "armv7l")
     names = sorted(NO_WHEEL["linux/arm/v7"])
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-binary=:all:",
-         "--wheel-dir", str(tmp_path), *(f"{n}=={pins[n]}" for n in names)],
+         "--wheel-dir", str(tmp_path), *(f"{n}=={pinned[n]}" for n in names)],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     built = sorted(p.name.split("-")[0].replace("_", "-") for p in tmp_path.glob("*.whl"))

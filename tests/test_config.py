@@ -87,6 +87,7 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "mdns": True,
             "port_range": None,
         },
+        "transport": {"backend": "auto"},
         "limits": {
             "stall_timeout": 60.0,
             "max_peers": 32,
@@ -114,6 +115,7 @@ def test_every_field_is_documented() -> None:
         config.ServiceSettings,
         IceServer,
         config.IceSettings,
+        config.TransportSettings,
         config.LimitsSettings,
         config.LogSettings,
     ]

@@ -466,9 +466,11 @@ def chromium_unavailable() -> str | None:
     return None
 
 
-def chromium_meets_aiortc(net: Network, fixed: bool) -> tuple[dict, dict]:
-    """Chromium (LAN viewer) offers to an aiortc answerer (device): both use `.local` host
-    candidates. Returns what aiortc measured and what Chromium selected."""
+def chromium_meets_aiortc(net: Network, fixed: bool, device_script: str | None = None
+                          ) -> tuple[dict, dict]:
+    """Chromium (LAN viewer) offers to an aiortc answerer (device; or `device_script`, which
+    speaks the same lines): both use `.local` host candidates. Returns what the device
+    measured and what Chromium selected."""
 
     def start(role: str, script: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -479,7 +481,7 @@ def chromium_meets_aiortc(net: Network, fixed: bool) -> tuple[dict, dict]:
         )
 
     chromium = start("lanv", CHROMIUM_PEER)
-    device = start("dev", AIORTC_PEER, "fixed" if fixed else "stock")
+    device = start("dev", device_script or AIORTC_PEER, "fixed" if fixed else "stock")
     try:
         assert chromium.stdin and chromium.stdout and device.stdin and device.stdout
         device.stdin.write(chromium.stdout.readline())
@@ -526,3 +528,54 @@ async def test_chromium_and_aiortc_resolve_each_others_local_names(tmp_path):
     assert stock["connected_ms"] > 900, stock  # why aioice_mdns exists
     print(f"Chromium -> aiortc ICE: {measured['connected_ms']:.0f} ms with the fix, "
           f"{stock['connected_ms']:.0f} ms with stock aioice")
+
+
+NATIVE_PEER = r"""
+import asyncio, json, sys, time
+from peerproxyd import mdns
+from peerproxyd.config import IceSettings
+from peerproxyd.transport import new_transport
+
+async def main():
+    pc = new_transport(IceSettings(), backend="native")
+    connected = asyncio.Event()
+    pc.on_state(lambda state: state == "connected" and connected.set())
+    pc.on_channel(lambda channel: None)
+    offer = json.loads(await asyncio.to_thread(sys.stdin.readline))["offer"]
+    started = time.monotonic()
+    answer = await mdns.hide_host_addresses(await pc.answer(offer), subscriber=pc)
+    print(json.dumps({"answer": answer}), flush=True)
+    await asyncio.wait_for(connected.wait(), 20)
+    report = await pc.report()
+    print(json.dumps({"connected_ms": (time.monotonic() - started) * 1000,
+                      "report": report.as_dict(), "offer": offer}), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await pc.close()
+    await mdns.release(subscriber=pc)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+async def test_chromium_with_local_names_reaches_a_native_device(tmp_path):
+    """Chromium on the LAN offers only `<uuid>.local` host candidates; the native backend
+    does not resolve them, yet Chromium's checks reach it (the pair is found peer-reflexive
+    on its side), and Chromium resolves our published name: the channel opens."""
+    from peerproxyd.transport import native_available
+    from tests.test_nat import require_netns
+
+    if not native_available():
+        pytest.skip("libdatachannel-py not importable (`make test-native`)")
+    require_netns()
+    if reason := chromium_unavailable():
+        pytest.skip(reason)
+    net = Network(tmp_path).up()
+    try:
+        measured, selected = chromium_meets_aiortc(net, fixed=True, device_script=NATIVE_PEER)
+    finally:
+        net.down()
+    assert ".local" in measured["offer"] and "typ host" in measured["offer"]
+    assert measured["report"]["backend"] == "native"
+    assert measured["report"]["type"] == "host", measured  # a LAN pair, no NAT in between
+    assert selected["type"] in ("host", "prflx"), selected

@@ -61,6 +61,11 @@ async def test_page_shows_device_services_and_state(panel: Panel, http: aiohttp.
     assert panel.stack.device in page
     assert "registered as" in page
     assert "<td>camera</td>" in page
+    backend = (await status(http, panel))["backend"]
+    assert backend["name"] in ("aiortc", "native") and backend["why"]
+    assert f"WebRTC backend <code>{backend['name']}</code>" in page
+    assert f"WebRTC backend: {backend['name']} ({backend['why']})" in (
+        panel.stack.procs["daemon"].log())
     assert 'action=share' in page and 'action="/' not in page  # relative: works under Ingress
 
 

@@ -1,4 +1,5 @@
-"""The pi-gen stage, run for real: a Debian bookworm root made with debootstrap stands in
+"""The pi-gen stage, run for real: a Debian root of the config's RELEASE (trixie, Python
+3.13) made with debootstrap stands in
 for pi-gen's stage2, and the stage's steps run the way pi-gen runs them (the packages of
 00-packages installed in the chroot, 01-run.sh on the host with ROOTFS_DIR and on_chroot).
 Then the installed daemon is started inside the chroot and registers with a signaling
@@ -12,6 +13,7 @@ host's (amd64 here), not a Pi's: the stage's scripts are the same, the wheels ar
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from tests.support.procs import Proc, free_port, python, wait_http
 ROOT = Path(__file__).resolve().parents[1]
 PIGEN = ROOT / "image" / "pi-gen"
 MIRROR = os.environ.get("PEERPROXYD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+RELEASE = re.search(r"^RELEASE=(\w+)", (PIGEN / "config").read_text(), re.M)[1]  # type: ignore[index]
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,11 +63,11 @@ def chroot(rootfs: Path, script: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """stage2 stand-in: Debian bookworm with systemd, /proc /sys /dev mounted as pi-gen does."""
+    """stage2 stand-in: Debian RELEASE with systemd, /proc /sys /dev mounted as pi-gen does."""
     rootfs = tmp_path_factory.mktemp("pigen") / "rootfs"
     started = time.monotonic()
     run(["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv",
-         "bookworm", str(rootfs), MIRROR], timeout=900)
+         RELEASE, str(rootfs), MIRROR], timeout=900)
     print(f"debootstrap: {time.monotonic() - started:.0f} s")
     mounts = [("proc", ["-t", "proc", "proc"]), ("sys", ["-t", "sysfs", "sys"]),
               ("dev", ["--bind", "/dev"])]
@@ -166,6 +169,8 @@ def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, t
             "/opt/peerproxyd/bin/peerproxyd", "serve", "--config", "/etc/peerproxyd/camera.toml",
         ], tmp_path)
         daemon.wait_for_log(f"registered as {device}", timeout=30)
+        # trixie's Python 3.13 on a 64-bit host: requirements.lock brought the native backend
+        assert "WebRTC backend: native (auto: libdatachannel-py importable)" in daemon.log()
         daemon.stop()
         assert daemon.popen.returncode == 0
     finally:

@@ -13,6 +13,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+TEST_BACKEND = os.environ.get("PEERPROXYD_TEST_BACKEND", "auto")
+"""The WebRTC backend ("auto", "aiortc" or "native") of the daemons, native clients and raw
+peers the tests start: `[transport] backend`, `connect --backend`. `make test-native` runs the
+end-to-end suites with "native" (in-process daemons use "auto": native when importable)."""
 
 
 def free_port() -> int:
@@ -112,7 +116,8 @@ def share_link(
 
 
 def daemon_config(
-    path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int]
+    path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int],
+    backend: str = TEST_BACKEND,
 ) -> Path:
     """A daemon configuration whose device key lives in `state_dir` (see new_device())."""
     lines = [
@@ -124,6 +129,8 @@ def daemon_config(
         "reconnect_max = 1.0",
         "[ice]",
         'host_addresses = ["127.0.0.1"]',
+        "[transport]",
+        f'backend = "{backend}"',
         "[limits]",
         "heartbeat_interval = 1.0",
         "heartbeat_timeout = 5.0",

@@ -1,5 +1,6 @@
-"""An in-process viewer built from the real parts (aiortc, SignalingClient, ChannelLink), with
-access to the raw data channel so tests can send what a well-behaved client never would.
+"""An in-process viewer built from the real parts (a peerproxyd.transport peer connection:
+aiortc or native as procs.TEST_BACKEND says; SignalingClient, ChannelLink), with access to the
+raw data channel so tests can send what a well-behaved client never would.
 
 It is the viewer of a share link (tests.support.procs.share_link): it authenticates as the
 native client does (docs/security.md 1.5) before any binary message."""
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-from aiortc import RTCSessionDescription
 
 from peerproxyd import aioice_tuning
 from peerproxyd.channel import ChannelLink, ChannelStream
@@ -24,8 +23,9 @@ from peerproxyd.protocol import (
     Role,
     parse_frame,
 )
-from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.rtc import CHANNEL_LABEL
 from peerproxyd.signaling import SignalingClient
+from peerproxyd.transport import choose_backend, new_transport
 from peerproxyd.viewer_auth import (
     Granted,
     auth_mac,
@@ -35,6 +35,9 @@ from peerproxyd.viewer_auth import (
     parse_auth_reply,
     parse_link,
 )
+from tests.support.procs import TEST_BACKEND
+
+ICE = IceSettings(host_addresses=["127.0.0.1"])
 
 
 class RawPeer:
@@ -57,7 +60,7 @@ class RawPeer:
                 self._answer.set_result(msg.payload)
 
         self._tasks.append(asyncio.create_task(self.signaling.run(on_message)))
-        self.pc = new_peer_connection(IceSettings(host_addresses=["127.0.0.1"]))
+        self.pc = new_transport(ICE, backend=choose_backend(TEST_BACKEND, ICE)[0])
         try:
             await self._connect()
         except BaseException:  # refused (AuthError), timed out...: leave nothing behind
@@ -67,19 +70,19 @@ class RawPeer:
 
     async def _connect(self) -> None:
         await self.signaling.wait_connected(10)
-        self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+        self.channel = self.pc.create_channel(CHANNEL_LABEL)
         opened = asyncio.Event()
         self.channel.on("open", opened.set)
         replies: asyncio.Queue[str] = asyncio.Queue()
         self.channel.on("message", self._record)
         self.channel.on("message", lambda m: isinstance(m, str) and replies.put_nowait(m))
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        await self.signaling.send("offer", self.device, {"sdp": self.pc.localDescription.sdp, "type": "offer"})
+        offer = await self.pc.offer()
+        await self.signaling.send("offer", self.device, {"sdp": offer, "type": "offer"})
         answer = await asyncio.wait_for(self._answer, 10)
         check_pinned(answer["sdp"], self.share.fingerprint)
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await self.pc.set_answer(answer["sdp"])
         await asyncio.wait_for(opened.wait(), 10)
-        viewer_fp = fingerprint_from_sdp(self.pc.localDescription.sdp)
+        viewer_fp = fingerprint_from_sdp(offer)
         mac = auth_mac(self.share.key, viewer_fp, self.share.fingerprint)
         self.channel.send(encode_auth(self.share.name, mac))
         self.granted = parse_auth_reply(await asyncio.wait_for(replies.get(), 10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.procs import (
+    TEST_BACKEND,
     Proc,
     daemon_config,
     free_port,
@@ -23,6 +24,7 @@ class Stack:
         self.upstream_ports: dict[str, int] = {}
         self.services: dict[str, str] = {}  # service name -> upstream URL
         self.extra_config = ""
+        self.backend = TEST_BACKEND  # [transport] backend of the daemon, --backend of clients
         self.state_dir = log_dir / "device-state"
         self.device = new_device(self.state_dir)
         """The daemon's device id (its key is made up front, in state_dir)."""
@@ -60,6 +62,7 @@ class Stack:
             state_dir=self.state_dir,
             signal_port=self.signal_port,
             services=services,
+            backend=self.backend,
         )
         if self.extra_config:
             with open(config, "a") as f:
@@ -75,15 +78,16 @@ class Stack:
         return share_link(self.state_dir, service, f"{service}-viewer-{self.viewers}",
                           base=f"http://localhost:{self.signal_port}")
 
-    def connect_args(self, service: str, port: int) -> list[str]:
+    def connect_args(self, service: str, port: int, backend: str | None = None) -> list[str]:
         return python(
             "-m", "peerproxyd", "connect", self.link(service), "--signal", self.signal_url,
             "--listen", f"127.0.0.1:{port}", "--host-address", "127.0.0.1",
+            "--backend", backend or self.backend,
         )
 
-    def client(self, service: str) -> tuple[Proc, str]:
+    def client(self, service: str, backend: str | None = None) -> tuple[Proc, str]:
         port = free_port()
-        proc = self._start(f"client-{service}", self.connect_args(service, port))
+        proc = self._start(f"client-{service}", self.connect_args(service, port, backend))
         proc.wait_for_log("is at http")
         return proc, f"http://127.0.0.1:{port}"
 
