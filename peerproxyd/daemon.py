@@ -444,13 +444,17 @@ class Daemon:
         self._update_status()
 
     async def _restart_ice(self, session: PeerSession, offer: dict[str, Any]) -> bool:
-        """Answer a viewer's ICE-restart offer on its live session; False if the session
-        cannot restart (then the offer is taken as a new connection)."""
+        """Answer a viewer's ICE-restart offer on its live session. A session that cannot
+        restart (the native backend, ICE already closed) is ended with a `bye`: the viewer's
+        DTLS association would never handshake with a new connection, so it must make one."""
         try:
             answer = await session.restart_ice(offer)
         except IceRestartError as exc:
-            logger.info("%r: no ICE restart (%s): a new connection instead", session, exc)
-            return False
+            logger.info("%r: no ICE restart (%s): the viewer must connect anew", session, exc)
+            await session.close()
+            await self.signaling.send("bye", session.peer_id,
+                                      {"reason": f"{exc}; reconnect"})
+            return True
         except Exception as exc:
             logger.warning("%r: bad ICE-restart offer: %s", session, exc)
             await session.close()
@@ -480,16 +484,17 @@ class Daemon:
         await asyncio.gather(*(self._ask_restart(s, n) for s, n in restarts.items()))
 
     async def _ask_restart(self, session: PeerSession, since: int) -> None:
-        """Ask one viewer to restart ICE; renegotiate (bye, close) if it does not."""
-        with contextlib.suppress(Exception):
-            await self.signaling.send("restart", session.peer_id,
-                                      {"reason": "device network changed"})
-        if await session.wait_ice_restart(since, ICE_RESTART_WAIT):
-            return
+        """Ask one viewer to restart ICE; renegotiate (bye, close) if it does not, or at once
+        where our backend cannot restart."""
+        if session.restarts_ice:
+            with contextlib.suppress(Exception):
+                await self.signaling.send("restart", session.peer_id,
+                                          {"reason": "device network changed"})
+            if await session.wait_ice_restart(since, ICE_RESTART_WAIT):
+                return
         if session.closed:
             return  # the viewer connected anew meanwhile
-        logger.warning("%r: no ICE restart within %.0f s: renegotiating", session,
-                       ICE_RESTART_WAIT)
+        logger.warning("%r: no ICE restart: renegotiating", session)
         with contextlib.suppress(Exception):
             await self.signaling.send("bye", session.peer_id,
                                       {"reason": "device network changed; reconnect"})

@@ -131,6 +131,11 @@ class PeerSession:
         return {"sdp": sdp, "type": "answer"}
 
     # ----- ICE restart (aiortc_ice_restart.py, sdp_restart.py; docs/network.md)
+    @property
+    def restarts_ice(self) -> bool:
+        """Whether this session's backend can restart ICE (aiortc: yes; native: no)."""
+        return self._pc.restarts_ice
+
     def is_ice_restart(self, offer: dict[str, Any]) -> bool:
         """True if `offer` restarts ICE on this session's connection (sdp_restart.py): the
         same certificate and SDP session, new ICE credentials. Else a new connection."""

@@ -39,6 +39,7 @@ Backend = Literal["aiortc", "native"]
 
 class Transport(Protocol):
     backend: Backend
+    restarts_ice: bool
 
     @property
     def state(self) -> str:

@@ -20,6 +20,7 @@ from peerproxyd.rtc import ConnectionReport, connection_report, new_peer_connect
 
 class AiortcTransport:
     backend = "aiortc"
+    restarts_ice = True
 
     def __init__(self, ice: IceSettings) -> None:
         self.pc = new_peer_connection(ice)

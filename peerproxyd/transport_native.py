@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -214,6 +215,7 @@ class NativeChannel:
 
 class NativeTransport:
     backend = "native"
+    restarts_ice = False
 
     def __init__(self, ice: IceSettings, *, identity: Identity | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -327,8 +329,10 @@ class NativeTransport:
             return
         self._closed = True
         self._set_state("closed")
-        threading.Thread(target=_close, args=(self.pc, self._channels, self._loop),
-                         name="peerproxyd-native-close", daemon=True).start()
+        thread = threading.Thread(target=_close, args=(self.pc, self._channels, self._loop),
+                                  name="peerproxyd-native-close", daemon=True)
+        _closing.add(thread)
+        thread.start()
 
     # ----- on the loop
     async def _local_sdp(self) -> str:
@@ -358,6 +362,20 @@ class NativeTransport:
         self._channel_callback(channel)
 
 
+# Close threads still running. A process that exits while libdatachannel is still closing a
+# connection aborts ("terminate called without an active exception", SIGABRT: a stopped
+# daemon would exit 134 instead of 0), so the exit waits for them, within CLOSE_AT_EXIT.
+_closing: set[threading.Thread] = set()
+CLOSE_AT_EXIT = 20.0  # seconds; a vanished browser's SCTP shutdown takes ~13 s
+
+
+@atexit.register
+def _wait_for_closes() -> None:
+    deadline = time.monotonic() + CLOSE_AT_EXIT
+    for thread in list(_closing):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def _close(pc: Any, channels: list[NativeChannel], loop: asyncio.AbstractEventLoop) -> None:
     """On its own thread: close `pc` (the binding releases the GIL), then tell the channels
     on the loop, whether or not libdatachannel called their on_closed."""
@@ -365,6 +383,8 @@ def _close(pc: Any, channels: list[NativeChannel], loop: asyncio.AbstractEventLo
         pc.close()
     except RuntimeError as exc:
         logger.debug("closing a native peer connection: %s", exc)
+    finally:
+        _closing.discard(threading.current_thread())
     for channel in channels:
         try:
             loop.call_soon_threadsafe(channel._closed)

@@ -4,14 +4,17 @@ the native backend too when libdatachannel-py is installed (`[ice] backend = "au
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
 import aiohttp
 import pytest
 
+from peerproxyd.sdp_restart import keep_session
 from peerproxyd.transport import native_available
 from tests.support.procs import free_port
+from tests.support.rawpeer import RawPeer
 from tests.support.stack import Stack
 from tests.support.upstream_app import pattern
 
@@ -89,3 +92,31 @@ async def test_native_daemon_relayed_through_coturn(tmp_path, client_backend: st
         assert stack.coturn is not None and coturn_relayed(stack.coturn)
     finally:
         net.down()
+
+
+async def test_a_native_device_answers_an_ice_restart_with_a_bye(tmp_path):
+    """libdatachannel cannot restart ICE: an aiortc viewer's restart offer (docs/network.md)
+    must end that session with a `bye` (its DTLS association would never handshake with a
+    new connection), and the device goes on serving new connections."""
+    stack = Stack(tmp_path)
+    stack.backend = "native"
+    try:
+        stack.upstream("camera")
+        stack.signal()
+        daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
+        async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as peer:
+            offer, restart = await peer.pc.restart_offer()
+            await peer.signaling.send(
+                "offer", peer.device, {"sdp": keep_session(offer, peer.offer), "type": "offer"})
+            for _ in range(200):
+                if byes := [m for m in peer.messages if m.type == "bye"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert byes and "cannot restart ICE" in byes[0].payload["reason"]
+            await restart.cancel()
+        daemon.wait_for_log(r"no ICE restart \(the native backend cannot restart ICE")
+        async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as again:
+            head, body = await again.request("camera", "/")
+            assert (head.status, body) == (200, b"hello from camera\n")
+    finally:
+        stack.stop()

@@ -41,8 +41,12 @@ ICE = IceSettings(host_addresses=["127.0.0.1"])
 
 
 class RawPeer:
-    def __init__(self, signal_url: str, link: str) -> None:
+    def __init__(self, signal_url: str, link: str, *, backend: str | None = None) -> None:
+        """`backend`: the viewer's transport backend (default: PEERPROXYD_TEST_BACKEND's)."""
         self.signal_url = signal_url
+        self.backend = backend or TEST_BACKEND
+        self.messages: list[Any] = []  # every signaling message from the device
+        self.offer = ""
         self.share = parse_link(link)
         self.device = self.share.device
         self.granted: Granted | None = None
@@ -56,11 +60,12 @@ class RawPeer:
         self._answer = asyncio.get_running_loop().create_future()
 
         async def on_message(msg: Any) -> None:
+            self.messages.append(msg)
             if msg.type == "answer" and not self._answer.done():
                 self._answer.set_result(msg.payload)
 
         self._tasks.append(asyncio.create_task(self.signaling.run(on_message)))
-        self.pc = new_transport(ICE, backend=choose_backend(TEST_BACKEND, ICE)[0])
+        self.pc = new_transport(ICE, backend=choose_backend(self.backend, ICE)[0])
         try:
             await self._connect()
         except BaseException:  # refused (AuthError), timed out...: leave nothing behind
@@ -76,7 +81,7 @@ class RawPeer:
         replies: asyncio.Queue[str] = asyncio.Queue()
         self.channel.on("message", self._record)
         self.channel.on("message", lambda m: isinstance(m, str) and replies.put_nowait(m))
-        offer = await self.pc.offer()
+        self.offer = offer = await self.pc.offer()
         await self.signaling.send("offer", self.device, {"sdp": offer, "type": "offer"})
         answer = await asyncio.wait_for(self._answer, 10)
         check_pinned(answer["sdp"], self.share.fingerprint)
