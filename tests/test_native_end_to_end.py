@@ -1,6 +1,6 @@
 """Requests through the native backend (libdatachannel-py) as real processes: a native daemon
 with a native client, and each mixed with aiortc (issue 7). The rest of the suite runs on
-the native backend too when libdatachannel-py is installed (`[ice] backend = "auto"`)."""
+the native backend too when libdatachannel-py is installed (`[transport] backend = "auto"`)."""
 
 from __future__ import annotations
 
