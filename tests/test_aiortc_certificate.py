@@ -89,8 +89,7 @@ async def answer_fingerprints(signal_url: str, link: str) -> tuple[list[str], li
     async with RawPeer(signal_url, link) as peer:
         head, body = await peer.request("camera", "/")
         assert (head.status, body) == (200, b"hello from camera\n")
-        return (fingerprints(peer.pc.remoteDescription.sdp),
-                fingerprints(peer.pc.localDescription.sdp))
+        return fingerprints(peer.answer), fingerprints(peer.offer)
 
 
 async def test_daemon_answers_with_its_fingerprint_across_connections_and_restarts(stack: Stack):

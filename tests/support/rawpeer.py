@@ -46,7 +46,8 @@ class RawPeer:
         self.signal_url = signal_url
         self.backend = backend or TEST_BACKEND
         self.messages: list[Any] = []  # every signaling message from the device
-        self.offer = ""
+        self.offer = ""  # our SDP offer, and the device's answer
+        self.answer = ""
         self.share = parse_link(link)
         self.device = self.share.device
         self.granted: Granted | None = None
@@ -84,6 +85,7 @@ class RawPeer:
         self.offer = offer = await self.pc.offer()
         await self.signaling.send("offer", self.device, {"sdp": offer, "type": "offer"})
         answer = await asyncio.wait_for(self._answer, 10)
+        self.answer = answer["sdp"]
         check_pinned(answer["sdp"], self.share.fingerprint)
         await self.pc.set_answer(answer["sdp"])
         await asyncio.wait_for(opened.wait(), 10)
