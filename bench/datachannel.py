@@ -1,10 +1,19 @@
-"""Data-channel benchmark: stock aiortc against peerproxyd's tuned aiortc, side by side.
+"""Data-channel benchmark: stock aiortc, peerproxyd's tuned aiortc and the native backend,
+side by side.
 
-Two paths, each with the daemon's end as a bare aiortc peer (bench/_dcpeer.py) that is either
-stock aiortc or aiortc with peerproxyd's speed-ups (peerproxyd.rtc.SPEEDUPS):
+Every end other than Chromium is bench/_dcpeer.py: peerproxyd's own transport
+(peerproxyd.transport.new_transport, driven as peer.py and client.py drive it) in one of
+three variants:
 
-    native    an aiortc peer as `peerproxyd connect` (offerer, same variant) <-> daemon peer
-    chromium  headless Chromium (offerer, a page driven over Playwright) <-> daemon peer
+    stock     the aiortc backend with none of peerproxyd's aiortc speed-ups
+    ours      the aiortc backend with the speed-ups (peerproxyd.rtc.SPEEDUPS; what ships)
+    native    the native backend (peerproxyd/transport_native.py, libdatachannel-py), run by
+              `--native-python` (a Python >= 3.12 with libdatachannel-py)
+
+on two paths, the daemon's end always the answerer:
+
+    native    the native client's end (offerer, same variant, as `peerproxyd connect`) <-> daemon
+    chromium  headless Chromium (offerer, a page driven over Playwright) <-> daemon
 
 Each pair moves N bytes (100 MB; `--quick` 20 MB) in 16 KiB messages both ways: `down`
 (daemon -> client) and `up` (client -> daemon), with peerproxyd's backpressure thresholds,
@@ -17,7 +26,7 @@ order alternating between runs); the figures are min / median across runs, and r
 taken within a run (the noise of a shared machine hits both variants alike).
 
     python -m bench.datachannel              # full, 3 runs: bench/datachannel-latest.json,
-                                             # bench/datachannel.md, bench/datachannel.png
+                                             # bench/datachannel.png, bench/results/
     python -m bench.datachannel --quick      # 20 MB, 2 runs; writes only under bench/results/
     python -m bench.datachannel --no-chromium --runs 5 --speedups sack
 
@@ -57,7 +66,7 @@ BENCH = ROOT / "bench"
 MB = 1_000_000
 PER = 100 * MB  # CPU seconds are reported per 100 MB
 TIMEOUT = 300.0
-VARIANTS = ("stock", "ours", "native")  # native: libdatachannel-py (bench/_dcnative.py)
+VARIANTS = ("stock", "ours", "native")  # aiortc without / with our speed-ups; libdatachannel-py
 NATIVE_PYTHON = ROOT / ".venv313" / "bin" / "python"  # a Python >= 3.12 with libdatachannel-py
 DIRECTIONS = ("down", "up")  # down: daemon -> client; up: client -> daemon
 REFERENCES = {"thesis (PeerProxy, 2.6 MB/s)": 2.6, "ngrok (14.08 MB/s)": 14.08}
@@ -254,11 +263,11 @@ class World:
         return ["ip", "netns", "exec", self.ns] if self.ns else []
 
     def peer(self, name: str, role: str, speedups: str, native: str | None = None) -> LinePeer:
-        """An aiortc peer, or with `native` (a Python with libdatachannel-py) a native one."""
-        args = [*self.prefix(), sys.executable, "-m", "bench._dcpeer", role]
-        if native:
-            args = [*self.prefix(), native, "-m", "bench._dcnative", role]
-        elif speedups:
+        """A bench/_dcpeer.py peer: the aiortc backend with these speed-ups, or with `native`
+        (a Python with libdatachannel-py) the native backend in that interpreter."""
+        python, backend = (native, "native") if native else (sys.executable, "aiortc")
+        args = [*self.prefix(), python, "-m", "bench._dcpeer", role, "--backend", backend]
+        if speedups and not native:
             args += ["--speedups", speedups]
         peer = LinePeer(name, args, self.log_dir)
         self.peers.append(peer)
@@ -373,6 +382,7 @@ class Pair:
             "cpu_cores": {k: v / seconds for k, v in cpu.items()},
             "udp_rcvbuf_errors": self.world.udp_errors() - errors0,
             "other_processes_cores": max(0.0, machine_busy() - busy0 - ours) / seconds,
+            "loadavg_1min": os.getloadavg()[0],  # ours included: ~2 while a transfer runs
         }
 
     def pin(self, pinned: bool) -> None:
@@ -552,6 +562,7 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     setup: dict[str, float] = {}
     began = time.perf_counter()
+    loadavg_at_start = os.getloadavg()
     try:
         world.up()
         paths = ["native"] + (["chromium"] if world.agent is not None else [])
@@ -595,7 +606,7 @@ def main() -> int:
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,
         "bytes_per_transfer": total, "message_bytes": 16 * 1024,
         "speedups": args.speedups, "native_python": native,
-        "duration_s": time.perf_counter() - began,
+        "duration_s": time.perf_counter() - began, "loadavg_at_start": loadavg_at_start,
         "namespace": world.ns is not None, "machine": m, "setup_ms": setup,
         "units": {"mb_s": "10^6 bytes per second", "cpu_s_per_100mb": "CPU seconds per 10^8 bytes"},
         "summary": rows, "records": records,
@@ -620,8 +631,11 @@ def main() -> int:
     print(md)
     load = [r["other_processes_cores"] for r in records]
     if load:
+        loadavg = [r["loadavg_1min"] for r in records]
         print(f"\nother processes on this machine: median {statistics.median(load):.2f}, "
-              f"max {max(load):.2f} cores of {m['nproc']}")
+              f"max {max(load):.2f} cores of {m['nproc']}; 1-minute load average "
+              f"min {min(loadavg):.2f}, median {statistics.median(loadavg):.2f}, "
+              f"max {max(loadavg):.2f}")
     print(f"\nwrote {', '.join(str(o.relative_to(ROOT)) for o in outputs)} "
           f"in {report['duration_s']:.0f} s")
     return 0
