@@ -53,6 +53,7 @@ import selectors  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from importlib.metadata import version  # noqa: E402
@@ -456,12 +457,12 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if not r["pinned"]] + [r for r in rows if r["pinned"]]
-    labels = [f"{r['path']} {r['direction']}\n{'1 core' if r['pinned'] else '2 cores'}"
+    labels = [f"{r['path']}\n{r['direction']}, {'1 core' if r['pinned'] else '2 cores'}"
               for r in shown if r["variant"] == "stock"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     width = 0.8 / len(variants)
-    names = {"stock": "stock aiortc", "ours": "peerproxyd (tuned aiortc)",
-             "native": "libdatachannel-py (native backend)"}
+    names = {"stock": "stock aiortc", "ours": "peerproxyd, aiortc backend (tuned)",
+             "native": "peerproxyd, native backend (libdatachannel-py)"}
     colors = {"stock": "tab:gray", "ours": "tab:red", "native": "tab:green"}
     for i, variant in enumerate(variants):
         rs = [r for r in shown if r["variant"] == variant]
@@ -481,11 +482,27 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     left.set_title("throughput, 16 KiB messages")
     right.set_ylabel("daemon CPU seconds per 100 MB (median)")
     right.set_title("daemon CPU per 100 MB")
-    left.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    left.set_ylim(0, max(r["mb_s"]["median"] for r in rows) * 1.35)  # room for the legend
+    left.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_title(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    return (f"peerproxyd bench/datachannel.py {report['timestamp']}: {m['nproc']} x "
+            f"{m['cpu_model']}, Python {m['python']}, aiortc {m['versions']['aiortc']}, "
+            f"{m['chromium']}, {'native: ' + m['native'] + ', ' if m.get('native') else ''}"
+            f"{report['runs']} runs of {report['bytes_per_transfer'] / MB:g} MB, loopback")
+
+
+def replot(source: Path, png: Path) -> None:
+    """Draw the plot of a report written earlier (its JSON) again."""
+    report = json.loads(source.read_text())
+    variants = tuple(v for v in VARIANTS if any(r["variant"] == v for r in report["summary"]))
+    plot(report["summary"], png, plot_title(report), variants)
 
 
 def native_runtime(python: str | None) -> str | None:
@@ -547,7 +564,12 @@ def main() -> int:
                         help="a Python >= 3.12 with libdatachannel-py for the native variant "
                              "(default .venv313/bin/python; skipped when missing)")
     parser.add_argument("--no-native", action="store_true", help="skip the native variant")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only draw bench/datachannel.png again from this report")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.replot, BENCH / "datachannel.png")
+        return 0
     native = None if args.no_native else native_python(args.native_python)
     variants = VARIANTS if native else VARIANTS[:2]
     runs = args.runs or (2 if args.quick else 3)
@@ -613,10 +635,7 @@ def main() -> int:
     }
     text = json.dumps(report, indent=1) + "\n"
     (results_dir / f"{name}.json").write_text(text)
-    title = (f"peerproxyd bench/datachannel.py {stamp}: {m['nproc']} x {m['cpu_model']}, "
-             f"Python {m['python']}, aiortc {m['versions']['aiortc']}, {m['chromium']}, "
-             f"{'native: ' + m['native'] + ', ' if m['native'] else ''}"
-             f"{runs} runs of {total / MB:g} MB, loopback")
+    title = plot_title(report)
     outputs = [results_dir / f"{name}.json"]
     png = results_dir / f"{name}.png"
     if not args.quick:
