@@ -1,11 +1,23 @@
-"""One bare aiortc data-channel peer for bench/datachannel.py, driven by JSON lines.
+"""One data-channel peer for bench/datachannel.py, driven by JSON lines: the daemon's or the
+native client's own transport (peerproxyd.transport), on either backend.
 
-    python -m bench._dcpeer offer|answer [--speedups NAMES]
+    python -m bench._dcpeer offer|answer [--backend aiortc|native] [--speedups NAMES]
 
-`--speedups` is a comma-separated list of peerproxyd's aiortc speed-ups to install
-(peerproxyd.rtc.SPEEDUPS; "all" for every one, "" or absent for none: stock aiortc). Both
-variants use what peerproxyd always applied before: candidates on 127.0.0.1 only, a 4 MiB UDP
-receive buffer, uvloop when importable.
+The peer is made as peerproxyd makes it: `rtc.configure_ice` (the daemon's and `connect`'s
+process-wide ICE settings: candidates on 127.0.0.1 only, a 4 MiB UDP receive buffer, our
+aioice fixes and aiortc speed-ups), then `transport.new_transport(ice, backend=...)`, driven
+as peer.py (answerer: `on_channel`, `answer`, inside `device_certificate` with a device
+identity) and client.py (offerer: `create_channel`, `offer`, `set_answer`) drive it, through
+the DataChannel interface of peerproxyd.channel (`send`, `bufferedAmount`,
+`bufferedAmountLowThreshold`, `on("message"|"bufferedamountlow"|"open")`). uvloop, as `peerproxyd`
+runs.
+
+- `--backend aiortc` (transport_aiortc.AiortcTransport): `--speedups` is a comma-separated list
+  of the aiortc speed-ups to keep (peerproxyd.rtc.SPEEDUPS; "all" for every one, "" or absent
+  for none: stock aiortc, the only thing that differs between the bench's "stock" and "ours").
+- `--backend native` (transport_native.NativeTransport, libdatachannel-py; Python >= 3.12):
+  callbacks marshalled to the loop, polled receive in DRAIN_BATCH steps, the MAX_QUEUED guard
+  and the close thread, exactly as the daemon runs them. `--speedups` is ignored.
 
 Protocol (stdin -> peer, peer -> stdout), one JSON object per line:
 
@@ -21,12 +33,16 @@ The sender sends N bytes in 16 KiB messages, each starting with its 8-byte seque
 pausing while bufferedAmount is above peerproxyd's HIGH_WATER until "bufferedamountlow"
 (LOW_WATER) and yielding to the loop after each message (as ChannelStream does). The receiver
 checks the sequence numbers and the total: any loss, duplicate or reordering is an error.
+
+Development hooks: PP_DCPEER_PROFILE=PATH writes a cProfile of the whole run to PATH.<role>;
+PP_DCPEER_DEBUG=SCRIPT runs SCRIPT's install() first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -46,8 +62,8 @@ def emit(message: dict[str, Any]) -> None:
 
 
 class Receiver:
-    """The receiving end's checks, shared by every bench peer: messages arrive numbered and in
-    order, and exactly `expect` bytes in all; `done` resolves then, `error` says what broke."""
+    """The receiving end's checks: messages arrive numbered and in order, and exactly `expect`
+    bytes in all; `done` resolves then, `error` says what broke."""
 
     def __init__(self) -> None:
         self.expect = 0
@@ -73,24 +89,26 @@ class Receiver:
 
 
 class Peer(Receiver):
-    def __init__(self, role: str) -> None:
+    """Both ends of a transfer on one peerproxyd DataChannel (either backend's)."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.role = role
         self.channel: Any = None
         self.opened = asyncio.Event()
         self.low = asyncio.Event()
-        self.started = 0.0
 
     def attach(self, channel: Any) -> None:
         self.channel = channel
         channel.bufferedAmountLowThreshold = LOW_WATER
         channel.on("bufferedamountlow", self.low.set)
         channel.on("message", self.on_message)
+        channel.on("open", self.opened.set)
         if channel.readyState == "open":
             self.opened.set()
-        channel.on("open", self.opened.set)
 
     async def send(self, total: int) -> float:
+        """As ChannelStream.write + ChannelLink.drain: wait above HIGH_WATER for
+        "bufferedamountlow", one message per step, a yield after each."""
         block = bytearray(os.urandom(MESSAGE))
         channel = self.channel
         t0 = time.perf_counter()
@@ -121,92 +139,110 @@ async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
     return dict(json.loads(line)) if line else {"cmd": "quit"}
 
 
-async def run(role: str) -> None:
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+async def run(role: str, backend: str, ice: Any) -> None:
+    from peerproxyd.aiortc_certificate import device_certificate
+    from peerproxyd.identity import Identity
+    from peerproxyd.rtc import CHANNEL_LABEL
+    from peerproxyd.transport import new_transport
 
     reader = await stdin_reader()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    peer = Peer(role)
+    peer = Peer()
+    # The daemon (answerer) runs in its identity's certificate context; `connect` does not.
+    context = (device_certificate(Identity.generate()) if role == "answer"
+               else contextlib.nullcontext())
+    with context:
+        transport = new_transport(ice, backend=backend)
+        try:
+            await _converse(role, transport, peer, reader, CHANNEL_LABEL)
+        finally:
+            await transport.close()
+
+
+async def _converse(role: str, transport: Any, peer: Peer, reader: asyncio.StreamReader,
+                    label: str) -> None:
     started = time.perf_counter()
     if role == "offer":
-        peer.attach(pc.createDataChannel("bench", ordered=True))
-        await pc.setLocalDescription(await pc.createOffer())
-        emit({"type": "offer", "sdp": pc.localDescription.sdp})
+        peer.attach(transport.create_channel(label))
+        emit({"type": "offer", "sdp": await transport.offer()})
         answer = await asyncio.wait_for(read_json(reader), 60)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await transport.set_answer(answer["sdp"])
     else:
-        pc.on("datachannel", peer.attach)
+        transport.on_channel(peer.attach)
         offer = await asyncio.wait_for(read_json(reader), 60)
         started = time.perf_counter()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        emit({"type": "answer", "sdp": pc.localDescription.sdp})
+        emit({"type": "answer", "sdp": await transport.answer(offer["sdp"])})
     await asyncio.wait_for(peer.opened.wait(), 60)
     emit({"open": True, "ms": (time.perf_counter() - started) * 1000})
     loop = asyncio.get_running_loop()
-    try:
-        while True:
-            command = await read_json(reader)
-            cmd = command.get("cmd")
-            if cmd == "recv":
-                peer.expect, peer.received, peer.messages, peer.next_seq = command["bytes"], 0, 0, 0
-                peer.error = None
-                peer.done = loop.create_future()
-                emit({"armed": True})
-                done = peer.done
+    reports: set[asyncio.Task[None]] = set()
+    while True:
+        command = await read_json(reader)
+        cmd = command.get("cmd")
+        if cmd == "recv":
+            peer.expect, peer.received, peer.messages, peer.next_seq = command["bytes"], 0, 0, 0
+            peer.error = None
+            peer.done = loop.create_future()
+            emit({"armed": True})
 
-                async def report(done: asyncio.Future[None] = done) -> None:
-                    t0 = time.perf_counter()
-                    await asyncio.wait_for(done, TIMEOUT)
-                    emit({"received": peer.received, "messages": peer.messages,
-                          "seconds": time.perf_counter() - t0, "error": peer.error})
+            async def report(done: asyncio.Future[None] = peer.done) -> None:
+                t0 = time.perf_counter()
+                await asyncio.wait_for(done, TIMEOUT)
+                emit({"received": peer.received, "messages": peer.messages,
+                      "seconds": time.perf_counter() - t0, "error": peer.error})
 
-                asyncio.ensure_future(report())
-            elif cmd == "send":
-                seconds = await peer.send(int(command["bytes"]))
-                emit({"sent": command["bytes"], "seconds": seconds})
-            else:
-                break
-    finally:
-        await pc.close()
+            task = asyncio.ensure_future(report())
+            reports.add(task)
+            task.add_done_callback(reports.discard)
+        elif cmd == "send":
+            seconds = await peer.send(int(command["bytes"]))
+            emit({"sent": command["bytes"], "seconds": seconds})
+        else:
+            break
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("role", choices=("offer", "answer"))
+    parser.add_argument("--backend", choices=("aiortc", "native"), default="aiortc")
     parser.add_argument("--speedups", default="")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from peerproxyd import aioice_tuning, rtc
+    from peerproxyd import rtc
+    from peerproxyd.config import IceSettings
 
-    aioice_tuning.configure(host_addresses=["127.0.0.1"])
+    ice = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
+    rtc.configure_ice(ice)  # as the daemon and `connect` do, whichever the backend
     names = [n for n in args.speedups.split(",") if n]
-    rtc.install_speedups(list(rtc.SPEEDUPS) if names == ["all"] else names)
-    debug = os.environ.get("PP_DCPEER_DEBUG")  # a script to run first, for development
+    if args.backend == "aiortc":
+        rtc.install_speedups(list(rtc.SPEEDUPS) if names == ["all"] else names)
+        print(f"aiortc backend, speed-ups: {names or 'none (stock aiortc)'}", file=sys.stderr,
+              flush=True)
+    else:
+        print("native backend (peerproxyd.transport_native)", file=sys.stderr, flush=True)
+    debug = os.environ.get("PP_DCPEER_DEBUG")
     if debug:
         import runpy
 
         runpy.run_path(debug)["install"]()
-    print(f"speedups: {names or 'none (stock aiortc)'}", file=sys.stderr, flush=True)
-    profile = os.environ.get("PP_DCPEER_PROFILE")  # a cProfile output path, for development
+    profile = os.environ.get("PP_DCPEER_PROFILE")
     if profile:
         import cProfile
 
         with cProfile.Profile() as prof:
-            _run_loop(args.role)
+            _run_loop(args.role, args.backend, ice)
         prof.dump_stats(f"{profile}.{args.role}")
     else:
-        _run_loop(args.role)
+        _run_loop(args.role, args.backend, ice)
 
 
-def _run_loop(role: str) -> None:
+def _run_loop(role: str, backend: str, ice: Any) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(role))
+        asyncio.run(run(role, backend, ice))
     else:
-        uvloop.run(run(role))
+        uvloop.run(run(role, backend, ice))
 
 
 if __name__ == "__main__":

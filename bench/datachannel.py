@@ -1,10 +1,19 @@
-"""Data-channel benchmark: stock aiortc against peerproxyd's tuned aiortc, side by side.
+"""Data-channel benchmark: stock aiortc, peerproxyd's tuned aiortc and the native backend,
+side by side.
 
-Two paths, each with the daemon's end as a bare aiortc peer (bench/_dcpeer.py) that is either
-stock aiortc or aiortc with peerproxyd's speed-ups (peerproxyd.rtc.SPEEDUPS):
+Every end other than Chromium is bench/_dcpeer.py: peerproxyd's own transport
+(peerproxyd.transport.new_transport, driven as peer.py and client.py drive it) in one of
+three variants:
 
-    native    an aiortc peer as `peerproxyd connect` (offerer, same variant) <-> daemon peer
-    chromium  headless Chromium (offerer, a page driven over Playwright) <-> daemon peer
+    stock     the aiortc backend with none of peerproxyd's aiortc speed-ups
+    ours      the aiortc backend with the speed-ups (peerproxyd.rtc.SPEEDUPS; what ships)
+    native    the native backend (peerproxyd/transport_native.py, libdatachannel-py), run by
+              `--native-python` (a Python >= 3.12 with libdatachannel-py)
+
+on two paths, the daemon's end always the answerer:
+
+    native    the native client's end (offerer, same variant, as `peerproxyd connect`) <-> daemon
+    chromium  headless Chromium (offerer, a page driven over Playwright) <-> daemon
 
 Each pair moves N bytes (100 MB; `--quick` 20 MB) in 16 KiB messages both ways: `down`
 (daemon -> client) and `up` (client -> daemon), with peerproxyd's backpressure thresholds,
@@ -17,7 +26,7 @@ order alternating between runs); the figures are min / median across runs, and r
 taken within a run (the noise of a shared machine hits both variants alike).
 
     python -m bench.datachannel              # full, 3 runs: bench/datachannel-latest.json,
-                                             # bench/datachannel.md, bench/datachannel.png
+                                             # bench/datachannel.png, bench/results/
     python -m bench.datachannel --quick      # 20 MB, 2 runs; writes only under bench/results/
     python -m bench.datachannel --no-chromium --runs 5 --speedups sack
 
@@ -44,6 +53,7 @@ import selectors  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from importlib.metadata import version  # noqa: E402
@@ -57,7 +67,7 @@ BENCH = ROOT / "bench"
 MB = 1_000_000
 PER = 100 * MB  # CPU seconds are reported per 100 MB
 TIMEOUT = 300.0
-VARIANTS = ("stock", "ours", "native")  # native: libdatachannel-py (bench/_dcnative.py)
+VARIANTS = ("stock", "ours", "native")  # aiortc without / with our speed-ups; libdatachannel-py
 NATIVE_PYTHON = ROOT / ".venv313" / "bin" / "python"  # a Python >= 3.12 with libdatachannel-py
 DIRECTIONS = ("down", "up")  # down: daemon -> client; up: client -> daemon
 REFERENCES = {"thesis (PeerProxy, 2.6 MB/s)": 2.6, "ngrok (14.08 MB/s)": 14.08}
@@ -254,11 +264,11 @@ class World:
         return ["ip", "netns", "exec", self.ns] if self.ns else []
 
     def peer(self, name: str, role: str, speedups: str, native: str | None = None) -> LinePeer:
-        """An aiortc peer, or with `native` (a Python with libdatachannel-py) a native one."""
-        args = [*self.prefix(), sys.executable, "-m", "bench._dcpeer", role]
-        if native:
-            args = [*self.prefix(), native, "-m", "bench._dcnative", role]
-        elif speedups:
+        """A bench/_dcpeer.py peer: the aiortc backend with these speed-ups, or with `native`
+        (a Python with libdatachannel-py) the native backend in that interpreter."""
+        python, backend = (native, "native") if native else (sys.executable, "aiortc")
+        args = [*self.prefix(), python, "-m", "bench._dcpeer", role, "--backend", backend]
+        if speedups and not native:
             args += ["--speedups", speedups]
         peer = LinePeer(name, args, self.log_dir)
         self.peers.append(peer)
@@ -373,6 +383,7 @@ class Pair:
             "cpu_cores": {k: v / seconds for k, v in cpu.items()},
             "udp_rcvbuf_errors": self.world.udp_errors() - errors0,
             "other_processes_cores": max(0.0, machine_busy() - busy0 - ours) / seconds,
+            "loadavg_1min": os.getloadavg()[0],  # ours included: ~2 while a transfer runs
         }
 
     def pin(self, pinned: bool) -> None:
@@ -446,12 +457,12 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if not r["pinned"]] + [r for r in rows if r["pinned"]]
-    labels = [f"{r['path']} {r['direction']}\n{'1 core' if r['pinned'] else '2 cores'}"
+    labels = [f"{r['path']}\n{r['direction']}, {'1 core' if r['pinned'] else '2 cores'}"
               for r in shown if r["variant"] == "stock"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     width = 0.8 / len(variants)
-    names = {"stock": "stock aiortc", "ours": "peerproxyd (tuned aiortc)",
-             "native": "libdatachannel-py (native backend)"}
+    names = {"stock": "stock aiortc", "ours": "peerproxyd, aiortc backend (tuned)",
+             "native": "peerproxyd, native backend (libdatachannel-py)"}
     colors = {"stock": "tab:gray", "ours": "tab:red", "native": "tab:green"}
     for i, variant in enumerate(variants):
         rs = [r for r in shown if r["variant"] == variant]
@@ -471,11 +482,27 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     left.set_title("throughput, 16 KiB messages")
     right.set_ylabel("daemon CPU seconds per 100 MB (median)")
     right.set_title("daemon CPU per 100 MB")
-    left.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    left.set_ylim(0, max(r["mb_s"]["median"] for r in rows) * 1.35)  # room for the legend
+    left.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_title(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    return (f"peerproxyd bench/datachannel.py {report['timestamp']}: {m['nproc']} x "
+            f"{m['cpu_model']}, Python {m['python']}, aiortc {m['versions']['aiortc']}, "
+            f"{m['chromium']}, {'native: ' + m['native'] + ', ' if m.get('native') else ''}"
+            f"{report['runs']} runs of {report['bytes_per_transfer'] / MB:g} MB, loopback")
+
+
+def replot(source: Path, png: Path) -> None:
+    """Draw the plot of a report written earlier (its JSON) again."""
+    report = json.loads(source.read_text())
+    variants = tuple(v for v in VARIANTS if any(r["variant"] == v for r in report["summary"]))
+    plot(report["summary"], png, plot_title(report), variants)
 
 
 def native_runtime(python: str | None) -> str | None:
@@ -537,7 +564,12 @@ def main() -> int:
                         help="a Python >= 3.12 with libdatachannel-py for the native variant "
                              "(default .venv313/bin/python; skipped when missing)")
     parser.add_argument("--no-native", action="store_true", help="skip the native variant")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only draw bench/datachannel.png again from this report")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.replot, BENCH / "datachannel.png")
+        return 0
     native = None if args.no_native else native_python(args.native_python)
     variants = VARIANTS if native else VARIANTS[:2]
     runs = args.runs or (2 if args.quick else 3)
@@ -552,6 +584,7 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     setup: dict[str, float] = {}
     began = time.perf_counter()
+    loadavg_at_start = os.getloadavg()
     try:
         world.up()
         paths = ["native"] + (["chromium"] if world.agent is not None else [])
@@ -595,17 +628,14 @@ def main() -> int:
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,
         "bytes_per_transfer": total, "message_bytes": 16 * 1024,
         "speedups": args.speedups, "native_python": native,
-        "duration_s": time.perf_counter() - began,
+        "duration_s": time.perf_counter() - began, "loadavg_at_start": loadavg_at_start,
         "namespace": world.ns is not None, "machine": m, "setup_ms": setup,
         "units": {"mb_s": "10^6 bytes per second", "cpu_s_per_100mb": "CPU seconds per 10^8 bytes"},
         "summary": rows, "records": records,
     }
     text = json.dumps(report, indent=1) + "\n"
     (results_dir / f"{name}.json").write_text(text)
-    title = (f"peerproxyd bench/datachannel.py {stamp}: {m['nproc']} x {m['cpu_model']}, "
-             f"Python {m['python']}, aiortc {m['versions']['aiortc']}, {m['chromium']}, "
-             f"{'native: ' + m['native'] + ', ' if m['native'] else ''}"
-             f"{runs} runs of {total / MB:g} MB, loopback")
+    title = plot_title(report)
     outputs = [results_dir / f"{name}.json"]
     png = results_dir / f"{name}.png"
     if not args.quick:
@@ -620,8 +650,11 @@ def main() -> int:
     print(md)
     load = [r["other_processes_cores"] for r in records]
     if load:
+        loadavg = [r["loadavg_1min"] for r in records]
         print(f"\nother processes on this machine: median {statistics.median(load):.2f}, "
-              f"max {max(load):.2f} cores of {m['nproc']}")
+              f"max {max(load):.2f} cores of {m['nproc']}; 1-minute load average "
+              f"min {min(loadavg):.2f}, median {statistics.median(loadavg):.2f}, "
+              f"max {max(loadavg):.2f}")
     print(f"\nwrote {', '.join(str(o.relative_to(ROOT)) for o in outputs)} "
           f"in {report['duration_s']:.0f} s")
     return 0
