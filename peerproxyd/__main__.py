@@ -1,3 +1,3 @@
-from peerproxyd.cli import main
+from peerproxyd.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -136,6 +136,13 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
+def entry() -> None:
+    """The `peerproxyd` command (and `python -m peerproxyd`)."""
+    from peerproxyd.transport import exit_code
+
+    raise SystemExit(exit_code(main()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -79,6 +81,25 @@ class Transport(Protocol):
     async def restart_answer(self, offer_sdp: str) -> tuple[str, IceRestart]:
         """Answerer: our answer to a restart offer, and the running restart."""
         ...
+
+
+EXIT_CLOSE_WAIT = 2.0
+"""Seconds a process's exit waits for native connections still closing (exit_code)."""
+
+
+def exit_code(code: int) -> int:
+    """`code`, once the native backend's connections have closed; if some are still closing
+    after EXIT_CLOSE_WAIT (a viewer that vanished: its SCTP shutdown times out after ~13 s),
+    exit with `code` at once, skipping libdatachannel's C++ destructors, which would abort
+    the process. For the command line's exit only (it may end the process)."""
+    native = sys.modules.get("peerproxyd.transport_native")
+    if native is None or not (left := native.wait_for_closes(EXIT_CLOSE_WAIT)):
+        return code
+    logger.info("exiting with %d native connection(s) still closing", left)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def native_available() -> bool:

@@ -363,17 +363,23 @@ class NativeTransport:
 
 
 # Close threads still running. A process that exits while libdatachannel is still closing a
-# connection aborts ("terminate called without an active exception", SIGABRT: a stopped
-# daemon would exit 134 instead of 0), so the exit waits for them, within CLOSE_AT_EXIT.
+# connection aborts ("terminate called without an active exception": SIGABRT, a stopped
+# daemon would exit 134, not 0). Closing to a viewer that vanished takes ~13 s (its SCTP
+# shutdown times out), so the CLI's exit waits only briefly and then leaves without running
+# C++ destructors (transport.exit_code); other processes wait here, at exit, a little longer.
 _closing: set[threading.Thread] = set()
-CLOSE_AT_EXIT = 20.0  # seconds; a vanished browser's SCTP shutdown takes ~13 s
+CLOSE_AT_EXIT = 5.0  # seconds
 
 
-@atexit.register
-def _wait_for_closes() -> None:
-    deadline = time.monotonic() + CLOSE_AT_EXIT
+def wait_for_closes(timeout: float) -> int:
+    """Wait up to `timeout` seconds for the close threads; how many are still running."""
+    deadline = time.monotonic() + timeout
     for thread in list(_closing):
         thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in list(_closing))
+
+
+atexit.register(wait_for_closes, CLOSE_AT_EXIT)
 
 
 def _close(pc: Any, channels: list[NativeChannel], loop: asyncio.AbstractEventLoop) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import urllib.request
 
 import aiohttp
 import pytest
@@ -118,5 +120,27 @@ async def test_a_native_device_answers_an_ice_restart_with_a_bye(tmp_path):
         async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as again:
             head, body = await again.request("camera", "/")
             assert (head.status, body) == (200, b"hello from camera\n")
+    finally:
+        stack.stop()
+
+
+def test_a_native_daemon_exits_cleanly_while_a_vanished_viewer_is_still_closing(tmp_path):
+    """Closing to a viewer that vanished takes libdatachannel ~13 s; a process that exits
+    meanwhile used to abort (SIGABRT). The daemon's exit waits briefly, then leaves with its
+    own exit status (transport.exit_code)."""
+    stack = Stack(tmp_path)
+    stack.backend = "native"
+    try:
+        stack.upstream("camera")
+        stack.signal()
+        daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
+        client, url = stack.client("camera", backend="native")
+        with urllib.request.urlopen(f"{url}/", timeout=10) as r:
+            assert r.read() == b"hello from camera\n"
+        client.popen.kill()  # no goodbye: its peer connection just vanishes
+        client.popen.wait(10)
+        daemon.popen.send_signal(signal.SIGTERM)
+        assert daemon.popen.wait(30) == 0
+        assert "exiting with 1 native connection(s) still closing" in daemon.log()
     finally:
         stack.stop()
