@@ -111,6 +111,10 @@ def native_unsupported(ice: IceSettings) -> str | None:
     """Why the native backend cannot honour these ICE settings, or None."""
     if len(ice.host_addresses) > 1:
         return "it binds at most one host address (host_addresses has several)"
+    for url in (url for server in ice.servers for url in server.urls):
+        # libjuice relays over UDP only: such a TURN server would never be used.
+        if url.startswith("turns:") or (url.startswith("turn:") and "transport=tcp" in url):
+            return f"it has no TURN over TCP or TLS ({url})"
     return None
 
 

@@ -17,7 +17,11 @@ names (peer.py rewrites the SDP as for aiortc), resolving a browser's `.local` c
 (the browser's checks reach us and its address is learned as peer-reflexive instead).
 The device certificate is passed as PEM files (libdatachannel reads them per connection).
 No ICE restart (libjuice keeps its credentials for the connection's life): the restart_*
-methods raise IceRestartError and the callers fall back to a new connection.
+methods raise IceRestartError and the callers fall back to a new connection. No TURN over
+TCP/TLS (transport.native_unsupported keeps aiortc for such servers). Seen on the test
+network: a native LAN viewer reaches an mDNS device as peer-reflexive or via its srflx
+candidate; Chromium behind a cone NAT ended on a relay pair with a native device (aiortc:
+srflx), which works but costs the TURN server bandwidth.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from urllib.parse import parse_qs
 import libdatachannel as rtc
 from cryptography.hazmat.primitives import serialization
 
+from peerproxyd.aioice_ports import PortRangeExhausted, parse_port_range
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import IceRestartError
 from peerproxyd.identity import Identity
@@ -258,7 +263,7 @@ class NativeTransport:
         return channel
 
     async def offer(self) -> str:
-        self.pc.set_local_description(rtc.Description.Type.Offer)
+        self._describe(rtc.Description.Type.Offer)
         return await self._local_sdp()
 
     async def answer(self, offer_sdp: str) -> str:
@@ -266,7 +271,7 @@ class NativeTransport:
             self.pc.set_remote_description(rtc.Description(offer_sdp, "offer"))
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"unusable offer: {exc}") from exc
-        self.pc.set_local_description(rtc.Description.Type.Answer)
+        self._describe(rtc.Description.Type.Answer)
         return await self._local_sdp()
 
     async def set_answer(self, answer_sdp: str) -> None:
@@ -335,6 +340,17 @@ class NativeTransport:
         thread.start()
 
     # ----- on the loop
+    def _describe(self, kind: Any) -> None:
+        """Set our description, which binds the ICE socket: within `port_range` libjuice
+        fails only with "Failed to gather local ICE candidates" when every port is taken,
+        so say what aiortc's backend says (aioice_ports.PortRangeExhausted)."""
+        try:
+            self.pc.set_local_description(kind)
+        except RuntimeError as exc:
+            if self._ice.port_range:
+                raise PortRangeExhausted(parse_port_range(self._ice.port_range)) from exc
+            raise
+
     async def _local_sdp(self) -> str:
         if self.pc.gathering_state() == rtc.PeerConnection.GatheringState.Complete:
             self._gathered.set()

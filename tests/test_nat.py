@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 import warnings
 
@@ -27,7 +28,7 @@ from tests.netns import (
     setup_ms,
     unavailable_reason,
 )
-from tests.support.procs import share_link
+from tests.support.procs import TEST_BACKEND, share_link
 from tests.support.upstream_app import pattern
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -63,16 +64,23 @@ async def test_lan_viewer_connects_host_to_host(stack: NetStack, record_property
 
     on_client, on_daemon = report_from_log(client), report_from_log(daemon)
     assert (on_client.type, on_daemon.type) == ("host", "host"), (on_client, on_daemon)
-    # The LAN viewer got a .local name, resolved it over mDNS and reached the LAN address.
-    assert f".local ({DEV})" in on_client.line
+    if TEST_BACKEND == "native":
+        # libdatachannel does not resolve .local names: the daemon's checks reach the viewer,
+        # which learns the LAN address as peer-reflexive; still host to host, on the LAN.
+        assert f"{DEV}:" in on_client.line
+    else:  # the LAN viewer got a .local name, resolved it over mDNS, reached the LAN address
+        assert f".local ({DEV})" in on_client.line
     assert LAN_VIEWER in on_daemon.line
     result = stack.net.fetch("lanv", url + "/")
     assert (result.status, result.text) == (200, "hello from camera\n")
     big = stack.net.fetch("lanv", url + "/download?size=1000000")
     assert (big.status, big.size) == (200, 1_000_000)
     # The daemon holds a TURN allocation (it is configured), but coturn granted no
-    # permission to any peer, so it relayed nothing.
-    assert stack.coturn is not None and coturn_relayed(stack.coturn) == []
+    # permission to any peer, so it relayed nothing. (libjuice asks for permissions for
+    # every remote candidate up front; the host pair above shows it relayed nothing either.)
+    assert stack.coturn is not None
+    if TEST_BACKEND != "native":
+        assert coturn_relayed(stack.coturn) == []
     record_property("setup_ms", setup_ms(client))
 
 
@@ -89,7 +97,12 @@ async def test_remote_viewer_behind_cone_nat_uses_srflx(stack: NetStack, record_
     record_property("setup_ms", setup_ms(client))
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", [
+    "udp",
+    pytest.param("tcp", marks=pytest.mark.skipif(
+        TEST_BACKEND == "native", reason="the native backend (libjuice) has no TURN over TCP; "
+        "\"auto\" keeps aiortc for such servers (test_transport.py)")),
+])
 @pytest.mark.parametrize("stack", [{"remote_nat": "symmetric"}], indirect=True)
 async def test_remote_viewer_behind_symmetric_nat_is_relayed(
     stack: NetStack, transport: str, record_property
@@ -130,7 +143,10 @@ async def test_lan_host_pair_with_and_without_mdns(stack: NetStack, record_prope
     for round_ in range(2):
         for device in times:
             client, _ = stack.client("lanv", device=device, port=9100 + round_)
-            assert report_from_log(client).type == "host"
+            # libdatachannel does not resolve .local names: a native LAN viewer may reach the
+            # mDNS device through its srflx candidate instead (never through a relay).
+            allowed = {"host", "srflx"} if TEST_BACKEND == "native" else {"host"}
+            assert report_from_log(client).type in allowed
             times[device].append(setup_ms(client))
             client.stop()
     record_property("setup_ms_mdns", times["test-pi"])
@@ -150,7 +166,9 @@ async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: Net
     unconnected = {port for _, port, peer in sockets if peer.endswith(":*")}
     assert unconnected == {50000, 50001, 5353}, sockets  # ICE, ICE, mDNS
     connected = {peer for _, _, peer in sockets if not peer.endswith(":*")}
-    assert connected == {f"{INET}:{TURN_PORT}"}, sockets  # TURN allocations
+    # aiortc: a client socket per TURN allocation; libjuice talks to TURN from the ICE port.
+    turn = set() if TEST_BACKEND == "native" else {f"{INET}:{TURN_PORT}"}
+    assert connected == turn, sockets
 
     third = stack.net.python(
         "lanv", "client-third", "-m", "peerproxyd", "connect",
@@ -174,12 +192,15 @@ async def test_forwarded_port_range_reaches_symmetric_nat_without_turn(stack: Ne
     daemon = stack.daemon(port_range="50000-50002", turn=None)
     client, url = stack.client("rv")
     on_client, on_daemon = report_from_log(client), report_from_log(daemon)
-    assert on_client.type == "srflx" and "203.0.113.10:50000 [srflx]" in on_client.line
+    assert on_client.type == "srflx"
+    assert re.search(r"203\.0\.113\.10:5000[0-2] \[srflx\]", on_client.line), on_client
     assert on_daemon.type == "srflx"
     assert stack.net.fetch("rv", url + "/").status == 200
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.skipif(TEST_BACKEND == "native", reason="the native backend cannot restart ICE: "
+                    "it renegotiates (test_native_end_to_end.py)")
 async def test_daemon_address_change_restarts_ice_and_the_session_survives(stack: NetStack):
     """The device's LAN address changes (DHCP renumbering) in the middle of a long download.
     The daemon notices (netwatch.py), registers again from the new address and asks its viewer

@@ -34,7 +34,7 @@ from tests.netns import (
     coturn_relayed,
     report_from_log,
 )
-from tests.support.procs import Proc, share_link
+from tests.support.procs import TEST_BACKEND, Proc, share_link
 from tests.support.upstream_app import pattern
 from tests.test_nat import NEW_DEV, require_netns
 
@@ -169,6 +169,8 @@ def test_browser_behind_symmetric_nat_is_relayed(stack: NetStack, browser: Agent
         stack.coturn, daemon, "CHANNEL_BIND")), relayed
 
 
+@pytest.mark.skipif(TEST_BACKEND == "native", reason="the native backend cannot restart ICE: "
+                    "it renegotiates (test_native_end_to_end.py)")
 @pytest.mark.parametrize("stack", [{"remote_nat": "cone"}], indirect=True)
 def test_browser_survives_the_device_address_change_by_ice_restart(
     stack: NetStack, browser: Agent

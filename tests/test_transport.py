@@ -29,6 +29,7 @@ from peerproxyd.transport import (
     Transport,
     choose_backend,
     native_available,
+    native_unsupported,
     new_transport,
 )
 
@@ -174,6 +175,17 @@ def test_choose_backend():
         assert choose_backend("auto", ICE)[0] == "aiortc"
         with pytest.raises(ValueError, match="libdatachannel-py is not installed"):
             choose_backend("native", ICE)
+
+
+def test_native_is_not_chosen_for_turn_over_tcp_or_tls():
+    """libjuice relays over UDP only: with a TCP/TLS TURN server, "auto" keeps aiortc."""
+    udp = IceSettings(servers=[{"urls": "turn:203.0.113.1:3478", "username": "u",
+                                "credential": "c"}, {"urls": "stun:203.0.113.1"}])
+    assert native_unsupported(udp) is None
+    for url in ("turn:203.0.113.1:3478?transport=tcp", "turns:203.0.113.1:5349"):
+        ice = IceSettings(servers=[{"urls": url, "username": "u", "credential": "c"}])
+        assert native_unsupported(ice) == f"it has no TURN over TCP or TLS ({url})"
+        assert choose_backend("auto", ice)[0] == "aiortc"
 
 
 def test_daemon_refuses_a_native_backend_that_cannot_run(tmp_path: Path):
