@@ -96,51 +96,50 @@ async def test_native_daemon_relayed_through_coturn(tmp_path, client_backend: st
         net.down()
 
 
-async def test_a_native_device_answers_an_ice_restart_with_a_bye(tmp_path):
+@pytest.fixture
+def native_device(tmp_path):
+    """A signaling server, an upstream and a daemon on the native backend: (stack, daemon)."""
+    stack = Stack(tmp_path)
+    stack.backend = "native"
+    try:
+        stack.upstream("camera")
+        stack.signal()
+        yield stack, stack.daemon({"camera": stack.upstream_ports["camera"]})
+    finally:
+        stack.stop()
+
+
+async def test_a_native_device_answers_an_ice_restart_with_a_bye(native_device):
     """libdatachannel cannot restart ICE: an aiortc viewer's restart offer (docs/network.md)
     must end that session with a `bye` (its DTLS association would never handshake with a
     new connection), and the device goes on serving new connections."""
-    stack = Stack(tmp_path)
-    stack.backend = "native"
-    try:
-        stack.upstream("camera")
-        stack.signal()
-        daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
-        async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as peer:
-            offer, restart = await peer.pc.restart_offer()
-            await peer.signaling.send(
-                "offer", peer.device, {"sdp": keep_session(offer, peer.offer), "type": "offer"})
-            for _ in range(200):
-                if byes := [m for m in peer.messages if m.type == "bye"]:
-                    break
-                await asyncio.sleep(0.05)
-            assert byes and "cannot restart ICE" in byes[0].payload["reason"]
-            await restart.cancel()
-        daemon.wait_for_log(r"no ICE restart \(the native backend cannot restart ICE")
-        async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as again:
-            head, body = await again.request("camera", "/")
-            assert (head.status, body) == (200, b"hello from camera\n")
-    finally:
-        stack.stop()
+    stack, daemon = native_device
+    async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as peer:
+        offer, restart = await peer.pc.restart_offer()
+        await peer.signaling.send(
+            "offer", peer.device, {"sdp": keep_session(offer, peer.offer), "type": "offer"})
+        for _ in range(200):
+            if byes := [m for m in peer.messages if m.type == "bye"]:
+                break
+            await asyncio.sleep(0.05)
+        assert byes and "cannot restart ICE" in byes[0].payload["reason"]
+        await restart.cancel()
+    daemon.wait_for_log(r"no ICE restart \(the native backend cannot restart ICE")
+    async with RawPeer(stack.signal_url, stack.link("camera"), backend="aiortc") as again:
+        head, body = await again.request("camera", "/")
+        assert (head.status, body) == (200, b"hello from camera\n")
 
 
-def test_a_native_daemon_exits_cleanly_while_a_vanished_viewer_is_still_closing(tmp_path):
+def test_a_native_daemon_exits_cleanly_while_a_vanished_viewer_is_still_closing(native_device):
     """Closing to a viewer that vanished takes libdatachannel ~13 s; a process that exits
     meanwhile used to abort (SIGABRT). The daemon's exit waits briefly, then leaves with its
     own exit status (transport.exit_code)."""
-    stack = Stack(tmp_path)
-    stack.backend = "native"
-    try:
-        stack.upstream("camera")
-        stack.signal()
-        daemon = stack.daemon({"camera": stack.upstream_ports["camera"]})
-        client, url = stack.client("camera", backend="native")
-        with urllib.request.urlopen(f"{url}/", timeout=10) as r:
-            assert r.read() == b"hello from camera\n"
-        client.popen.kill()  # no goodbye: its peer connection just vanishes
-        client.popen.wait(10)
-        daemon.popen.send_signal(signal.SIGTERM)
-        assert daemon.popen.wait(30) == 0
-        assert "exiting with 1 native connection(s) still closing" in daemon.log()
-    finally:
-        stack.stop()
+    stack, daemon = native_device
+    client, url = stack.client("camera", backend="native")
+    with urllib.request.urlopen(f"{url}/", timeout=10) as r:
+        assert r.read() == b"hello from camera\n"
+    client.popen.kill()  # no goodbye: its peer connection just vanishes
+    client.popen.wait(10)
+    daemon.popen.send_signal(signal.SIGTERM)
+    assert daemon.popen.wait(30) == 0
+    assert "exiting with 1 native connection(s) still closing" in daemon.log()
