@@ -413,7 +413,8 @@ class Daemon:
             await self.signaling.send("bye", peer, {"reason": "device is shutting down"})
             return
         if old := self.sessions.get(peer):
-            if old.is_ice_restart(offer) and await self._restart_ice(old, offer):
+            if old.is_ice_restart(offer):
+                await self._restart_ice(old, offer)
                 return
             await old.close()  # the viewer restarted its connection
         # max_peers bounds authenticated viewers (auth-error too-many-peers) and, separately,
@@ -436,14 +437,13 @@ class Daemon:
             answer = await session.accept(offer)
         except Exception as exc:
             logger.warning("%r: bad offer: %s", session, exc)
-            await session.close()
-            await self.signaling.send("bye", peer, {"reason": f"bad offer: {exc}"})
+            await self._end(session, f"bad offer: {exc}")
             return
         await self.signaling.send("answer", peer, answer)
         logger.info("%r: answered (%d peers)", session, len(self.sessions))
         self._update_status()
 
-    async def _restart_ice(self, session: PeerSession, offer: dict[str, Any]) -> bool:
+    async def _restart_ice(self, session: PeerSession, offer: dict[str, Any]) -> None:
         """Answer a viewer's ICE-restart offer on its live session. A session that cannot
         restart (the native backend, ICE already closed) is ended with a `bye`: the viewer's
         DTLS association would never handshake with a new connection, so it must make one."""
@@ -451,18 +451,14 @@ class Daemon:
             answer = await session.restart_ice(offer)
         except IceRestartError as exc:
             logger.info("%r: no ICE restart (%s): the viewer must connect anew", session, exc)
-            await session.close()
-            await self.signaling.send("bye", session.peer_id,
-                                      {"reason": f"{exc}; reconnect"})
-            return True
+            await self._end(session, f"{exc}; reconnect")
+            return
         except Exception as exc:
             logger.warning("%r: bad ICE-restart offer: %s", session, exc)
-            await session.close()
-            await self.signaling.send("bye", session.peer_id, {"reason": f"bad offer: {exc}"})
-            return True
+            await self._end(session, f"bad offer: {exc}")
+            return
         await self.signaling.send("answer", session.peer_id, answer)
         logger.info("%r: answered an ICE restart", session)
-        return True
 
     async def _on_addresses_changed(self, old: frozenset[str], new: frozenset[str]) -> None:
         """Reconnect to the signaling server from the new address, then ask every viewer to
@@ -495,10 +491,15 @@ class Daemon:
         if session.closed:
             return  # the viewer connected anew meanwhile
         logger.warning("%r: no ICE restart: renegotiating", session)
-        with contextlib.suppress(Exception):
-            await self.signaling.send("bye", session.peer_id,
-                                      {"reason": "device network changed; reconnect"})
+        await self._end(session, "device network changed; reconnect")
+
+    async def _end(self, session: PeerSession, reason: str) -> None:
+        """Close `session` and tell its viewer why (a `bye`: it connects anew, if at all)."""
         await session.close()
+        try:
+            await self.signaling.send("bye", session.peer_id, {"reason": reason})
+        except Exception as exc:  # signaling is down: the viewer notices by heartbeats
+            logger.debug("%r: bye not sent: %s", session, exc)
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:

@@ -5,7 +5,7 @@ responses are held back for a while, as a peer busy with a bulk transfer would a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aioice.ice
 import pytest
@@ -86,26 +86,32 @@ async def test_stock_aioice_drops_a_peer_that_answers_late(pair: tuple[Connectio
     assert await closed_within(a, 8.0)
 
 
-async def test_late_answers_keep_the_connection(pair: tuple[Connection, Connection]):
-    a, b = pair
+@pytest.fixture
+def consent_fix() -> Iterator[None]:
+    """aioice_consent installed for one test."""
     aioice_consent.install()
     try:
-        restart_consent(a)
-        answer_late(b, LATE)
-        assert not await closed_within(a, 8.0)  # 3 s timeout, many late checks meanwhile
-        await a.send(b"still here")
-        async with asyncio.timeout(5):
-            assert await b.recv() == b"still here"
+        yield
     finally:
         aioice_consent.uninstall()
 
 
-async def test_a_peer_that_never_answers_expires(pair: tuple[Connection, Connection]):
+async def test_late_answers_keep_the_connection(
+    pair: tuple[Connection, Connection], consent_fix: None
+):
     a, b = pair
-    aioice_consent.install()
-    try:
-        restart_consent(a)
-        answer_late(b, None)
-        assert await closed_within(a, 10.0)  # 3 s timeout + a check (1.5 s) + an interval
-    finally:
-        aioice_consent.uninstall()
+    restart_consent(a)
+    answer_late(b, LATE)
+    assert not await closed_within(a, 8.0)  # 3 s timeout, many late checks meanwhile
+    await a.send(b"still here")
+    async with asyncio.timeout(5):
+        assert await b.recv() == b"still here"
+
+
+async def test_a_peer_that_never_answers_expires(
+    pair: tuple[Connection, Connection], consent_fix: None
+):
+    a, b = pair
+    restart_consent(a)
+    answer_late(b, None)
+    assert await closed_within(a, 10.0)  # 3 s timeout + a check (1.5 s) + an interval

@@ -55,20 +55,25 @@ async def until(condition: Any, timeout: float = 30.0, step: float = 0.05) -> No
         raise AssertionError(f"still false after {timeout} s: {condition}") from None
 
 
+def camera_stack(log_dir: Path, limits: dict[str, int]) -> Iterator[TunedStack]:
+    """Signaling, a camera upstream and a daemon with these `[limits]`; stopped afterwards."""
+    stack = TunedStack(log_dir)
+    try:
+        stack.upstream("camera")
+        stack.signal()
+        stack.daemon({"camera": stack.upstream_ports["camera"]}, limits=limits)
+        yield stack
+    finally:
+        stack.stop()
+
+
 # ----- header bytes and streams per peer (daemon process)
 
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunedStack]:
-    stack = TunedStack(tmp_path_factory.mktemp("limits"))
-    try:
-        stack.upstream("camera")
-        stack.signal()
-        stack.daemon({"camera": stack.upstream_ports["camera"]},
-                     limits={"max_header_bytes": 4096, "max_streams_per_peer": 2})
-        yield stack
-    finally:
-        stack.stop()
+    yield from camera_stack(tmp_path_factory.mktemp("limits"),
+                            {"max_header_bytes": 4096, "max_streams_per_peer": 2})
 
 
 async def test_header_block_over_the_limit(tight: TunedStack) -> None:
@@ -109,14 +114,7 @@ async def test_streams_per_peer(tight: TunedStack) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunedStack]:
-    stack = TunedStack(tmp_path_factory.mktemp("peers"))
-    try:
-        stack.upstream("camera")
-        stack.signal()
-        stack.daemon({"camera": stack.upstream_ports["camera"]}, limits={"max_peers": 1})
-        yield stack
-    finally:
-        stack.stop()
+    yield from camera_stack(tmp_path_factory.mktemp("peers"), {"max_peers": 1})
 
 
 async def test_peers_per_device_refused_cleanly(single: TunedStack) -> None:
