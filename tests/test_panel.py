@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,12 +40,6 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
         yield Panel(f"http://127.0.0.1:{port}", stack)
     finally:
         stack.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def status(http: aiohttp.ClientSession, panel: Panel) -> dict:

@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -49,12 +49,6 @@ def net(tmp_path_factory: pytest.TempPathFactory):
         yield Net(stack.signal_url, stack.device, camera, down, upstream, daemon, stack.link)
     finally:
         stack.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def ws_url(base: str, path: str = "/ws") -> str:
