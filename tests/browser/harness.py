@@ -179,8 +179,23 @@ def _kill_pid(pid: int) -> None:
 
 
 class BrowserWorld:
-    def __init__(self, log_dir: Path) -> None:
+    """`services` (name -> upstream port, default: the test app under SERVICE and
+    OTHER_SERVICE) and `service_options` (name -> more TOML lines of its `[services.NAME]`
+    table) configure the daemon; `test_app=False` leaves tests.browser.app out (a test that
+    brings a real app starts it with `start_cmd` after `up()`)."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        services: dict[str, int] | None = None,
+        service_options: dict[str, list[str]] | None = None,
+        test_app: bool = True,
+    ) -> None:
         self.log_dir = log_dir
+        self.services = services or {SERVICE: APP_PORT, OTHER_SERVICE: APP_PORT}
+        self.service_options = service_options or {}
+        self.test_app = test_app
         self.ns = f"pp-{secrets.token_hex(4)}"
         self.procs: dict[str, Proc] = {}
         self.agent: Agent | None = None
@@ -196,21 +211,31 @@ class BrowserWorld:
         _run("ip", "netns", "add", self.ns)
         self._made = True
         _run("ip", "-n", self.ns, "link", "set", "lo", "up")
-        self.start("app", "-m", "tests.browser.app", "--port", str(APP_PORT))
+        if self.test_app:
+            self.start("app", "-m", "tests.browser.app", "--port", str(APP_PORT))
         self.start("signal", "-m", "peerproxyd", "signal", "--port", str(SIGNAL_PORT))
-        self.procs["app"].wait_for_log("test app listening")
+        if self.test_app:
+            self.procs["app"].wait_for_log("test app listening")
         self.procs["signal"].wait_for_log("signaling server listening")
         self.start_daemon()
-        for service, viewer in VIEWERS.items():
-            self.share(viewer, service)
+        for service in self.services:
+            self.share(self.viewer_of(service), service)
         self.agent = Agent(self.ns, self.log_dir)
         return self
 
     def start(self, name: str, *args: str) -> Proc:
-        cmd = ["ip", "netns", "exec", self.ns, sys.executable, *args]
-        proc = Proc(name, cmd, self.log_dir)
+        """A Python process (`python ARGS`) in the namespace."""
+        return self.start_cmd(name, sys.executable, *args)
+
+    def start_cmd(self, name: str, *argv: str, env: dict[str, str] | None = None) -> Proc:
+        """Any program in the namespace; its output goes to `<log_dir>/<name>.log`."""
+        proc = Proc(name, ["ip", "netns", "exec", self.ns, *argv], self.log_dir, env=env)
         self.procs[name] = proc
         return proc
+
+    def ns_run(self, *argv: str) -> str:
+        """Run a short command in the namespace (e.g. `ip route add ...`); its stdout."""
+        return _run("ip", "netns", "exec", self.ns, *argv)
 
     @property
     def config(self) -> Path:
@@ -219,7 +244,7 @@ class BrowserWorld:
     def start_daemon(self) -> Proc:
         config = daemon_config(
             self.config, state_dir=self.state_dir, signal_port=SIGNAL_PORT,
-            services={SERVICE: APP_PORT, OTHER_SERVICE: APP_PORT},
+            services=self.services, service_options=self.service_options,
         )
         if self.extra_limits:
             text = config.read_text().replace("[limits]\n", "[limits]\n" + "".join(
@@ -276,6 +301,12 @@ class BrowserWorld:
             self._made = False
 
     # ----- helpers for tests
+    def viewer_of(self, service: str) -> str:
+        """The viewer up() shares `service` with (a service not configured: SERVICE's)."""
+        if service in VIEWERS:
+            return VIEWERS[service]
+        return f"viewer-{service}" if service in self.services else VIEWERS[SERVICE]
+
     def origin(self, device: str | None = None, service: str = SERVICE, port: int = SIGNAL_PORT) -> str:
         return f"http://{device or self.device}--{service}.localhost:{port}"
 
@@ -283,7 +314,7 @@ class BrowserWorld:
              device: str | None = None, port: int = SIGNAL_PORT, **fields: str) -> str:
         """The share link of `viewer` (default: the one of `service`) opened at `path`;
         `device`, `service` (when not its own) and `fields` (t=, f=, ...) forge a variant."""
-        viewer = viewer or VIEWERS.get(service, VIEWERS[SERVICE])
+        viewer = viewer or self.viewer_of(service)
         values = link_fields(self.links[viewer])
         values.update(d=device or values["d"], s=service, **fields)
         fragment = "&".join(f"{k}={v}" for k, v in values.items() if v is not None)

@@ -117,9 +117,10 @@ def share_link(
 
 def daemon_config(
     path: Path, *, state_dir: Path, signal_port: int, services: dict[str, int],
-    backend: str = TEST_BACKEND,
+    backend: str = TEST_BACKEND, service_options: dict[str, list[str]] | None = None,
 ) -> Path:
-    """A daemon configuration whose device key lives in `state_dir` (see new_device())."""
+    """A daemon configuration whose device key lives in `state_dir` (see new_device());
+    `service_options`: more lines for a service's table (`read_timeout = 0`, ...)."""
     lines = [
         "[device]",
         f'state_dir = "{state_dir}"',
@@ -136,6 +137,10 @@ def daemon_config(
         "heartbeat_timeout = 5.0",
     ]
     for name, port in services.items():
-        lines += [f"[services.{name}]", f'upstream = "http://127.0.0.1:{port}"', "read_timeout = 5.0"]
+        options = (service_options or {}).get(name, [])
+        lines += [f"[services.{name}]", f'upstream = "http://127.0.0.1:{port}"']
+        if not any(o.startswith("read_timeout") for o in options):
+            lines.append("read_timeout = 5.0")
+        lines += options
     path.write_text("\n".join(lines) + "\n")
     return path
