@@ -20,7 +20,12 @@ NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/te
 	tests/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device
 NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")
 
-.PHONY: run test test-native install system-deps bench lock clean
+# Real third-party apps (Home Assistant, a camera stream, Node-RED, Syncthing, ...) through the
+# browser client: each tests/apps/setup_<app>.sh installs one, pinned, into .apps/<app>/
+# (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
+APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
+
+.PHONY: run test test-native test-apps apps-deps install system-deps bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +57,15 @@ run: install
 
 test: install system-deps
 	node --test webclient/test/
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/apps
 	$(MAKE) --no-print-directory test-native
+	$(MAKE) --no-print-directory test-apps
+
+apps-deps: system-deps
+	@for script in $(APPS_SETUP); do bash $$script || exit 1; done
+
+test-apps: install apps-deps
+	@if [ -d tests/apps ]; then $(BIN)/pytest -q tests/apps; fi
 
 test-native: system-deps
 	@if [ -z "$(PYTHON_NATIVE)" ]; then \
@@ -83,4 +95,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) $(VENV_NATIVE) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_NATIVE) .apps .pytest_cache .hypothesis

@@ -184,6 +184,50 @@ def test_download_of_50_mb_streams_and_hashes_in_the_page(world: BrowserWorld) -
     assert got["chunks"] > 100
 
 
+def test_download_links_save_the_file_not_the_manager_page(world: BrowserWorld) -> None:
+    """Chromium fetches `<a download>` past the service worker (the network would answer
+    with the manager page): the app shim saves the real file, however the app clicks it,
+    and a failed download says so in the bar."""
+    world.open("/downloads")
+    app = world.agent.app
+    for selector in ("#plain", "#named", "#ha", "#detached"):
+        app.click(selector)
+        world.agent.page.wait_for_function(
+            "() => document.body.dataset.download === 'done'", timeout=20_000)
+        world.agent.page.evaluate("delete document.body.dataset.download")
+    got = {d["name"]: d for d in world.agent.request("downloads")}
+    assert set(got) == {"data.bin", "résumé.csv", "ha.bin", "d.bin"}
+    for name, size in (("data.bin", 300_000), ("ha.bin", 70_000), ("d.bin", 1000)):
+        assert got[name]["failure"] is None
+        assert got[name]["sha256"] == hashlib.sha256(pattern(size)).hexdigest(), name
+    assert got["résumé.csv"]["size"] == len(b"a,b\n1,2\n")
+    app.click("#missing")
+    world.agent.page.wait_for_function("() => document.body.dataset.download === 'failed'")
+    assert "no-such-file.bin failed: 404" in world.agent.page.inner_text("#bar-detail")
+    names = [d["name"] for d in world.agent.request("downloads")]
+    assert len(names) == 4, names  # each saved once, nothing for the failure
+
+
+def test_the_app_sees_no_service_worker_api(world: BrowserWorld) -> None:
+    """The origin's service worker is the client's: the app can neither replace nor
+    unregister it, and sees a browser without service workers."""
+    world.open("/")
+    assert world.agent.app.evaluate("'serviceWorker' in navigator") is False
+    assert world.agent.page.evaluate("!!navigator.serviceWorker.controller") is True
+    world.agent.app.evaluate("location.href = '/page2'")
+    world.agent.app.wait_for_selector("#title")
+    assert world.agent.app.evaluate("'serviceWorker' in navigator") is False
+
+
+def test_the_card_leaves_when_a_never_ending_document_shows(world: BrowserWorld) -> None:
+    """A document that keeps loading (a live view) never fires `load`: the card leaves at
+    the frame's first response instead."""
+    world.open("/endless", phase="connected")
+    assert world.agent.page.is_hidden("#card")
+    assert world.agent.app.inner_text("#title") == "Live"
+    assert world.agent.app.evaluate("document.readyState") == "loading"
+
+
 def test_navigation_history_and_redirect_share_one_peer_connection(world: BrowserWorld) -> None:
     before = world.answered()
     world.open("/")

@@ -379,6 +379,31 @@ function showRtt() {
   ui.rtt.textContent = rtt == null ? "" : `RTT ${rtt < 10 ? rtt.toFixed(1) : Math.round(rtt)} ms`;
 }
 
+/** The app has shown content: the card leaves. On the frame's first response (a document
+ * that keeps loading, such as a camera stream, never fires `load`) or its load event. */
+function showApp() {
+  if (state.phase !== "loading") return;
+  state.everConnected = true;
+  setPhase("connected");
+}
+
+/** What the app shim says about a download (app-shim.js): shown in the bar. */
+function startDownloadNotices() {
+  addEventListener("message", (event) => {
+    const msg = event.data;
+    if (event.origin !== location.origin || msg?.type !== "peerproxy-download") return;
+    const text = {
+      started: `Downloading ${msg.name}…`,
+      done: `Downloaded ${msg.name}`,
+      failed: `Download of ${msg.name} failed: ${msg.message}`,
+    }[msg.state];
+    if (!text) return;
+    document.body.dataset.download = msg.state;
+    ui.barDetail.textContent = text;
+    ui.barDetail.classList.toggle("problem", msg.state === "failed");
+  });
+}
+
 function createFrame() {
   const frame = document.createElement("iframe");
   frame.id = "app";
@@ -387,10 +412,7 @@ function createFrame() {
   frame.setAttribute("sandbox", SANDBOX);
   frame.setAttribute("allow", "fullscreen; clipboard-write");
   frame.addEventListener("load", () => {
-    if (state.phase === "loading") {
-      state.everConnected = true;
-      setPhase("connected");
-    }
+    showApp();
     try {
       const title = frame.contentDocument?.title;
       document.title = title ? `${title} · ${state.label}` : state.label;
@@ -439,11 +461,14 @@ async function run() {
       const error = info.headers.some(([n]) => n.toLowerCase() === "x-peerproxy-error");
       if (error && info.status === 404 && info.destination === "iframe") {
         setPhase("unknown-service", `${target.device} has no service “${target.service}”.`);
+      } else if (info.destination === "iframe") {
+        showApp();
       }
     },
   });
   state.relay = relay;
   startWebSocketBridge(relay);
+  startDownloadNotices();
   try {
     await startWorker(relay);
   } catch (exc) {

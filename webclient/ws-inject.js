@@ -1,8 +1,9 @@
-// Putting the WebSocket shim (ws-shim.js) into the proxied app's HTML documents.
+// Putting the app shim (app-shim.js: WebSocket, downloads, no service worker) into the
+// proxied app's HTML documents.
 //
 // A service worker never sees `new WebSocket()`, so the app's own `WebSocket` must be replaced
 // before the app's scripts run: the worker inserts one classic, blocking
-// `<script src="/__peerproxy/ws-shim.js">` at the start of every HTML document it serves to
+// `<script src="/__peerproxy/app-shim.js">` at the start of every HTML document it serves to
 // the frame, and lets it through the document's Content-Security-Policy.
 //
 // Where (`injectionPoint`): right after `<head …>`, or, when the head is implied, right before
@@ -20,7 +21,7 @@
 (function (root) {
   "use strict";
 
-  const SHIM_PATH = "/__peerproxy/ws-shim.js";
+  const SHIM_PATH = "/__peerproxy/app-shim.js";
   const SCAN_LIMIT = 64 * 1024;
   const latin1 = new TextDecoder("latin1"); // byte-for-char: indexes stay byte offsets
 

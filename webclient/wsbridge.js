@@ -1,7 +1,7 @@
-// The manager's half of the app's WebSockets: each socket the shim (ws-shim.js) opens in the
+// The manager's half of the app's WebSockets: each socket the shim (app-shim.js) opens in the
 // app's frame arrives here as a MessagePort and becomes one WebSocket stream on the data
 // channel (docs/protocol.md §12): a request head with `websocket: true`, a 101, then records
-// both ways (wsrecords.js). The port protocol is described in ws-shim.js.
+// both ways (wsrecords.js). The port protocol is described in app-shim.js.
 //
 // Backpressure: app -> device, records are written one at a time as the stream's window and the
 // channel allow, and each one's size goes back to the shim ("sent") for bufferedAmount;

@@ -16,6 +16,7 @@ Extra Chromium flags (e.g. --host-resolver-rules) come as a JSON list in $PP_CHR
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -23,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Download, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -108,6 +110,8 @@ class Agent:
         self.context = self.browser.new_context(viewport={"width": 1100, "height": 760})
         self.context.set_default_timeout(DEFAULT_TIMEOUT_MS)
         self.page = self.context.new_page()
+        self.downloads: list[Download] = []
+        self.page.on("download", lambda download: self.downloads.append(download))
 
     def target(self, name: str) -> Any:
         if self.page is None:
@@ -115,10 +119,14 @@ class Agent:
         if name == "page":
             return self.page
         if name == "app":
-            frame = self.page.frame(name="app")
-            if frame is None:
-                raise RuntimeError("the page has no app frame (yet)")
-            return frame
+            # The card leaves at the frame's first response, a moment before its document
+            # commits (and Playwright knows the frame by name): wait for that, bounded.
+            for _ in range(100):
+                frame = self.page.frame(name="app")
+                if frame is not None:
+                    return frame
+                self.page.wait_for_timeout(50)
+            raise RuntimeError("the page has no app frame")
         if name == "context":
             return self.context
         raise RuntimeError(f"unknown target {name!r}")
@@ -146,6 +154,15 @@ class Agent:
                 return _jsonable(result)
             finally:
                 session.detach()
+        if op == "downloads":
+            # Every download of this page so far, once finished: name, size, sha256, failure.
+            out = []
+            for d in self.downloads:
+                failure = d.failure()
+                data = Path(d.path()).read_bytes() if failure is None else b""
+                out.append({"name": d.suggested_filename, "size": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest(), "failure": failure})
+            return out
         if op == "worker_evaluate":
             # Evaluate in this context's (only) service worker: the cookie jar lives there.
             assert self.context is not None

@@ -11,6 +11,7 @@ Run: python -m tests.browser.app --port 8081
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import html
 import json
@@ -206,6 +207,52 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def downloads(request: web.Request) -> web.Response:
+    """Download links as apps make them: a plain `<a download>`, one whose name comes from
+    Content-Disposition, one Home Assistant's way (a non-bubbling synthetic click on an
+    appended anchor), one never attached (`a.click()`), and one to a missing file."""
+    script = """
+        function fileDownload(href, name) {
+          const a = document.createElement('a');
+          a.href = href; a.download = name; a.style.display = 'none';
+          document.body.appendChild(a);
+          a.dispatchEvent(new MouseEvent('click'));
+          document.body.removeChild(a);
+        }
+        function detached(href, name) {
+          const a = document.createElement('a');
+          a.href = href; a.download = name; a.click();
+        }"""
+    return page(
+        "Downloads",
+        '<a id="plain" href="/download?size=300000" download="data.bin">data.bin</a>'
+        '<a id="named" href="/attachment" download>report</a>'
+        '<button id="ha" onclick="fileDownload(\'/download?size=70000\', \'ha.bin\')">HA</button>'
+        '<button id="detached" onclick="detached(\'/download?size=1000\', \'d.bin\')">d</button>'
+        '<a id="missing" href="/no-such-file.bin" download>missing</a>',
+        head=f"<script>{script}</script>",
+    )
+
+
+async def attachment(request: web.Request) -> web.Response:
+    return web.Response(
+        body=b"a,b\n1,2\n", content_type="text/csv",
+        headers={"Content-Disposition": "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.csv"},
+    )
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """An HTML document that keeps loading (a live view): its `load` event never fires."""
+    response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(b'<!doctype html><title>Live</title><h1 id="title">Live</h1>')
+    for i in range(120):  # bounded: two minutes, then the document completes
+        await asyncio.sleep(1)
+        await response.write(f"<!-- {i} -->".encode())
+    await response.write_eof()
+    return response
+
+
 # ----- WebSockets
 
 
@@ -327,6 +374,9 @@ def build_app() -> web.Application:
     app.router.add_get("/upload", upload_form)
     app.router.add_post("/upload", upload)
     app.router.add_get("/download", download)
+    app.router.add_get("/downloads", downloads)
+    app.router.add_get("/attachment", attachment)
+    app.router.add_get("/endless", endless)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
     app.router.add_get("/private", private)

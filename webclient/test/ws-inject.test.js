@@ -7,7 +7,7 @@ import "../ws-inject.js"; // a classic script: defines globalThis.PeerproxyWsInj
 const { injectionPoint, injector, allowShim, injectShim, shimTag } = globalThis.PeerproxyWsInject;
 const bytes = (s) => new TextEncoder().encode(s);
 const TAG = shimTag();
-const SHIM = "http://pi--ha.localhost:8787/__peerproxy/ws-shim.js";
+const SHIM = "http://pi--ha.localhost:8787/__peerproxy/app-shim.js";
 
 function inject(html, final = true) {
   const b = Buffer.from(html);

@@ -1,15 +1,28 @@
-// The WebSocket shim: the first script of every HTML document of the proxied app (the service
-// worker inserts it, ws-inject.js). It replaces `window.WebSocket` with a class of the same API
-// whose connections to the app's own origin travel over the data channel: each one hands a
-// MessagePort to the connection manager (the top page, wsbridge.js), which carries it as a
-// WebSocket stream (docs/protocol.md §12). WebSockets to other origins are the browser's own.
+// The app shim: the first script of every HTML document of the proxied app (the service worker
+// inserts it, ws-inject.js). It makes the document's browser APIs that a service worker cannot
+// see travel through the data channel as well:
 //
-// Per socket, over its port:
+// - WebSocket: `window.WebSocket` becomes a class of the same API whose connections to the
+//   app's own origin travel over the data channel: each one hands a MessagePort to the
+//   connection manager (the top page, wsbridge.js), which carries it as a WebSocket stream
+//   (docs/protocol.md §12). WebSockets to other origins are the browser's own.
+// - Downloads: Chromium fetches an `<a download>` link past the service worker, from the
+//   network, where the signaling server would answer with the manager page. Such a click is
+//   taken over: the file is fetched through the worker and saved from a blob: URL; the
+//   manager's bar shows progress and failures (`peerproxy-download` messages).
+// - Service workers: the origin's worker is the client's (sw.js). An app's own registration
+//   would replace it (same scope) or fail on a script the network answers with the manager
+//   page, and an app that unregisters its workers would cut itself off. So the app sees a
+//   browser without service workers (`"serviceWorker" in navigator` is false), which every
+//   app must handle (private windows of Firefox have none).
+//
+// WebSocket messages, per socket, over its port:
 //   shim -> manager  {type:"open", url, target, protocols}  {type:"send", data, size}
 //                    {type:"close", code, reason}  {type:"cancel"}
 //   manager -> shim  {type:"open", protocol}  {type:"message", data}  {type:"sent", bytes}
 //                    {type:"close", code, reason, wasClean, error}
-// Not covered: WebSockets made inside workers of the app, and in about:blank/srcdoc frames.
+// Not covered: WebSockets, downloads and service workers of the app's own workers, and of
+// about:blank/srcdoc frames.
 (function () {
   "use strict";
 
@@ -205,4 +218,79 @@
   });
 
   Object.defineProperty(window, "WebSocket", { value: WebSocket, writable: true, configurable: true });
+
+  // ----- service workers: none for the app (see the top of this file)
+  try {
+    delete Navigator.prototype.serviceWorker;
+  } catch {
+    // not configurable here: leave it
+  }
+
+  // ----- downloads
+  const realClick = HTMLAnchorElement.prototype.click;
+  const say = (msg) => manager.postMessage({ type: "peerproxy-download", ...msg }, location.origin);
+
+  /** The URL of an `<a download>` that Chromium would fetch past the worker, or null. */
+  function ownDownload(a) {
+    if (!(a instanceof HTMLAnchorElement) || !a.hasAttribute("download") || !a.href) return null;
+    const url = new URL(a.href, document.baseURI);
+    return url.origin === location.origin && url.protocol === location.protocol ? url : null;
+  }
+
+  /** The file name of a response: Content-Disposition's, else the URL's last segment. */
+  function fileName(response, url) {
+    const disposition = response.headers.get("content-disposition") || "";
+    const star = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(disposition);
+    const plain = /filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/.exec(disposition);
+    try {
+      if (star) return decodeURIComponent(star[1].trim());
+    } catch {
+      // a malformed escape: try the plain name
+    }
+    if (plain) return (plain[1] ?? plain[2]).replace(/\\(.)/g, "$1");
+    return decodeURIComponent(url.pathname.split("/").pop() || "") || "download";
+  }
+
+  async function download(url, name) {
+    const shown = name || url.pathname.split("/").pop() || url.pathname;
+    say({ state: "started", name: shown, url: url.href });
+    try {
+      const response = await fetch(url, { credentials: "include" });
+      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`.trim());
+      const blob = await response.blob();
+      const href = URL.createObjectURL(blob);
+      const a = document.createElement("a");
+      a.href = href;
+      a.download = name || fileName(response, url);
+      realClick.call(a);
+      setTimeout(() => URL.revokeObjectURL(href), 60_000);
+      say({ state: "done", name: a.download, url: url.href, bytes: blob.size });
+    } catch (exc) {
+      say({ state: "failed", name: shown, url: url.href, message: String(exc.message || exc) });
+    }
+  }
+
+  // Capture phase on the window: also sees clicks dispatched without bubbling (Home
+  // Assistant's fileDownload) and clicks inside open shadow roots.
+  window.addEventListener("click", (event) => {
+    if (event.defaultPrevented) return;
+    const a = event.composedPath().find((node) => node instanceof HTMLAnchorElement);
+    const url = a && ownDownload(a);
+    if (!url) return;
+    event.preventDefault();
+    if (!event.cancelable) {
+      // A synthetic `new MouseEvent("click")` cannot be cancelled: take the anchor's href
+      // away until its activation (which runs inside this dispatch) has passed.
+      const href = a.getAttribute("href");
+      a.removeAttribute("href");
+      queueMicrotask(() => a.setAttribute("href", href));
+    }
+    download(url, a.getAttribute("download"));
+  }, true);
+  // An anchor never added to the document gets no event on the window: take its click() too.
+  HTMLAnchorElement.prototype.click = function click() {
+    const url = !this.isConnected && ownDownload(this);
+    if (!url) return realClick.call(this);
+    download(url, this.getAttribute("download"));
+  };
 })();
