@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Download, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Download, Frame, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -120,9 +120,11 @@ class Agent:
             return self.page
         if name == "app":
             # The card leaves at the frame's first response, a moment before its document
-            # commits (and Playwright knows the frame by name): wait for that, bounded.
+            # commits (and Playwright knows the frame): wait for that, bounded. Playwright
+            # names a frame by its window.name, which an app may change (Home Assistant's
+            # is "ha-main-window"): the frame is the one of the <iframe id="app">.
             for _ in range(100):
-                frame = self.page.frame(name="app")
+                frame = self._app_frame(self.page)
                 if frame is not None:
                     return frame
                 self.page.wait_for_timeout(50)
@@ -130,6 +132,16 @@ class Agent:
         if name == "context":
             return self.context
         raise RuntimeError(f"unknown target {name!r}")
+
+    @staticmethod
+    def _app_frame(page: Page) -> Frame | None:
+        frame = page.frame(name="app")
+        if frame is not None:
+            return frame
+        for child in page.main_frame.child_frames:
+            if child.frame_element().get_attribute("id") == "app":
+                return child
+        return None
 
     def handle(self, request: dict[str, Any]) -> Any:
         op = request["op"]
