@@ -74,7 +74,9 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
                          service_options={SERVICE: ["read_timeout = 30.0"]})
     try:
         world.up()
-        # HA's zeroconf (its HTTP client helper may start it) joins a multicast group.
+        # HA's HTTP client sessions resolve .local names with zeroconf, which joins a
+        # multicast group: without a multicast route, analytics (which onboarding needs)
+        # fails to set up with `[Errno 19] No such device`.
         world.ns_run("ip", "link", "set", "lo", "multicast", "on")
         world.ns_run("ip", "route", "add", "224.0.0.0/4", "dev", "lo")
         world.start_cmd("ha", *hass_argv(write_config(log_dir / "ha-config", PORT)))
@@ -175,9 +177,12 @@ def test_a_reload_keeps_the_login(ha: HomeAssistant) -> None:
     _dashboard(ha)
     world = ha.world
     before = world.answered()
+    closed = len(re.findall(r"ha WS /api/websocket 101", world.procs["daemon"].log()))
     world.agent.page.reload()
     world.wait_phase("connected", timeout=60)
     assert world.answered() == before + 1  # a new peer connection, the same HA session
+    # The old page's WebSocket went through the daemon, which logs it when it ends.
+    world.procs["daemon"].wait_for_log(r"ha WS /api/websocket 101", count=closed + 1)
     world.agent.app.wait_for_selector(f"text={ENTITY_NAME}", timeout=60_000)
     assert world.agent.app.evaluate("location.pathname") != "/auth/authorize"
     assert world.agent.app.query_selector("input[name=username]") is None
