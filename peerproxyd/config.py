@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+from yarl import URL
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +37,7 @@ from pydantic_settings import (
 )
 
 from peerproxyd.errors import ConfigError
+from peerproxyd.http_headers import HOST_MODES, valid_host
 from peerproxyd.identity import default_state_dir
 from peerproxyd.names import valid_service_name
 
@@ -223,8 +225,34 @@ class ServiceSettings(_Section):
     """Seconds to connect to the upstream; a refused or unreachable upstream answers 502.
     **Default:** 5.0."""
 
-    read_timeout: float = Field(default=60.0, gt=0)
-    """Seconds without progress from the upstream before answering 504. **Default:** 60.0."""
+    read_timeout: float = Field(default=300.0, gt=0)
+    """Seconds the upstream may take to answer with a response head once the request body
+    stopped moving; then 504. A response body may then be quiet as long as it likes (event
+    streams, long polls, cameras): the viewer or the end of the session ends it.
+    **Default:** 300.0."""
+
+    host: str = "viewer"
+    """The Host header the upstream gets: `"viewer"` the one the viewer used (the share
+    link's host; apps that compare Origin with Host need it), `"upstream"` the upstream
+    URL's, or a literal `host[:port]`. **Default:** "viewer"."""
+
+    forwarded_for: bool = False
+    """Send the viewer's IP address (of the selected ICE pair) as `X-Forwarded-For` and
+    `Forwarded: for=`. Off by default: Home Assistant answers 400 to such headers from a
+    proxy it does not trust. **Default:** false."""
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if value not in HOST_MODES and not valid_host(value):
+            raise ValueError(f'must be "viewer", "upstream" or a host[:port], got {value!r}')
+        return value
+
+    @property
+    def upstream_host(self) -> str:
+        """The upstream URL's `host[:port]`, as an HTTP client would send it."""
+        url = URL(self.upstream)
+        return url.host_port_subcomponent or ""
 
     @field_validator("upstream")
     @classmethod

@@ -85,7 +85,8 @@ class DrainingRouter(Router):
             task.add_done_callback(self._closing.discard)
 
     async def handle(
-        self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
+        self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str,
+        address: str | None = None,
     ) -> None:
         if self.draining:
             await _refuse(stream)
@@ -95,7 +96,7 @@ class DrainingRouter(Router):
         self.in_flight += 1
         self._idle.clear()
         try:
-            await super().handle(stream, head, end_stream, peer=peer)
+            await super().handle(stream, head, end_stream, peer=peer, address=address)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

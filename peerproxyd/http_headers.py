@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from typing import Protocol
+
 from peerproxyd.protocol.heads import TOKEN, Headers, RequestHead
 
 HOP_BY_HOP = frozenset(
@@ -202,16 +204,66 @@ class BodyCounter:
         raise error
 
 
-def upstream_request_headers(headers: Headers, *, peer: str) -> list[tuple[str, str]]:
-    """Headers for the upstream request: hop-by-hop and Host removed (the client library sets
-    the upstream's Host), forwarding headers replaced by ours.
+class ServiceHeaders(Protocol):
+    """What a service's settings say about the headers its upstream gets (ServiceSettings)."""
 
-    X-Forwarded-Proto is taken from the viewer's side only when it is exactly "http" or
-    "https" (the native client declares its listener's scheme); otherwise "https". The Host
-    the viewer used becomes X-Forwarded-Host only if it is a valid host (check_request)."""
-    host = next((v for n, v in headers if n.lower() == "host"), None)
-    if host is not None and not _HOST.fullmatch(host):
-        host = None
+    @property
+    def upstream_host(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def forwarded_for(self) -> bool: ...
+
+
+HOST_MODES = ("viewer", "upstream")
+"""`[services.*] host`: the Host the viewer used, or the upstream URL's; anything else is a
+literal `host[:port]` (valid_host)."""
+
+
+def valid_host(value: str) -> bool:
+    """Whether `value` is a syntactically valid Host header (`name[:port]`, `[v6][:port]`)."""
+    return _HOST.fullmatch(value) is not None
+
+
+def service_request_headers(
+    headers: Headers, service: ServiceHeaders, client_address: str | None
+) -> list[tuple[str, str]]:
+    """upstream_request_headers with a service's settings (`[services.*]`)."""
+    return upstream_request_headers(
+        headers, upstream_host=service.upstream_host, host=service.host,
+        client_address=client_address if service.forwarded_for else None,
+    )
+
+
+def upstream_request_headers(
+    headers: Headers,
+    *,
+    upstream_host: str,
+    host: str = "viewer",
+    client_address: str | None = None,
+) -> list[tuple[str, str]]:
+    """Headers for the upstream request: hop-by-hop removed, Host chosen by the service's
+    `host` setting, forwarding headers replaced by ours.
+
+    `host`: "viewer" passes on the Host the viewer used (falling back to `upstream_host`
+    when there is none), so apps that compare Origin with Host (Jupyter, Grafana,
+    code-server) accept their own pages' WebSockets and POSTs, and absolute URLs they build
+    point where the viewer is; "upstream" sends `upstream_host`; any other value is sent as
+    it is. X-Forwarded-Proto is taken from the viewer only when it is exactly "http" or
+    "https" (the native client declares its listener's scheme; browsers' worker their
+    page's), else "https"; X-Forwarded-Host is the viewer's Host when valid.
+    X-Forwarded-For and Forwarded name `client_address` (an IP address) and are sent only
+    with one: Home Assistant refuses every request that has them from a proxy it was not
+    told to trust."""
+    viewer_host = next((v for n, v in headers if n.lower() == "host"), None)
+    if viewer_host is not None and not valid_host(viewer_host):
+        viewer_host = None
+    if host == "viewer":
+        sent_host = viewer_host or upstream_host
+    elif host == "upstream":
+        sent_host = upstream_host
+    else:
+        sent_host = host
     declared = next((v for n, v in headers if n.lower() == "x-forwarded-proto"), None)
     proto = declared if declared in ("http", "https") else "https"
     out = [
@@ -219,13 +271,17 @@ def upstream_request_headers(headers: Headers, *, peer: str) -> list[tuple[str, 
         for n, v in strip_hop_by_hop(headers)
         if n.lower() != "host" and not _is_forwarding(n.lower())
     ]
-    forwarded = f'for="{peer}";proto={proto}'
-    out.append(("X-Forwarded-For", peer))
+    out.append(("Host", sent_host))
     out.append(("X-Forwarded-Proto", proto))
-    if host:
-        out.append(("X-Forwarded-Host", host))
-        forwarded += f';host="{host}"'
-    out.append(("Forwarded", forwarded))
+    if viewer_host:
+        out.append(("X-Forwarded-Host", viewer_host))
+    if client_address:
+        node = f'"[{client_address}]"' if ":" in client_address else client_address
+        forwarded = f"for={node};proto={proto}"
+        if viewer_host:
+            forwarded += f';host="{viewer_host}"'
+        out.append(("X-Forwarded-For", client_address))
+        out.append(("Forwarded", forwarded))
     return out
 
 

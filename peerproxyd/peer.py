@@ -85,6 +85,8 @@ class PeerSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.ice_restarts = 0  # ICE restarts completed on this connection
+        self.viewer_address: str | None = None
+        """The viewer's IP address on the selected pair, once known (X-Forwarded-For)."""
         self._ice_restarted = asyncio.Event()
         self._viewer_offer = ""  # the offer that began the session
         self._viewer_ufrag: str | None = None  # the viewer's ICE ufrag in use
@@ -189,6 +191,7 @@ class PeerSession:
     async def _log_report(self) -> None:
         report = await self.report()
         if report is not None:
+            self.viewer_address = report.remote_ip or None  # new after an ICE restart
             logger.info("%r: connected via %s", self, report)
 
     # ----- authentication (docs/security.md 1.5)
@@ -326,7 +329,14 @@ class PeerSession:
         if head.service != self.granted.service:
             self._spawn(self._forbidden(stream, head))
             return
-        self._spawn(self._router.handle(stream, head, end_stream, peer=self.label))
+        self._spawn(self._serve(stream, head, end_stream))
+
+    async def _serve(self, stream: ChannelStream, head: RequestHead, end_stream: bool) -> None:
+        if self.viewer_address is None:  # the first requests may beat _log_report
+            report = await self._pc.report(measure_rtt=False)
+            self.viewer_address = report.remote_ip if report else None
+        await self._router.handle(stream, head, end_stream, peer=self.label,
+                                  address=self.viewer_address)
 
     async def _forbidden(self, stream: ChannelStream, head: RequestHead) -> None:
         assert self.granted is not None

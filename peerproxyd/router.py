@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from multidict import CIMultiDict
@@ -20,7 +20,7 @@ from peerproxyd.http_headers import (
     check_request,
     downstream_response_headers,
     has_body,
-    upstream_request_headers,
+    service_request_headers,
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.replies import reply
@@ -53,17 +53,19 @@ class Router:
         """The open WebSockets."""
 
     async def handle(
-        self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str
+        self, stream: ChannelStream, head: RequestHead, end_stream: bool, *, peer: str,
+        address: str | None = None,
     ) -> None:
-        """Serve one request; never raises (errors become responses or a stream reset)."""
+        """Serve one request; never raises (errors become responses or a stream reset).
+        `peer` names the viewer in logs; `address` is its IP address, if known."""
         if head.websocket and (service := self.services.get(head.service)):
             await serve_websocket(self.session, service, stream, head, peer=peer,
-                                  live=self.websockets)
+                                  address=address, live=self.websockets)
             return
         started = time.monotonic()
         status = 0
         try:
-            status = await self._forward(stream, head, end_stream, peer)
+            status = await self._forward(stream, head, end_stream, address)
         except (StreamResetError, PeerGoneError) as exc:
             logger.debug("stream %d abandoned by the viewer: %s", stream.id, exc)
             status = 499
@@ -90,7 +92,7 @@ class Router:
             )
 
     async def _forward(
-        self, stream: ChannelStream, head: RequestHead, end_stream: bool, peer: str
+        self, stream: ChannelStream, head: RequestHead, end_stream: bool, address: str | None
     ) -> int:
         service = self.services.get(head.service)
         if service is None:
@@ -106,23 +108,24 @@ class Router:
         # The service's base URL and an origin-form target that cannot leave its path: the
         # only URLs this daemon ever requests.
         url = URL(service.upstream + checked.target, encoded=True)
+        # No read timeout once the head is there: event streams, long polls and cameras may
+        # be quiet for as long as they like (read_timeout bounds the wait for the head).
         timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=service.connect_timeout,
-            sock_connect=service.connect_timeout,
-            sock_read=service.read_timeout,
+            total=None, connect=service.connect_timeout, sock_connect=service.connect_timeout
         )
+        moved = _Progress()
         head_sent = False
         try:
-            async with self.session.request(
+            request = self.session.request(
                 head.method,
                 url,
-                headers=CIMultiDict(upstream_request_headers(head.headers, peer=peer)),
-                data=None if end_stream else _request_body(stream, counter),
+                headers=CIMultiDict(service_request_headers(head.headers, service, address)),
+                data=None if end_stream else _request_body(stream, counter, moved),
                 allow_redirects=False,
                 timeout=timeout,
                 skip_auto_headers=SKIP_AUTO_HEADERS,
-            ) as upstream:
+            )
+            async with await _head_within(request, moved, service.read_timeout) as upstream:
                 headers = downstream_response_headers(
                     (k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers
                 )
@@ -169,10 +172,43 @@ class Router:
             return await reply(stream, 502, f"upstream {head.service} failed: {exc}")
 
 
-async def _request_body(stream: ChannelStream, counter: BodyCounter) -> AsyncIterator[bytes]:
+class _Progress:
+    """When the request last moved (started, or a body chunk went upstream)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def moved(self) -> None:
+        self.at = time.monotonic()
+
+
+async def _head_within(
+    request: Awaitable[aiohttp.ClientResponse], progress: _Progress, timeout: float
+) -> aiohttp.ClientResponse:
+    """The upstream's response once its head arrives; TimeoutError when `timeout` seconds
+    pass in which neither a head came nor the request body moved."""
+    task = asyncio.ensure_future(request)
+    try:
+        while (wait := progress.at + timeout - time.monotonic()) > 0:
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if done:
+                return task.result()
+        raise TimeoutError(f"no response head within {timeout:g} s")
+    except BaseException:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            task.result().close()
+        raise
+
+
+async def _request_body(
+    stream: ChannelStream, counter: BodyCounter, progress: _Progress
+) -> AsyncIterator[bytes]:
     """The viewer's body as it arrives; BadRequest (recorded in `counter.error`) before a chunk
     that would break the declared length or the service's limit."""
     while chunk := await stream.read():
         counter.add(len(chunk))
+        progress.moved()
         yield chunk
     counter.end()

@@ -97,6 +97,9 @@ class ConnectionReport:
     remote: str
     rtt_ms: float | None
     backend: str = "aiortc"
+    remote_ip: str = ""
+    """The remote candidate's IP address (an mDNS name resolved); for a relay pair the
+    TURN server's relayed address."""
 
     def __str__(self) -> str:
         rtt = f"{self.rtt_ms:.1f} ms" if self.rtt_ms is not None else "unknown"
@@ -166,6 +169,7 @@ async def connection_report(
         local=f"{local.host}:{local.port}",
         remote_type=remote.type,
         remote=_address(remote.host, remote._network_host, remote.port),
+        remote_ip=remote._network_host,
         rtt_ms=rtt,
         backend="aiortc",
     )

@@ -307,6 +307,7 @@ class NativeTransport:
             local=f"{ends[0].host}:{ends[0].port}",
             remote_type=ends[1].type,
             remote=f"{ends[1].host}:{ends[1].port}",
+            remote_ip=ends[1].host,
             rtt_ms=rtt.total_seconds() * 1000 if rtt is not None else None,
             backend="native",
         )

@@ -21,7 +21,7 @@ from peerproxyd.http_headers import (
     BadRequest,
     check_request,
     downstream_response_headers,
-    upstream_request_headers,
+    service_request_headers,
 )
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.protocol.websocket import MAX_MESSAGE
@@ -49,10 +49,12 @@ def requested_protocols(head: RequestHead) -> list[str]:
     ]
 
 
-def handshake_request_headers(head: RequestHead, *, peer: str) -> list[tuple[str, str]]:
+def handshake_request_headers(
+    head: RequestHead, service: ServiceSettings, address: str | None
+) -> list[tuple[str, str]]:
     return [
         (n, v)
-        for n, v in upstream_request_headers(head.headers, peer=peer)
+        for n, v in service_request_headers(head.headers, service, address)
         if n.lower() not in HANDSHAKE_HEADERS
     ]
 
@@ -64,6 +66,7 @@ async def serve_websocket(
     head: RequestHead,
     *,
     peer: str,
+    address: str | None = None,
     max_message: int = MAX_MESSAGE,
     live: set[WebSocketRelay] | None = None,
 ) -> None:
@@ -73,7 +76,7 @@ async def serve_websocket(
     status, code = 0, None
     relay: WebSocketRelay | None = None
     try:
-        status, relay = await _open(session, service, stream, head, peer, max_message)
+        status, relay = await _open(session, service, stream, head, address, max_message)
         if relay is not None:
             if live is not None:
                 live.add(relay)
@@ -112,7 +115,7 @@ async def _open(
     service: ServiceSettings,
     stream: ChannelStream,
     head: RequestHead,
-    peer: str,
+    address: str | None,
     max_message: int,
 ) -> tuple[int, WebSocketRelay | None]:
     try:  # the same policy as every request: no path escape, no smuggled headers
@@ -126,7 +129,7 @@ async def _open(
             ws = await session.ws_connect(
                 url,
                 protocols=requested_protocols(head),
-                headers=handshake_request_headers(head, peer=peer),
+                headers=handshake_request_headers(head, service, address),
                 autoping=True,
                 max_msg_size=max_message,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),

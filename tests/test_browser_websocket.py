@@ -52,6 +52,29 @@ def test_the_apps_own_script_talks_over_a_websocket(world: BrowserWorld) -> None
     assert world.answered() - before == 1
 
 
+def test_apps_that_compare_origin_with_host_accept_their_own_requests(
+    world: BrowserWorld,
+) -> None:
+    """The test app refuses WebSockets and POSTs whose Origin is not its Host, as Jupyter,
+    Grafana and code-server do; the upstream gets the Host the viewer used ([services.*]
+    host = "viewer"), so the app's own requests pass."""
+    world.open("/")
+    got = world.agent.app.evaluate(
+        """async () => {
+            const echo = await fetch('/api/echo', {method: 'POST', body: 'x'});
+            const opened = await new Promise((resolve) => {
+                const ws = new WebSocket('/ws/echo');
+                ws.onopen = () => { ws.close(); resolve(true); };
+                ws.onclose = () => resolve(false);
+            });
+            return {status: echo.status, host: (await echo.json()).headers.host, opened};
+        }"""
+    )
+    assert got == {"status": 200, "host": f"{world.device}--camera.localhost:8787",
+                   "opened": True}
+    assert "BLOCKED" not in world.procs["app"].log()
+
+
 def test_echo_of_1000_messages_text_and_binary_in_order(world: BrowserWorld) -> None:
     before = world.answered()
     world.open("/")

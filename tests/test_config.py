@@ -71,13 +71,17 @@ def test_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 "max_request_body": 104857600,
                 "upstream": "http://127.0.0.1:8081",
                 "connect_timeout": 5.0,
-                "read_timeout": 60.0,
+                "read_timeout": 300.0,
+                "host": "viewer",
+                "forwarded_for": False,
             },
             "ha": {
                 "max_request_body": 104857600,
                 "upstream": "http://127.0.0.1:8123",
                 "connect_timeout": 5.0,
-                "read_timeout": 60.0,
+                "read_timeout": 300.0,
+                "host": "viewer",
+                "forwarded_for": False,
             },
         },
         "ice": {
@@ -503,6 +507,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         "upstream": "http://127.0.0.1:8081",
         "connect_timeout": 5.0,
         "read_timeout": 7.5,
+        "host": "viewer",
+        "forwarded_for": False,
     }
     assert settings.services["ha"].upstream == "http://127.0.0.1:8123"
     assert settings.ice.host_addresses == ["127.0.0.1"]
@@ -524,3 +530,9 @@ def test_environment_list_must_be_json(tmp_path: Path, monkeypatch: pytest.Monke
         'environment: error parsing value for field "ice" from source "EnvSettingsSource": '
         "Extra data: line 1 column 6 (char 5) (lists and tables are JSON)"
     ]
+
+
+def test_service_host_must_be_a_mode_or_a_host(tmp_path: Path) -> None:
+    text = BASE + '[services.grafana]\nupstream = "http://127.0.0.1:3000"\nhost = "a b"\n'
+    with pytest.raises(ConfigError, match=r'services.grafana.host: .*"viewer", "upstream" or a host'):
+        load(write(tmp_path, text))

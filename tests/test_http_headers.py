@@ -25,29 +25,70 @@ def test_hop_by_hop_and_connection_tokens_are_dropped():
     ]
 
 
-def test_upstream_headers_replace_host_and_forwarding():
-    headers = (
-        ("Host", "camera-pi--camera.example.net"),
-        ("X-Forwarded-For", "6.6.6.6"),
-        ("Forwarded", "for=6.6.6.6"),
-        ("Accept", "*/*"),
-        ("Cookie", "s=1"),
-    )
-    out = upstream_request_headers(headers, peer="c-1234")
+VIEWER_HEADERS = (
+    ("Host", "camera-pi--camera.example.net"),
+    ("X-Forwarded-For", "6.6.6.6"),
+    ("Forwarded", "for=6.6.6.6"),
+    ("Accept", "*/*"),
+    ("Cookie", "s=1"),
+)
+UPSTREAM = "127.0.0.1:8123"
+
+
+def test_upstream_gets_the_viewers_host_and_no_client_address_by_default():
+    """Origin and Host stay consistent for the app (Jupyter, Grafana); no X-Forwarded-For
+    or Forwarded (Home Assistant refuses them from a proxy it does not trust), and the
+    viewer's own are dropped."""
+    out = upstream_request_headers(VIEWER_HEADERS, upstream_host=UPSTREAM)
     assert out == [
         ("Accept", "*/*"),
         ("Cookie", "s=1"),
-        ("X-Forwarded-For", "c-1234"),
+        ("Host", "camera-pi--camera.example.net"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "camera-pi--camera.example.net"),
-        ("Forwarded", 'for="c-1234";proto=https;host="camera-pi--camera.example.net"'),
     ]
 
 
+def test_host_modes():
+    def host(mode: str, headers=VIEWER_HEADERS) -> str:
+        out = upstream_request_headers(headers, upstream_host=UPSTREAM, host=mode)
+        return dict(out)["Host"]
+
+    assert host("viewer") == "camera-pi--camera.example.net"
+    assert host("upstream") == UPSTREAM
+    assert host("ha.internal:8123") == "ha.internal:8123"
+    assert host("viewer", (("Accept", "*/*"),)) == UPSTREAM  # the viewer sent none
+    assert host("viewer", (("Host", "bad host"),)) == UPSTREAM  # nor a valid one
+
+
+def test_forwarded_for_names_the_viewers_ip_address():
+    out = dict(upstream_request_headers(VIEWER_HEADERS, upstream_host=UPSTREAM,
+                                        client_address="192.0.2.7"))
+    assert out["X-Forwarded-For"] == "192.0.2.7"
+    assert out["Forwarded"] == 'for=192.0.2.7;proto=https;host="camera-pi--camera.example.net"'
+    v6 = dict(upstream_request_headers((), upstream_host=UPSTREAM, client_address="2001:db8::1"))
+    assert (v6["X-Forwarded-For"], v6["Forwarded"]) == ("2001:db8::1",
+                                                        'for="[2001:db8::1]";proto=https')
+
+
+def test_service_settings_choose_host_and_forwarding():
+    from peerproxyd.config import ServiceSettings
+    from peerproxyd.http_headers import service_request_headers
+
+    plain = ServiceSettings(upstream="http://127.0.0.1:8123")
+    assert plain.upstream_host == UPSTREAM
+    out = dict(service_request_headers(VIEWER_HEADERS, plain, "192.0.2.7"))
+    assert "X-Forwarded-For" not in out and out["Host"] == "camera-pi--camera.example.net"
+    trusting = ServiceSettings(upstream="http://[::1]:8443/x", host="upstream",
+                               forwarded_for=True)
+    out = dict(service_request_headers(VIEWER_HEADERS, trusting, "192.0.2.7"))
+    assert (out["Host"], out["X-Forwarded-For"]) == ("[::1]:8443", "192.0.2.7")
+
+
 def test_declared_proto_only_http_or_https():
-    http = upstream_request_headers((("X-Forwarded-Proto", "http"),), peer="p")
+    http = upstream_request_headers((("X-Forwarded-Proto", "http"),), upstream_host=UPSTREAM)
     assert ("X-Forwarded-Proto", "http") in http
-    bogus = upstream_request_headers((("X-Forwarded-Proto", "gopher"),), peer="p")
+    bogus = upstream_request_headers((("X-Forwarded-Proto", "gopher"),), upstream_host=UPSTREAM)
     assert ("X-Forwarded-Proto", "https") in bogus
     assert not any(v == "gopher" for _, v in bogus)
 

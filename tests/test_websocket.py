@@ -93,7 +93,7 @@ async def test_text_binary_subprotocol_and_headers(net: Net, http: aiohttp.Clien
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == net.camera.removeprefix("http://")
     assert headers["sec-websocket-protocol"] == "nope,superchat"
-    assert net.device not in headers.get("host", "")  # the upstream's own Host
+    assert headers["host"] == net.camera.removeprefix("http://")  # the viewer's
     log = net.daemon.wait_for_log(r"camera WS /ws\?x=1&y=%20 101 \d+B [\d.]+ms code=1000")
     assert log
 

@@ -19,6 +19,7 @@ import struct
 import zlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -63,6 +64,19 @@ def record(app: web.Application, **changes: object) -> None:
 @web.middleware
 async def log_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     print(f"REQUEST {request.method} {request.path_qs}", flush=True)
+    return await handler(request)
+
+
+@web.middleware
+async def same_origin_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What Jupyter, Grafana and code-server do against cross-site use: a WebSocket or an
+    unsafe method whose Origin is not the Host it was sent to is refused (403)."""
+    origin = request.headers.get("Origin")
+    unsafe = request.method not in ("GET", "HEAD") or request.headers.get("Upgrade")
+    if origin and unsafe and urlsplit(origin).netloc != request.host:
+        print(f"BLOCKED Origin: {origin}, Host: {request.host}", flush=True)
+        raise web.HTTPForbidden(text=f"Blocking Cross Origin request. Origin: {origin}, "
+                                     f"Host: {request.host}")
     return await handler(request)
 
 
@@ -299,7 +313,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def build_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests])
+    app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests, same_origin_only])
     app[STATE] = {}
     app[SESSIONS] = {}
     app.router.add_get("/", index)

@@ -102,6 +102,17 @@ async def slow(request: web.Request) -> web.Response:
     return web.Response(text="slow done")
 
 
+async def quiet(request: web.Request) -> web.StreamResponse:
+    """`a`, then `s` seconds of silence, then `b`: an event stream between two events."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"a")
+    await asyncio.sleep(float(request.query.get("s", "2")))
+    await response.write(b"b")
+    await response.write_eof()
+    return response
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
@@ -163,6 +174,7 @@ def build_app(name: str) -> web.Application:
     app.router.add_get("/cookies", cookies)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/quiet", quiet)
     app.router.add_get("/stats", stats)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/ws/refuse", refuse_websocket)
