@@ -1,1 +1,1 @@
-"""Real third-party apps behind the daemon, driven by Chromium through a share link."""
+"""Real third-party apps through the browser client."""
