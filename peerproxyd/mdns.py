@@ -90,6 +90,45 @@ async def hide_host_addresses(sdp: str, subscriber: object) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+RESOLVE_TIMEOUT = 2.0
+"""Seconds a `.local` name may take to answer on the LAN (browsers answer in milliseconds)."""
+
+
+def named_candidates(sdp: str) -> list[tuple[str, str, str]]:
+    """The candidates of `sdp` whose address is a `.local` name: (mid, candidate, name),
+    `candidate` as in a trickled candidate (`candidate:...`), `mid` its media section's."""
+    out, mid = [], "0"
+    for line in sdp.splitlines():
+        if line.startswith("a=mid:"):
+            mid = line.removeprefix("a=mid:").strip()
+        elif line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            if len(fields) > 4 and aioice.mdns.is_mdns_hostname(fields[4]):
+                out.append((mid, line.removeprefix("a="), fields[4]))
+    return out
+
+
+def with_address(candidate: str, address: str) -> str:
+    """`candidate` (`candidate:...`) with its connection address replaced by `address`."""
+    fields = candidate.split(" ")
+    fields[4] = address
+    return " ".join(fields)
+
+
+async def resolve_name(name: str, subscriber: object, timeout: float = RESOLVE_TIMEOUT) -> str | None:
+    """The IPv4 address a `.local` name has on the LAN (a browser's or a device's host
+    candidate), asked on aioice's shared mDNS protocol (with aioice_mdns's fix of its
+    parser); None if nobody answers in time. For a backend that resolves no names itself
+    (libdatachannel): without it a LAN peer is reached only peer-reflexive or via srflx.
+    `subscriber` holds the protocol until `release(subscriber)`."""
+    try:
+        protocol = await aioice.ice.get_or_create_mdns_protocol(subscriber)
+    except OSError as exc:
+        logger.info("mDNS unavailable (%s): %s not resolved", exc, name)
+        return None
+    return await protocol.resolve(name, timeout=timeout)
+
+
 def _candidates(lines: Sequence[str]) -> list[RTCIceCandidate]:
     return [
         candidate_from_sdp(line.removeprefix("a=candidate:"))

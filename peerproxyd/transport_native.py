@@ -13,14 +13,13 @@ Send backpressure is libdatachannel's bufferedAmount and its "buffered amount lo
 ICE settings: STUN/TURN servers, `port_range`, and one host address (`bind_address`;
 several: not supported, transport.choose_backend falls back to aiortc). Not available here:
 the UDP receive buffer size (the kernel default), publishing our host candidates as mDNS
-names (peer.py rewrites the SDP as for aiortc), resolving a browser's `.local` candidates
-(the browser's checks reach us and its address is learned as peer-reflexive instead).
+names (peer.py rewrites the SDP as for aiortc), resolving `.local` candidates (we resolve
+them with mdns.py and add them as trickled candidates, see `_resolve_names`).
 The device certificate is passed as PEM files (libdatachannel reads them per connection).
 No ICE restart (libjuice keeps its credentials for the connection's life): the restart_*
 methods raise IceRestartError and the callers fall back to a new connection. No TURN over
 TCP/TLS (transport.native_unsupported keeps aiortc for such servers). Seen on the test
-network: a native LAN viewer reaches an mDNS device as peer-reflexive or via its srflx
-candidate; Chromium behind a cone NAT ended on a relay pair with a native device (aiortc:
+network: Chromium behind a cone NAT ended on a relay pair with a native device (aiortc:
 srflx), which works but costs the TURN server bandwidth.
 """
 
@@ -45,6 +44,7 @@ from urllib.parse import parse_qs
 import libdatachannel as rtc
 from cryptography.hazmat.primitives import serialization
 
+from peerproxyd import mdns
 from peerproxyd.aioice_ports import PortRangeExhausted, parse_port_range
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import IceRestartError
@@ -218,6 +218,10 @@ class NativeChannel:
         self._loop.call_soon(self._drain)  # more waiting: after the other ready callbacks
 
 
+NAME_WAIT = 0.25
+"""Seconds a native viewer waits for the device's `.local` names before starting ICE."""
+
+
 class NativeTransport:
     backend = "native"
     restarts_ice = False
@@ -232,6 +236,9 @@ class NativeTransport:
         self._channels: list[NativeChannel] = []  # kept until the connection is closed
         self._gathered = asyncio.Event()
         self._closed = False
+        self._resolving: set[asyncio.Task[None]] = set()
+        self._resolved_into: dict[str, str] | None = None
+        self._used_mdns = False
         post = _poster(self._loop, self)
         complete = rtc.PeerConnection.GatheringState.Complete
         self.pc.on_state_change(lambda state: post("_set_state", _STATES[state]))
@@ -271,10 +278,16 @@ class NativeTransport:
             self.pc.set_remote_description(rtc.Description(offer_sdp, "offer"))
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"unusable offer: {exc}") from exc
+        self._resolve_names(mdns.named_candidates(offer_sdp))
         self._describe(rtc.Description.Type.Answer)
         return await self._local_sdp()
 
     async def set_answer(self, answer_sdp: str) -> None:
+        # The offerer's side (a native viewer): the device's host candidates are `.local`
+        # names, which must be addresses before ICE starts, or libjuice may nominate the
+        # srflx pair through the router before a late host candidate is even tried.
+        if named := mdns.named_candidates(answer_sdp):
+            answer_sdp = await self._with_resolved(answer_sdp, named)
         try:
             self.pc.set_remote_description(rtc.Description(answer_sdp, "answer"))
         except (RuntimeError, ValueError) as exc:
@@ -284,13 +297,55 @@ class NativeTransport:
         text = payload.get("candidate")
         if not text:
             return  # end-of-candidates
+        mid = str(payload.get("sdpMid") or "0")
+        if named := mdns.named_candidates(f"a={text}"):
+            self._resolve_names([(mid, *named[0][1:])])
+            return
+        self._add_remote(mid, str(text))
+
+    def _add_remote(self, mid: str, candidate: str) -> None:
         try:
-            mid = str(payload.get("sdpMid") or "0")
-            self.pc.add_remote_candidate(rtc.Candidate(str(text), mid))
+            self.pc.add_remote_candidate(rtc.Candidate(candidate, mid))
         except (RuntimeError, ValueError) as exc:
-            # e.g. a browser's `.local` name libdatachannel cannot resolve: its checks still
-            # reach us and make the pair with a peer-reflexive candidate.
-            logger.debug("candidate %r not used: %s", text, exc)
+            logger.debug("candidate %r not used: %s", candidate, exc)
+
+    def _resolve_names(self, named: list[tuple[str, str, str]]) -> list[asyncio.Task[None]]:
+        """libdatachannel resolves no `.local` names: resolve them (mdns.py) and add each as
+        a trickled candidate when its answer comes (until then, and for a name nobody
+        answers, the peer's checks reach us and make a peer-reflexive pair)."""
+        tasks = []
+        for mid, candidate, name in named:
+            task = self._loop.create_task(self._add_resolved(mid, candidate, name))
+            self._resolving.add(task)
+            task.add_done_callback(self._resolving.discard)
+            tasks.append(task)
+        return tasks
+
+    async def _with_resolved(self, sdp: str, named: list[tuple[str, str, str]]) -> str:
+        """`sdp` with the names that resolve within NAME_WAIT seconds replaced by their
+        addresses (a LAN answers in milliseconds; a viewer elsewhere waits NAME_WAIT once);
+        later answers are added as trickled candidates (`_resolve_names`)."""
+        resolved: dict[str, str] = {}
+        self._resolved_into = resolved
+        tasks = self._resolve_names(named)
+        await asyncio.wait(tasks, timeout=NAME_WAIT)
+        self._resolved_into = None
+        for _, candidate, name in named:
+            if name in resolved:
+                sdp = sdp.replace(candidate, mdns.with_address(candidate, resolved[name]))
+        return sdp
+
+    async def _add_resolved(self, mid: str, candidate: str, name: str) -> None:
+        self._used_mdns = True
+        address = await mdns.resolve_name(name, self)
+        if address is None or self._closed:
+            logger.debug("%s did not resolve", name)
+            return
+        logger.debug("%s is %s", name, address)
+        if self._resolved_into is not None:  # still building the SDP: it goes in there
+            self._resolved_into[name] = address
+        else:
+            self._add_remote(mid, mdns.with_address(candidate, address))
 
     async def report(self, *, measure_rtt: bool = True) -> ConnectionReport | None:
         local, remote = rtc.Candidate(), rtc.Candidate()
@@ -314,6 +369,10 @@ class NativeTransport:
 
     async def close(self) -> None:
         self._close_soon()
+        for task in list(self._resolving):
+            task.cancel()
+        if self._used_mdns:
+            await mdns.release(self)
 
     async def restart_offer(self) -> tuple[str, Any]:
         raise IceRestartError(NO_RESTART)

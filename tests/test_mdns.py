@@ -579,3 +579,57 @@ async def test_chromium_with_local_names_reaches_a_native_device(tmp_path):
     assert measured["report"]["backend"] == "native"
     assert measured["report"]["type"] == "host", measured  # a LAN pair, no NAT in between
     assert selected["type"] in ("host", "prflx"), selected
+
+
+# ----- resolving `.local` candidates for the native backend (libdatachannel resolves none)
+
+NAMED_SDP = (
+    "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:dc\r\n"
+    "a=candidate:1 1 udp 2122260223 4f7c2f0e-8d1a-4c2b-9a55-0123456789ab.local 51234 typ host\r\n"
+    "a=candidate:2 1 udp 1686052607 203.0.113.9 51234 typ srflx raddr 0.0.0.0 rport 0\r\n"
+    "a=candidate:3 1 udp 2122260223 127.0.0.1 51235 typ host\r\n"
+)
+
+
+def test_named_candidates_finds_local_names_with_their_mid():
+    named = mdns.named_candidates(NAMED_SDP)
+    name = "4f7c2f0e-8d1a-4c2b-9a55-0123456789ab.local"
+    assert named == [("dc", f"candidate:1 1 udp 2122260223 {name} 51234 typ host", name)]
+    assert mdns.with_address(named[0][1], "10.200.0.1") == (
+        "candidate:1 1 udp 2122260223 10.200.0.1 51234 typ host")
+    assert mdns.named_candidates("a=candidate:3 1 udp 1 127.0.0.1 5 typ host\r\n") == []
+
+
+async def test_resolve_name_answers_a_published_name_and_none_for_an_unknown_one():
+    """A name published on aioice's shared responder (as the daemon's are) resolves through
+    the same shared protocol; an unknown name gives None after the timeout."""
+    if not os.path.exists("/proc/self/ns/net") or os.geteuid() != 0:
+        pytest.skip("needs root for a namespace")
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", RESOLVE_IN_NAMESPACE],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"known": "10.9.8.7", "unknown": None}
+
+
+RESOLVE_IN_NAMESPACE = """
+import asyncio, json, subprocess
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
+subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"], check=True)
+import aioice.ice, aioice.mdns
+from peerproxyd import aioice_mdns, mdns
+aioice_mdns.install()
+async def main():
+    owner, asker = object(), object()
+    protocol = await aioice.ice.get_or_create_mdns_protocol(owner)
+    name = aioice.mdns.create_mdns_hostname()
+    await protocol.publish(name, "10.9.8.7")
+    known = await mdns.resolve_name(name, asker)
+    unknown = await mdns.resolve_name(aioice.mdns.create_mdns_hostname(), asker, timeout=0.3)
+    await mdns.release(asker)
+    await mdns.release(owner)
+    print(json.dumps({"known": known, "unknown": unknown}))
+asyncio.run(main())
+"""
