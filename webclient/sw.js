@@ -5,10 +5,10 @@
 // network: top-level navigations (the manager at any path) and /__peerproxy/.
 //
 // The worker <-> page message protocol is described in relay.js.
-/* global PeerproxyCookies, PeerproxyWsInject */
+/* global PeerproxyCookies, PeerproxyWsInject, PeerproxyEventStream */
 "use strict";
 
-importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js");
+importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js", "/__peerproxy/event-stream.js");
 
 const PREFIX = "/__peerproxy/";
 const MAX_PAYLOAD = 16372; // one data-channel body message
@@ -163,6 +163,10 @@ async function proxy(event) {
   if (!manager) return errorResponse(503, "The peerproxyd page that holds the connection is not open.");
   const target = url.pathname + url.search;
   const headers = requestHeaders(request, url);
+  // An EventSource's reconnection reaches a worker without its Last-Event-ID (event-stream.js).
+  const resumeFrom = PeerproxyEventStream.takeLastEventId(event.clientId, request);
+  if (resumeFrom !== null) headers.push(["last-event-id", resumeFrom]);
+  let eventStream = false; // a text/event-stream response whose ids event-stream.js tracks
   // Every request of the app is same-site (same origin, made inside our frame), so SameSite
   // never withholds a cookie here; credentials: "omit" does.
   const useCookies = request.credentials !== "omit";
@@ -217,6 +221,7 @@ async function proxy(event) {
         report();
       },
       cancel() {
+        if (eventStream) PeerproxyEventStream.forget(event.clientId, request.url);
         port.postMessage({ type: "cancel" });
         bodyStopped = true;
         done();
@@ -265,6 +270,7 @@ async function proxy(event) {
       case "error":
         ended = true;
         bodyStopped = true;
+        if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
         settleHead(msg);
         try {
           controller.error(new TypeError(`peerproxyd: ${msg.message}`));
@@ -281,6 +287,7 @@ async function proxy(event) {
     if (ended) return;
     ended = true;
     bodyStopped = true;
+    if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
     if (creditArrived) creditArrived();
     settleHead({ type: "error", status: 502, message: "the viewer page went away" });
     try {
@@ -367,6 +374,12 @@ async function proxy(event) {
     init.headers.set("location", new URL(init.headers.get("location"), url).href);
   }
   let bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  const type = (init.headers.get("content-type") || "").split(";")[0].trim().toLowerCase();
+  if (type === "text/event-stream" && status === 200) {
+    eventStream = true;
+    const sent = headers.find(([n]) => n === "last-event-id")?.[1];
+    bodyStream = bodyStream.pipeThrough(PeerproxyEventStream.tracker(event.clientId, request.url, sent));
+  }
   if (frame && (decode || !encoding)) {
     // The app's documents get the WebSocket shim as their first script (ws-inject.js).
     bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);

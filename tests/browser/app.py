@@ -234,6 +234,23 @@ async def downloads(request: web.Request) -> web.Response:
     )
 
 
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events 1-3 then the server closes the stream; a reconnection resumes after
+    its Last-Event-ID (up to 6, closed again); from 6 on: 204 (the EventSource stops)."""
+    last = request.headers.get("Last-Event-ID", "")
+    print(f"EVENTS last-event-id={last or '-'}", flush=True)
+    start = int(last) + 1 if last.isdigit() else 1
+    if start > 6:
+        return web.Response(status=204)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"retry: 100\n\n")
+    for n in range(start, 4 if start <= 3 else 7):
+        await response.write(f"id: {n}\ndata: event {n}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
 async def attachment(request: web.Request) -> web.Response:
     return web.Response(
         body=b"a,b\n1,2\n", content_type="text/csv",
@@ -376,6 +393,7 @@ def build_app() -> web.Application:
     app.router.add_get("/download", download)
     app.router.add_get("/downloads", downloads)
     app.router.add_get("/attachment", attachment)
+    app.router.add_get("/events", events)
     app.router.add_get("/endless", endless)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
