@@ -1,0 +1,1 @@
+"""Real third-party apps through the browser client."""
