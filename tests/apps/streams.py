@@ -3,10 +3,15 @@ that run inside a BrowserWorld's namespace, next to the daemon.
 
     python -m tests.apps.streams meter --listen P --upstream P --path /0/stream --status FILE
         A byte-for-byte TCP relay between the daemon and the camera server (motion) that counts
-        the multipart parts (frames) each connection carries, with the times it opened and
-        closed, plus one control client reading the same stream straight from the camera: the
+        the multipart parts (frames) each request carries, with the times it started and ended
+        (the next request on the connection, or the connection's end), plus one control client reading the same stream straight from the camera: the
         rate the source really delivers on this (busy) machine. The counts go to FILE as JSON
         twice a second and the openings and closings to stdout (`OPEN 1 GET /...`, `CLOSE 1 ...`).
+    python -m tests.apps.streams look --cdp P --origin ORIGIN
+        Attaches to a running Chromium's DevTools port once, looks at the camera view in the
+        app frame of the page at ORIGIN (two screenshots of the frame 1.5 s apart, the <img>'s
+        size) and prints it as JSON. The camera soak runs Chromium without DevTools attached
+        (DevTools lifts a service worker's time limits) and looks only at the end.
     python -m tests.apps.streams media --port P --media DIR
         A small aiohttp app: `/events` (Server-Sent Events, below), `/media/*` (aiohttp's static
         files from DIR: real Range support, 206), `/video.html?src=...` (a page with a <video>)
@@ -26,6 +31,7 @@ import html
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ from aiohttp import web
 
 logger = logging.getLogger("streams")
 BOUNDARY = b"--BoundaryString"  # motion's multipart boundary
+REQUEST_LINE = re.compile(rb"[A-Z]+ /\S* HTTP/1\.[01]\r\n")
 SSE_FIRST, SSE_LAST = 5, 10
 SSE_RETRY_MS = 300
 
@@ -74,29 +81,36 @@ class Meter:
         self.control = Conn(id=0, request=f"GET {path} (control)")
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(id=len(self.conns) + 1, opened=time.time())
-        self.conns.append(conn)
+        """Relay one connection; each request on it (keep-alive reuses connections) is an
+        entry of `conns` that ends at the next request or when the connection closes."""
+        current: Conn | None = None
         counter = PartCounter()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         except OSError as exc:
-            logger.info("CLOSE %d upstream unreachable: %s", conn.id, exc)
+            logger.info("CLOSE upstream unreachable: %s", exc)
             writer.close()
-            conn.closed = time.time()
             return
 
         async def down() -> None:  # camera -> daemon
             while data := await up_reader.read(65536):
-                counter.feed(data)
-                conn.parts, conn.bytes = counter.count, conn.bytes + len(data)
+                if current is not None:
+                    counter.feed(data)
+                    current.parts, current.bytes = counter.count, current.bytes + len(data)
                 writer.write(data)
                 await writer.drain()
 
         async def up() -> None:  # daemon -> camera
+            nonlocal current, counter
             while data := await reader.read(65536):
-                if not conn.request:
-                    conn.request = data.split(b"\r\n", 1)[0].decode("latin-1")
-                    logger.info("OPEN %d %s", conn.id, conn.request)
+                if REQUEST_LINE.match(data):  # a new request (its head comes in one piece)
+                    if current is not None:
+                        current.closed = time.time()
+                    current = Conn(id=len(self.conns) + 1, opened=time.time(),
+                                   request=data.split(b"\r\n", 1)[0].decode("latin-1"))
+                    counter = PartCounter()
+                    self.conns.append(current)
+                    logger.info("OPEN %d %s", current.id, current.request)
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -105,16 +119,16 @@ class Meter:
             # Either side closing ends the relay: the daemon dropping the connection is the
             # cancellation the tests look for.
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except Exception:
-            pass
         finally:
-            conn.closed = time.time()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for w in (writer, up_writer):
                 w.close()
-            logger.info("CLOSE %d parts=%d bytes=%d", conn.id, conn.parts, conn.bytes)
+            if current is not None:
+                current.closed = current.closed or time.time()
+                logger.info("CLOSE %d parts=%d bytes=%d", current.id, current.parts,
+                            current.bytes)
 
     async def run_control(self) -> None:
         """One direct client of the camera's stream, reconnecting if it ends."""
@@ -167,6 +181,35 @@ def motion_config(path: Path, *, movie: Path, stream_port: int, webcontrol_port:
     }
     path.write_text("".join(f"{k} {v}\n" for k, v in lines.items()))
     return path
+
+
+def look(cdp_port: int, origin: str) -> dict[str, object]:
+    """What the camera view in the app frame of the page at `origin` shows (see the module)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.connect_over_cdp(f"http://127.0.0.1:{cdp_port}", timeout=30_000)
+        try:
+            pages = [p for c in browser.contexts for p in c.pages if p.url.startswith(origin)]
+            if not pages:
+                return {"error": f"no page at {origin}",
+                        "pages": [p.url for c in browser.contexts for p in c.pages]}
+            page = pages[0]
+            view = page.evaluate("""() => {
+                const frame = document.getElementById('app');
+                const r = frame.getBoundingClientRect();
+                const doc = frame.contentDocument, img = doc && doc.querySelector('img');
+                return {phase: document.body.dataset.phase, type: doc && doc.contentType,
+                        width: img ? img.naturalWidth : 0, height: img ? img.naturalHeight : 0,
+                        x: r.x, y: r.y};
+            }""")
+            clip = {"x": view["x"], "y": view["y"], "width": 640, "height": 480}
+            first = page.screenshot(clip=clip)
+            page.wait_for_timeout(1500)
+            second = page.screenshot(clip=clip)
+            return {**view, "changed": first != second}
+        finally:
+            browser.close()  # over CDP: disconnects, leaves the browser as it was
 
 
 # ----- the media app: SSE, static files with ranges, a video page
@@ -222,6 +265,9 @@ def main() -> None:
     meter.add_argument("--upstream", type=int, required=True)
     meter.add_argument("--path", default="/0/stream")
     meter.add_argument("--status", type=Path, required=True)
+    peek = sub.add_parser("look")
+    peek.add_argument("--cdp", type=int, required=True)
+    peek.add_argument("--origin", required=True)
     media = sub.add_parser("media")
     media.add_argument("--port", type=int, required=True)
     media.add_argument("--media", type=Path, required=True)
@@ -229,6 +275,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "meter":
         asyncio.run(run_meter(args.listen, args.upstream, args.path, args.status))
+    elif args.command == "look":
+        print(json.dumps(look(args.cdp, args.origin)))
     else:
         logger.info("media app listening on %d", args.port)
         web.run_app(media_app(args.media), host="127.0.0.1", port=args.port, print=None,
