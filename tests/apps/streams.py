@@ -20,7 +20,8 @@ that run inside a BrowserWorld's namespace, next to the daemon.
 /events: the first connection gets events 1-5 and is closed by the server; a reconnection
 with `Last-Event-ID: N` gets N+1 up to 10 and is closed again; one with 10 (or more) gets
 204, which tells an EventSource to stop reconnecting. Each connection is logged as
-`SSE connect last-event-id=<value or ->`.
+`SSE connect last-event-id=<value or ->`. `/events?endless` sends an event every 0.2 s
+until the client goes away (`SSE gone after N`).
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def look(cdp_port: int, origin: str) -> dict[str, object]:
 async def events(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID")
     logger.info("SSE connect last-event-id=%s", last if last is not None else "-")
+    if "endless" in request.query:
+        return await endless_events(request)
     start = int(last) + 1 if last and last.isdigit() else 1
     if start > SSE_LAST:
         return web.Response(status=204)
@@ -230,6 +233,25 @@ async def events(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.1)
         await response.write(f"id: {n}\nevent: tick\ndata: event {n}\n\n".encode())
     await response.write_eof()  # the server closes the stream: the browser must reconnect
+    return response
+
+
+async def endless_events(request: web.Request) -> web.StreamResponse:
+    """An event every 0.2 s until the client goes (logged as `SSE gone after N`), or 5 min."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    n = 0
+    try:
+        for n in range(1, 1501):
+            await response.write(f"id: {n}\ndata: tick {n}\n\n".encode())
+            await asyncio.sleep(0.2)
+    except ConnectionError:
+        logger.info("SSE gone after %d", n)
+        return response
+    except asyncio.CancelledError:
+        logger.info("SSE gone after %d", n)
+        raise
+    await response.write_eof()
     return response
 
 

@@ -11,6 +11,7 @@ access log (status per request) and the app's own log (each request's Range and 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -74,6 +75,23 @@ def test_event_source_resumes_with_last_event_id(world: BrowserWorld) -> None:
     assert seen == ["-", "5", "10"], seen
     statuses = [status for _, status, _ in access(world, "/events")]
     assert statuses == [200, 200, 204], statuses
+
+
+def test_closing_an_event_source_ends_the_upstream_stream(world: BrowserWorld) -> None:
+    world.open("/", service=SERVICE)
+    app = world.agent.app
+    gone = r"SSE gone after \d+"
+    before = len(re.findall(gone, world.procs["media"].log()))
+    app.evaluate("""() => { window.ticks = 0; window.es = new EventSource('/events?endless');
+                            es.onmessage = () => { ticks += 1; }; }""")
+    app.wait_for_function("() => window.ticks >= 5", timeout=30_000)
+    closed = time.monotonic()
+    app.evaluate("() => window.es.close()")
+    world.procs["media"].wait_for_log(gone, count=before + 1, timeout=10)
+    took = time.monotonic() - closed
+    print(f"es.close(): the upstream stream ended after {took:.3f} s")
+    assert took <= 1.5  # the app notices at its next write (0.2 s), the log read adds ~0.1 s
+    world.procs["daemon"].wait_for_log(rf"access: {SERVICE} GET /events\?endless 499 ", timeout=5)
 
 
 def test_fetched_event_stream_with_the_apps_last_event_id(world: BrowserWorld) -> None:
