@@ -4,9 +4,11 @@ that run inside a BrowserWorld's namespace, next to the daemon.
     python -m tests.apps.streams meter --listen P --upstream P --path /0/stream --status FILE
         A byte-for-byte TCP relay between the daemon and the camera server (motion) that counts
         the multipart parts (frames) each request carries, with the times it started and ended
-        (the next request on the connection, or the connection's end), plus one control client reading the same stream straight from the camera: the
-        rate the source really delivers on this (busy) machine. The counts go to FILE as JSON
-        twice a second and the openings and closings to stdout (`OPEN 1 GET /...`, `CLOSE 1 ...`).
+        (the next request on the connection, or the connection's end), plus one control
+        client reading the same stream straight from the camera: the rate the source really
+        delivers on this (busy) machine. The counts go to FILE as JSON twice a second
+        (`{"control": {...}, "requests": [{"id", "request", "opened", "closed", "parts",
+        "bytes"}, ...]}`), starts and ends to stdout (`OPEN 1 GET /...`, `CLOSE 1 ...`).
     python -m tests.apps.streams look --cdp P --origin ORIGIN
         Attaches to a running Chromium's DevTools port once, looks at the camera view in the
         app frame of the page at ORIGIN (two screenshots of the frame 1.5 s apart, the <img>'s
@@ -50,7 +52,9 @@ SSE_RETRY_MS = 300
 
 
 @dataclass
-class Conn:
+class Exchange:
+    """One request through the meter (or the control client's stream)."""
+
     id: int
     request: str = ""
     opened: float = 0.0
@@ -78,13 +82,13 @@ class Meter:
         self.upstream = upstream
         self.path = path
         self.status = status
-        self.conns: list[Conn] = []
-        self.control = Conn(id=0, request=f"GET {path} (control)")
+        self.requests: list[Exchange] = []
+        self.control = Exchange(id=0, request=f"GET {path} (control)")
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Relay one connection; each request on it (keep-alive reuses connections) is an
-        entry of `conns` that ends at the next request or when the connection closes."""
-        current: Conn | None = None
+        entry of `requests` that ends at the next request or when the connection closes."""
+        current: Exchange | None = None
         counter = PartCounter()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
@@ -107,10 +111,10 @@ class Meter:
                 if REQUEST_LINE.match(data):  # a new request (its head comes in one piece)
                     if current is not None:
                         current.closed = time.time()
-                    current = Conn(id=len(self.conns) + 1, opened=time.time(),
+                    current = Exchange(id=len(self.requests) + 1, opened=time.time(),
                                    request=data.split(b"\r\n", 1)[0].decode("latin-1"))
                     counter = PartCounter()
-                    self.conns.append(current)
+                    self.requests.append(current)
                     logger.info("OPEN %d %s", current.id, current.request)
                 up_writer.write(data)
                 await up_writer.drain()
@@ -152,7 +156,7 @@ class Meter:
     async def report(self) -> None:
         while True:
             state = {"time": time.time(), "control": asdict(self.control),
-                     "conns": [asdict(c) for c in self.conns]}
+                     "requests": [asdict(r) for r in self.requests]}
             tmp = self.status.with_suffix(".tmp")
             tmp.write_text(json.dumps(state))
             os.replace(tmp, self.status)

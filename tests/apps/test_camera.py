@@ -6,7 +6,7 @@ movie: no camera device needed) and the viewer watches it in the app frame for t
                                                      control client ------>  (same stream)
 
 The service "camera" is motion's stream port behind the meter, a byte-for-byte relay that
-counts the frames each connection carries and when it opens and closes; its control client
+counts the frames each request carries and when it starts and ends; its control client
 reads the same stream straight from motion: the rate the source really delivers on this busy
 machine. The frame opens the stream itself (`/0/stream`): Chromium shows a multipart image
 navigation as an image document, an <img> in the frame. (motion's own page, on its second
@@ -81,18 +81,18 @@ def wait_until(predicate: Any, timeout: float, message: str) -> None:
         time.sleep(0.1)
 
 
-def new_conn(world: BrowserWorld, seen: int, timeout: float = 30) -> dict[str, Any]:
-    """The first upstream connection after the `seen` ones, once it carries frames."""
-    wait_until(lambda: len(meter(world)["conns"]) > seen
-               and meter(world)["conns"][seen]["parts"] >= 3, timeout, "no stream upstream")
-    return meter(world)["conns"][seen]
+def new_request(world: BrowserWorld, seen: int, timeout: float = 30) -> dict[str, Any]:
+    """The first request through the meter after the `seen` ones, once it carries frames."""
+    wait_until(lambda: len(meter(world)["requests"]) > seen
+               and meter(world)["requests"][seen]["parts"] >= 3, timeout, "no stream upstream")
+    return meter(world)["requests"][seen]
 
 
-def frames(world: BrowserWorld, conn_id: int) -> tuple[int, int]:
-    """(frames through the tunnel on connection `conn_id`, frames of the control client)."""
+def frames(world: BrowserWorld, request_id: int) -> tuple[int, int]:
+    """(frames through the tunnel on request `request_id`, frames of the control client)."""
     state = meter(world)
-    conn = next(c for c in state["conns"] if c["id"] == conn_id)
-    return conn["parts"], state["control"]["parts"]
+    req = next(r for r in state["requests"] if r["id"] == request_id)
+    return req["parts"], state["control"]["parts"]
 
 
 def rss_kib(pid: int) -> int:
@@ -115,10 +115,10 @@ def renderers_rss_kib(world: BrowserWorld) -> int:
 
 
 def test_camera_view_is_live_at_the_source_rate(world: BrowserWorld) -> None:
-    seen = len(meter(world)["conns"])
+    seen = len(meter(world)["requests"])
     world.open(STREAM, service=SERVICE)
-    conn = new_conn(world, seen)
-    assert conn["request"].startswith(f"GET {STREAM} ")
+    req = new_request(world, seen)
+    assert req["request"].startswith(f"GET {STREAM} ")
     view = world.agent.page.evaluate("""() => {
         const doc = document.getElementById('app').contentDocument;
         const img = doc.querySelector('img');
@@ -133,21 +133,47 @@ def test_camera_view_is_live_at_the_source_rate(world: BrowserWorld) -> None:
     time.sleep(1.5)
     assert world.agent.page.screenshot(clip=frame) != first
     # Over 20 s the tunnel carries (about) as many frames as motion serves a direct client.
-    tunnel0, control0 = frames(world, conn["id"])
+    tunnel0, control0 = frames(world, req["id"])
     time.sleep(20)
-    tunnel1, control1 = frames(world, conn["id"])
+    tunnel1, control1 = frames(world, req["id"])
     assert control1 - control0 >= 100, "motion is not serving its 10 frames/s"
-    assert tunnel1 - tunnel0 >= 0.8 * (control1 - control0), (tunnel1 - tunnel0, control1 - control0)
+    got, served = tunnel1 - tunnel0, control1 - control0
+    assert got >= 0.8 * served, (got, served)
+
+
+def test_camera_img_in_a_page_is_live(world: BrowserWorld) -> None:
+    """The other way a camera UI shows the stream: an <img> of a page (a subresource request
+    of the frame, not its navigation)."""
+    world.open("/0/current", service=SERVICE)  # motion's snapshot: a JPEG, a finished document
+    seen = len(meter(world)["requests"])
+    world.agent.page.evaluate("""() => {
+        const doc = document.getElementById('app').contentDocument;
+        const img = doc.createElement('img');
+        img.id = 'live';
+        img.src = '/0/stream';
+        doc.body.appendChild(img);
+    }""")
+    req = new_request(world, seen)
+    assert req["request"].startswith(f"GET {STREAM} "), req
+    world.agent.page.wait_for_function(
+        "() => document.getElementById('app').contentDocument.getElementById('live')"
+        ".naturalWidth === 640")
+    tunnel0, control0 = frames(world, req["id"])
+    time.sleep(10)
+    tunnel1, control1 = frames(world, req["id"])
+    assert control1 - control0 >= 50, "motion is not serving its 10 frames/s"
+    got, served = tunnel1 - tunnel0, control1 - control0
+    assert got >= 0.8 * served, (got, served)
 
 
 def test_closing_the_view_cancels_the_upstream_stream(world: BrowserWorld) -> None:
     # The frame leaves the stream (a navigation to another path), then, viewing again, the
     # whole view closes: each time the daemon drops motion's connection within a second.
     for leave in ("frame", "view"):
-        seen = len(meter(world)["conns"])
+        seen = len(meter(world)["requests"])
         world.open(STREAM, service=SERVICE)
-        conn = new_conn(world, seen)
-        assert conn["request"].startswith(f"GET {STREAM} ")
+        req = new_request(world, seen)
+        assert req["request"].startswith(f"GET {STREAM} ")
         cancelled = rf"access: {SERVICE} GET {STREAM} 499 "
         before = len(re.findall(cancelled, world.procs["daemon"].log()))
         left = time.time()
@@ -155,9 +181,9 @@ def test_closing_the_view_cancels_the_upstream_stream(world: BrowserWorld) -> No
             world.agent.page.evaluate("document.getElementById('app').src = '/0/current'")
         else:
             world.agent.new_page()  # closes the browser context: the tab with the view
-        wait_until(lambda: meter(world)["conns"][seen]["closed"], 10,
+        wait_until(lambda: meter(world)["requests"][seen]["closed"], 10,
                    f"the stream stayed open after the {leave} left it")
-        took = meter(world)["conns"][seen]["closed"] - left
+        took = meter(world)["requests"][seen]["closed"] - left
         print(f"the {leave} left the stream: upstream closed after {took:.3f} s")
         assert took <= CANCEL_WITHIN, leave
         world.procs["daemon"].wait_for_log(cancelled, count=before + 1, timeout=5)
@@ -169,24 +195,27 @@ def test_camera_view_stays_live_for_ten_minutes(world: BrowserWorld) -> None:
     for SOAK_MINUTES. Each minute: frames keep flowing on the same upstream connection, and
     the daemon's and Chromium's resident memory is sampled; at the end the view is looked at
     once over DevTools."""
-    world.agent.quit()  # the agent's Chromium is not needed (and would share the CPU)
+    # Last in this module: the agent's Chromium goes (it is not needed and would share the CPU).
+    world.agent.quit()
     world.agent = None
     profile = world.log_dir / "soak-profile"
     profile.mkdir()
-    seen = len(meter(world)["conns"])
+    seen = len(meter(world)["requests"])
     world.start_cmd("viewer", CHROMIUM, *FLAGS, f"--user-data-dir={profile}",
                     f"--remote-debugging-port={CDP_PORT}", world.link(STREAM, service=SERVICE))
-    conn = new_conn(world, seen, timeout=60)
+    req = new_request(world, seen, timeout=60)
     start = time.monotonic()
     samples = []  # (minute, tunnel frames, control frames, daemon KiB, renderers KiB)
     for minute in range(1, SOAK_MINUTES + 1):
         time.sleep(max(0.0, start + minute * 60 - time.monotonic()))
-        tunnel, control = frames(world, conn["id"])
+        tunnel, control = frames(world, req["id"])
         samples.append((minute, tunnel, control, rss_kib(world.procs["daemon"].pid),
                         renderers_rss_kib(world)))
         print("soak", samples[-1], flush=True)
     state = meter(world)
-    assert [c["id"] for c in state["conns"] if c["closed"] is None] == [conn["id"]], state["conns"]
+    # One stream request all along, still open: the view never lost it nor asked again.
+    streams = [r for r in state["requests"][seen:] if r["request"].startswith(f"GET {STREAM} ")]
+    assert [r["id"] for r in streams] == [req["id"]] and streams[0]["closed"] is None, streams
     # Frames: every minute at least half what motion served its direct client (a dead worker
     # or a stalled stream gives none), and over the whole run at least 90 %. (The daemon reads
     # motion only as fast as the viewer consumes: at most ~1.3 MB, about 60 frames, ahead.)
@@ -202,15 +231,16 @@ def test_camera_view_stays_live_for_ten_minutes(world: BrowserWorld) -> None:
     steady = [s for s in samples if s[0] >= 2]
     daemon_growth = max(s[3] for s in steady) - steady[0][3]
     renderer_growth = max(s[4] for s in steady) - steady[0][4]
-    stream_kib = (state["control"]["bytes"] / state["control"]["parts"]) * (t_last - steady[0][1]) / 1024
+    frame_bytes = state["control"]["bytes"] / state["control"]["parts"]
+    stream_kib = frame_bytes * (t_last - steady[0][1]) / 1024
     print(f"soak: stream {stream_kib / 1024:.0f} MiB, daemon +{daemon_growth} KiB, "
           f"renderers +{renderer_growth} KiB", flush=True)
     assert stream_kib > 50 * 1024, "the stream carried too little to judge memory by"
     assert daemon_growth <= stream_kib / 5, samples
     assert renderer_growth <= stream_kib / 2, samples
     # The view itself is still live: the app frame shows a changing 640x480 picture.
-    out = world.ns_run("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.apps.streams", "look",
-                       "--cdp", str(CDP_PORT), "--origin", world.origin(service=SERVICE))
+    out = world.ns_run("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.apps.streams",
+                       "look", "--cdp", str(CDP_PORT), "--origin", world.origin(service=SERVICE))
     view = json.loads(out.strip().splitlines()[-1])
     assert view.get("type") == "multipart/x-mixed-replace" and view["width"] == 640, view
     assert view["phase"] == "connected" and view["changed"], view

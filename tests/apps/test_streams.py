@@ -125,8 +125,8 @@ def test_video_plays_and_seeks_with_range_requests(world: BrowserWorld, clip: st
     before = len(range_requests(world, clip))
     app.evaluate("() => { document.getElementById('v').currentTime = 20; }")
     app.wait_for_function(
-        "() => { const v = document.getElementById('v'); return !v.seeking && v.currentTime >= 20; }",
-        timeout=60_000)
+        "() => { const v = document.getElementById('v');"
+        " return !v.seeking && v.currentTime >= 20; }", timeout=60_000)
     # It plays on from there.
     app.wait_for_function("() => document.getElementById('v').currentTime > 21", timeout=60_000)
     assert app.evaluate("() => document.getElementById('v').error") is None
