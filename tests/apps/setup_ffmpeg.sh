@@ -32,9 +32,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || status=$?
   [[ -n "$made_policy" ]] && rm -f /usr/sbin/policy-rc.d
   [[ "${status:-0}" == 0 ]] || exit "$status"
-else
-  echo "setup_ffmpeg: Debian packages present: ${PACKAGES[*]}"
 fi
+echo "setup_ffmpeg: $(dpkg-query -W -f='${Package} ${Version}\n' "${PACKAGES[@]}" | paste -sd, -)"
 
 mkdir -p "$DEST"
 make_file() {  # make_file NAME ffmpeg-args...: only when NAME is missing, atomically
