@@ -10,9 +10,18 @@
 // response as it passes (`tracker`, the parsing rules of the HTML standard: an `id` field
 // without NUL sets the id buffer, a blank line dispatches and makes it the last event id) and,
 // on a request of the same client for the same URL that asks for text/event-stream without a
-// Last-Event-ID (`takeLastEventId`), adds the one of the previous stream. Only when that stream
+// Last-Event-ID (`lastEventId`), adds the one of the previous stream. Only when that stream
 // ended by itself: a stream the reader cancelled (`es.close()`, the frame went away) is
-// forgotten, so a new EventSource starts from the beginning as it would without the worker.
+// forgotten, so a new EventSource starts from the beginning as it would without the worker;
+// so is one answered with anything but an event stream (204: the EventSource stops) other
+// than an outage (the EventSource retries: the id is for that retry).
+//
+// Outages: without the worker, an EventSource whose connection breaks or cannot be made (the
+// server is down) retries until it is back; it gives up for good only on an HTTP error
+// status. Through the worker a body that errors, or the 502/503 of an outage (the link to the
+// device, the device's to the app), would close it for good. So for event-stream requests
+// (`isEventStreamRequest`) sw.js ends a broken stream normally and answers an outage with a
+// network error (Response.error()): the EventSource retries, as it would without the worker.
 //
 // Classic script: the worker loads it with importScripts(); the node tests import it.
 "use strict";
@@ -23,16 +32,15 @@
 
   const key = (clientId, url) => `${clientId || ""} ${url}`;
 
-  /**
-   * The Last-Event-ID to add to `request` (a Request) of `clientId`, or null. It is taken:
-   * only an event-stream answer (`tracker`) keeps an id for the next reconnection.
-   */
-  function takeLastEventId(clientId, request) {
-    const accept = request.headers.get("accept") || "";
-    if (!accept.includes("text/event-stream") || request.headers.has("last-event-id")) return null;
-    const k = key(clientId, request.url);
-    const entry = streams.get(k);
-    streams.delete(k);
+  /** Whether `request` is an EventSource's (or asks for an event stream as one does). */
+  function isEventStreamRequest(request) {
+    return (request.headers.get("accept") || "").includes("text/event-stream");
+  }
+
+  /** The Last-Event-ID to add to `request` (a Request) of `clientId`, or null. */
+  function lastEventId(clientId, request) {
+    if (!isEventStreamRequest(request) || request.headers.has("last-event-id")) return null;
+    const entry = streams.get(key(clientId, request.url));
     return entry && entry.ended && entry.id ? entry.id : null;
   }
 
@@ -93,7 +101,8 @@
     });
   }
 
-  /** The reader cancelled the stream of `clientId` + `url`: its id is not for a new one. */
+  /** The stream of `clientId` + `url` is over for good (cancelled by its reader, answered
+   *  without an event stream): its id is not for a new one. */
   function forget(clientId, url) {
     streams.delete(key(clientId, url));
   }
@@ -104,5 +113,5 @@
     if (entry) entry.ended = true;
   }
 
-  root.PeerproxyEventStream = { takeLastEventId, tracker, forget, ended, streams };
+  root.PeerproxyEventStream = { isEventStreamRequest, lastEventId, tracker, forget, ended, streams };
 })(typeof self !== "undefined" ? self : globalThis);
