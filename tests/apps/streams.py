@@ -23,7 +23,7 @@ that run inside a BrowserWorld's namespace, next to the daemon.
 with `Last-Event-ID: N` gets N+1 up to 10 and is closed again; one with 10 (or more) gets
 204, which tells an EventSource to stop reconnecting. Each connection is logged as
 `SSE connect last-event-id=<value or ->`. `/events?endless` sends an event every 0.2 s
-until the client goes away (`SSE gone after N`).
+(after the Last-Event-ID) until the client goes away (`SSE gone after N`).
 """
 
 from __future__ import annotations
@@ -241,12 +241,16 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def endless_events(request: web.Request) -> web.StreamResponse:
-    """An event every 0.2 s until the client goes (logged as `SSE gone after N`), or 5 min."""
+    """An event every 0.2 s, after the Last-Event-ID if any, until the client goes (logged as
+    `SSE gone after N`), or 5 min."""
+    last = request.headers.get("Last-Event-ID", "")
+    first = int(last) + 1 if last.isdigit() else 1
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
+    await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
     n = 0
     try:
-        for n in range(1, 1501):
+        for n in range(first, first + 1500):
             await response.write(f"id: {n}\ndata: tick {n}\n\n".encode())
             await asyncio.sleep(0.2)
     except ConnectionError:

@@ -11,6 +11,7 @@ access log (status per request) and the app's own log (each request's Range and 
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,13 @@ MEDIA = ROOT / ".apps" / "ffmpeg"
 CLIPS = ("clip-faststart.mp4", "clip-moov-end.mp4")
 MEDIA_PORT = 9200
 SERVICE = "media"
+EVENT_SOURCE_CONNECTING = 0  # EventSource.CONNECTING: retrying
+
+
+def start_media(world: BrowserWorld) -> None:
+    proc = world.start("media", "-m", "tests.apps.streams", "media", "--port", str(MEDIA_PORT),
+                       "--media", str(MEDIA))
+    proc.wait_for_log("media app listening", count=proc.log().count("media app listening") or 1)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserWorld]:
                      test_app=False)
     try:
         w.up()
-        w.start("media", "-m", "tests.apps.streams", "media", "--port", str(MEDIA_PORT),
-                "--media", str(MEDIA))
-        w.procs["media"].wait_for_log("media app listening")
+        start_media(w)
         yield w
     finally:
         w.down()
@@ -92,6 +98,31 @@ def test_closing_an_event_source_ends_the_upstream_stream(world: BrowserWorld) -
     print(f"es.close(): the upstream stream ended after {took:.3f} s")
     assert took <= 1.5  # the app notices at its next write (0.2 s), the log read adds ~0.1 s
     world.procs["daemon"].wait_for_log(rf"access: {SERVICE} GET /events\?endless 499 ", timeout=5)
+
+
+def test_event_source_survives_a_restart_of_the_server(world: BrowserWorld) -> None:
+    """The app's server dies mid-stream and comes back: the EventSource retries meanwhile and
+    resumes after the last event it got, as it does without the tunnel."""
+    world.open("/", service=SERVICE)
+    app = world.agent.app
+    app.evaluate("""() => { window.got = []; window.states = [];
+                            window.es = new EventSource('/events?endless');
+                            es.onmessage = (e) => got.push(e.lastEventId);
+                            es.onerror = () => states.push(es.readyState); }""")
+    app.wait_for_function("() => window.got.length >= 5", timeout=30_000)
+    world.procs["media"].stop(signal.SIGKILL)
+    time.sleep(2)  # retries meanwhile find no server (the daemon answers 502)
+    had = len(app.evaluate("window.got"))
+    start_media(world)
+    app.wait_for_function("n => window.got.length >= n + 5", arg=had, timeout=30_000)
+    app.evaluate("() => window.es.close()")
+    got = app.evaluate("window.got")
+    assert got == [str(n) for n in range(1, len(got) + 1)], got  # no gap, no repeat
+    states = app.evaluate("window.states")
+    assert states and set(states) == {EVENT_SOURCE_CONNECTING}, states  # never closed
+    resumed = re.findall(r"SSE connect last-event-id=(\S+)", world.procs["media"].log())
+    assert resumed[-1] == str(had), resumed
+    assert "media GET /events?endless 502 " in world.procs["daemon"].log()
 
 
 def test_fetched_event_stream_with_the_apps_last_event_id(world: BrowserWorld) -> None:
