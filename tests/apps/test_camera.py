@@ -13,10 +13,11 @@ navigation as an image document, an <img> in the frame. (motion's own page, on i
 port, embeds the stream with an absolute URL to the stream port, which no single-origin
 proxy can serve.)
 
-Worker lifetime: with DevTools attached, Chromium lifts a service worker's time limits (the
-30 s idle and 5 min event limits), and Playwright attaches to every worker. So the soak runs a
-plain Chromium (no DevTools client; its port is used once, at the end) and watches from the
-device side; the quick tests use the agent.
+Worker lifetime: Chromium does not time out a service worker that DevTools is attached to
+(the 30 s idle and 5 min event limits), and Playwright attaches to every worker. So the soak
+runs a plain Chromium (no DevTools client; its port is used once, at the end) and watches from
+the device side; the quick tests use the agent. Measured (Chromium 156): the worker streams
+the one response for the whole soak (and 11 minutes in a longer run); nothing stops it.
 """
 
 from __future__ import annotations
