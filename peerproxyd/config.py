@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
-from yarl import URL
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,11 +34,12 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+from yarl import URL
 
 from peerproxyd.errors import ConfigError
-from peerproxyd.http_headers import HOST_MODES, valid_host
-from peerproxyd.identity import default_state_dir
 from peerproxyd.names import valid_service_name
+from peerproxyd.protocol.http_headers import HOST_MODES, valid_host
+from peerproxyd.trust.identity import default_state_dir
 
 __all__ = [
     "DaemonSettings",
@@ -450,7 +450,7 @@ class DaemonSettings(_Section):
     @classmethod
     def _check_panel(cls, value: str | None) -> str | None:
         if value is not None:
-            from peerproxyd.panel import parse_listen
+            from peerproxyd.device.panel import parse_listen
 
             parse_listen(value)
         return value
