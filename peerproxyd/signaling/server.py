@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEBCLIENT_DIR = Path(__file__).resolve().parent.parent / "webclient"
 HEARTBEAT = 30.0
 """Server pings every 30 s; a client that does not answer within 15 s is dropped."""
 SEND_TIMEOUT = 10.0

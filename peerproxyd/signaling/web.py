@@ -26,7 +26,7 @@ from peerproxyd.names import split_origin_label
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEBCLIENT_DIR = Path(__file__).resolve().parent.parent / "webclient"
+DEFAULT_WEBCLIENT_DIR = Path(__file__).resolve().parents[2] / "webclient"
 PREFIX = "/__peerproxy/"
 """Reserved path prefix of the client's own files in every device origin."""
 MANAGER_PAGE = "manager.html"
