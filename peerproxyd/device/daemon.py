@@ -29,7 +29,7 @@ from peerproxyd import __version__
 from peerproxyd.appliance import mdns, netwatch
 from peerproxyd.appliance.notify import Notifier
 from peerproxyd.config import ServiceSettings, Settings, load
-from peerproxyd.device.panel import serve_panel
+from peerproxyd.device.panel import PeerRow, serve_panel
 from peerproxyd.device.peer import PeerSession
 from peerproxyd.device.router import Router, new_upstream_session
 from peerproxyd.errors import ConfigError, IceRestartError, ViewerStoreError
@@ -39,7 +39,9 @@ from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
 from peerproxyd.rtc.transport import choose_backend
 from peerproxyd.signaling.client import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling.messages import Message
+from peerproxyd.trust import sharing
 from peerproxyd.trust.identity import Identity, load_or_create
+from peerproxyd.trust.viewer_auth import format_time
 from peerproxyd.trust.viewers import ViewerStore
 from peerproxyd.tunnel.channel import ChannelStream
 from peerproxyd.tunnel.replies import reply_quietly
@@ -182,8 +184,8 @@ class Daemon:
 
     async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:
         daemon = self.settings.daemon
-        panel = (serve_panel(self, daemon.panel, daemon.panel_allow) if daemon.panel
-                 else contextlib.nullcontext())
+        panel = (serve_panel(DaemonPanelSource(self), daemon.panel, daemon.panel_allow)
+                 if daemon.panel else contextlib.nullcontext())
         async with new_upstream_session() as http, advertisement, panel:
             self._router = DrainingRouter(self.settings.services, http)
             signaling = asyncio.create_task(
@@ -517,3 +519,61 @@ class Daemon:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
+
+class DaemonPanelSource:
+    """The running daemon as the panel sees it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def status_text(self) -> str:
+        return self.daemon.status_text()
+
+    def panel_identity(self) -> dict[str, str]:
+        return {"device_id": self.daemon.device_id,
+                "fingerprint": self.daemon.identity.fingerprint,
+                "name": self.daemon.settings.device.name or ""}
+
+    def panel_services(self) -> dict[str, str]:
+        return {n: s.upstream for n, s in self.daemon.settings.services.items()}
+
+    def panel_backend(self) -> dict[str, str]:
+        return {"name": self.daemon.backend, "why": self.daemon.backend_reason}
+
+    async def panel_peers(self) -> list[PeerRow]:
+        rows = []
+        for session in list(self.daemon.sessions.values()):
+            report = await session.report()
+            rows.append(PeerRow(
+                peer=session.peer_id,
+                viewer=session.granted.viewer if session.granted else None,
+                path=f"{report.type} ({report.protocol})" if report else "connecting",
+                rtt_ms=report.rtt_ms if report else None,
+                open_streams=session.open_streams,
+            ))
+        return rows
+
+    def panel_viewers(self) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        store = self.daemon.viewers
+        return [{"name": r.name, "service": r.service, "created": format_time(r.created),
+                 "expires": format_time(r.expires), "state": r.state(now)}
+                for r in sorted(store.records.values(), key=lambda r: r.name)]
+
+    def panel_share(self, service: str, name: str, expires: str) -> str:
+        daemon = self.daemon
+        try:
+            shared = sharing.share(
+                daemon.settings, daemon.viewers, device_id=daemon.device_id,
+                fingerprint=daemon.identity.fingerprint_bytes, service=service, name=name,
+                expires=expires, now=datetime.now(UTC),
+            )
+        except ViewerStoreError as exc:
+            raise ValueError(str(exc)) from None
+        return shared.link
+
+    def panel_revoke(self, name: str) -> None:
+        try:
+            self.daemon.viewers.revoke(name, now=datetime.now(UTC))
+        except ViewerStoreError:
+            raise KeyError(name) from None

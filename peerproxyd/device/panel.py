@@ -7,7 +7,8 @@ an owner shares a service: a form mints a share link and shows it with its QR co
 
 Every URL in the page is relative, so it works under Ingress's path prefix; redirects use
 the `X-Ingress-Path` header Home Assistant sends. The panel reads the daemon through the
-small `PanelSource` protocol and never touches the data path.
+small `PanelSource` protocol (device/daemon.py's `DaemonPanelSource`) and never touches
+the data path.
 """
 
 from __future__ import annotations
@@ -18,18 +19,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import segno
 from aiohttp import web
 
-from peerproxyd.errors import ViewerStoreError
-from peerproxyd.trust import sharing
-from peerproxyd.trust.viewer_auth import format_time
-
-if TYPE_CHECKING:
-    from peerproxyd.device.daemon import Daemon
+from peerproxyd.config import parse_listen
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +36,6 @@ class PeerRow:
     path: str
     rtt_ms: float | None
     open_streams: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShareResult:
-    link: str
-    qr_svg: str
-    """An inline `<svg>` element of the link's QR code."""
 
 
 class PanelSource(Protocol):
@@ -73,8 +61,8 @@ class PanelSource(Protocol):
         """The viewer store's entries (name, service, created, expires, state)."""
         ...
 
-    def panel_share(self, service: str, name: str, expires: str) -> ShareResult:
-        """Mint a viewer and its link; ValueError with a message for bad input."""
+    def panel_share(self, service: str, name: str, expires: str) -> str:
+        """Mint a viewer; its share link, or ValueError with a message for bad input."""
         ...
 
     def panel_revoke(self, name: str) -> None:
@@ -88,71 +76,13 @@ SOURCE = web.AppKey("panel_source", PanelSource)
 ALLOW = web.AppKey("panel_allow", tuple)
 
 
-class DaemonPanelSource:
-    """The running daemon as the panel sees it."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def status_text(self) -> str:
-        return self.daemon.status_text()
-
-    def panel_identity(self) -> dict[str, str]:
-        return {"device_id": self.daemon.device_id,
-                "fingerprint": self.daemon.identity.fingerprint,
-                "name": self.daemon.settings.device.name or ""}
-
-    def panel_services(self) -> dict[str, str]:
-        return {n: s.upstream for n, s in self.daemon.settings.services.items()}
-
-    def panel_backend(self) -> dict[str, str]:
-        return {"name": self.daemon.backend, "why": self.daemon.backend_reason}
-
-    async def panel_peers(self) -> list[PeerRow]:
-        rows = []
-        for session in list(self.daemon.sessions.values()):
-            report = await session.report()
-            rows.append(PeerRow(
-                peer=session.peer_id,
-                viewer=session.granted.viewer if session.granted else None,
-                path=f"{report.type} ({report.protocol})" if report else "connecting",
-                rtt_ms=report.rtt_ms if report else None,
-                open_streams=session.open_streams,
-            ))
-        return rows
-
-    def panel_viewers(self) -> list[dict[str, Any]]:
-        now = datetime.now(timezone.utc)
-        store = self.daemon.viewers
-        return [{"name": r.name, "service": r.service, "created": format_time(r.created),
-                 "expires": format_time(r.expires), "state": r.state(now)}
-                for r in sorted(store.records.values(), key=lambda r: r.name)]
-
-    def panel_share(self, service: str, name: str, expires: str) -> ShareResult:
-        daemon = self.daemon
-        try:
-            shared = sharing.share(
-                daemon.settings, daemon.viewers, device_id=daemon.device_id,
-                fingerprint=daemon.identity.fingerprint_bytes, service=service, name=name,
-                expires=expires, now=datetime.now(timezone.utc),
-            )
-        except ViewerStoreError as exc:
-            raise ValueError(str(exc)) from None
-        qr = segno.make(shared.link, error="l").svg_inline(scale=4, border=2)
-        return ShareResult(link=shared.link, qr_svg=qr)
-
-    def panel_revoke(self, name: str) -> None:
-        try:
-            self.daemon.viewers.revoke(name, now=datetime.now(timezone.utc))
-        except ViewerStoreError:
-            raise KeyError(name) from None
-
-
 @asynccontextmanager
-async def serve_panel(daemon: Daemon, listen: str, allow: Sequence[str]) -> AsyncIterator[None]:
-    """Serve the daemon's panel on `listen` (HOST:PORT) while the block runs."""
+async def serve_panel(
+    source: PanelSource, listen: str, allow: Sequence[str]
+) -> AsyncIterator[None]:
+    """Serve the panel of `source` (the daemon) on `listen` (HOST:PORT) while the block runs."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(build_panel_app(DaemonPanelSource(daemon), allow), access_log=None)
+    runner = web.AppRunner(build_panel_app(source, allow), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -162,14 +92,6 @@ async def serve_panel(daemon: Daemon, listen: str, allow: Sequence[str]) -> Asyn
         yield
     finally:
         await runner.cleanup()
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`host:port` (IPv6 in brackets) -> (host, port); ValueError if it is not one."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ValueError(f"must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def build_panel_app(source: PanelSource, allow: Sequence[str]) -> web.Application:
@@ -227,14 +149,14 @@ async def _share(request: web.Request) -> web.Response:
     form = await request.post()
     source = request.app[SOURCE]
     try:
-        result = source.panel_share(
+        link = source.panel_share(
             str(form.get("service", "")), str(form.get("name", "")).strip(),
             str(form.get("expires", "7d")).strip() or "7d",
         )
     except ValueError as exc:
         return await _page(request, error=str(exc), status=400)
     logger.info("panel: shared %s with %s", form.get("service"), form.get("name"))
-    return await _page(request, shared=result)
+    return await _page(request, shared=link)
 
 
 async def _revoke(request: web.Request) -> web.Response:
@@ -248,12 +170,17 @@ async def _revoke(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(request.headers.get("X-Ingress-Path", "") + "/")
 
 
+def _qr_svg(link: str) -> str:
+    """The link's QR code as an inline `<svg>` element."""
+    return str(segno.make(link, error="l").svg_inline(scale=4, border=2))
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
 async def _page(
-    request: web.Request, *, error: str | None = None, shared: ShareResult | None = None,
+    request: web.Request, *, error: str | None = None, shared: str | None = None,
     status: int = 200,
 ) -> web.Response:
     source = request.app[SOURCE]
@@ -274,8 +201,8 @@ async def _page(
             "<section class=shared><h2>Share link</h2>"
             "<p>Send this link to the viewer; it is shown only now. Anyone with it can open "
             "the service until it expires or is revoked.</p>"
-            f"<p><a class=link href=\"{_e(shared.link)}\">{_e(shared.link)}</a></p>"
-            f"<div class=qr>{shared.qr_svg}</div></section>"
+            f"<p><a class=link href=\"{_e(shared)}\">{_e(shared)}</a></p>"
+            f"<div class=qr>{_qr_svg(shared)}</div></section>"
         )
     options = "".join(f"<option>{_e(n)}</option>" for n in services)
     rows = "".join(f"<tr><td>{_e(n)}</td><td><code>{_e(u)}</code></td></tr>"

@@ -53,7 +53,7 @@ from peerproxyd.signaling.metrics import SignalMetrics
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from peerproxyd.signaling.server import Registry
+    from peerproxyd.signaling.cluster import LocalRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class _Lease:
 
 
 class RedisCluster:
-    """This instance's side of the shared engine (the `Cluster` of server.py)."""
+    """This instance's side of the shared engine (a `cluster.Cluster`)."""
 
     def __init__(
         self, url: str, options: RedisOptions, *, rate: float, burst: int, metrics: SignalMetrics
@@ -219,7 +219,7 @@ class RedisCluster:
         self._refresh_devices = self.redis.register_script(_REFRESH)
         self._hold_tag = self.redis.register_script(_TAG)
         self._take = self.redis.register_script(_TAKE)
-        self._registry: Registry | None = None
+        self._registry: LocalRegistry | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -273,7 +273,7 @@ class RedisCluster:
 
     # --- lifecycle
 
-    async def start(self, registry: Registry) -> None:
+    async def start(self, registry: LocalRegistry) -> None:
         """Connect, take a tag, subscribe; SignalingError if Redis cannot be reached."""
         self._registry = registry
         try:
@@ -576,7 +576,7 @@ class RedisCluster:
                                               args=[self._uuid, self._ttl_ms]), probe=True):
             logger.error("instance tag %s is held by another instance (Redis lost it?); "
                          "viewers of both may see spurious offline errors", self.tag)
-        held = [(d, c.hello_id) for d, c in registry.devices.items() if not c.replaced]
+        held = registry.held_devices()
         written: list[str] = []
         for start in range(0, len(held), REFRESH_BATCH):
             batch = held[start:start + REFRESH_BATCH]

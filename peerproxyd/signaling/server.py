@@ -11,7 +11,7 @@ stored about devices beyond who is online.
 
 Alone, one process keeps everything in memory. With `redis_url`, several instances share
 presence, routing, registration and rate limits through Redis (redis.py); the
-`Cluster` protocol below is all this module knows of it.
+`Cluster` protocol (cluster.py) is all this module knows of it.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from peerproxyd.errors import RegistrationError, SignalingError
 from peerproxyd.signaling import turn_credentials
+from peerproxyd.signaling.cluster import Cluster
 from peerproxyd.signaling.messages import (
     PEER_ID,
     Message,
@@ -126,26 +127,6 @@ class Connection:
             self.remote_partners.add(other_id)
 
 
-class Cluster(Protocol):
-    """The engine several instances share (redis.RedisCluster).
-
-    `claim` raises ConnectionError when the engine is unreachable; the others do not:
-    `allow` then allows (the per-connection bucket still holds), `route` reports offline.
-    """
-
-    instance: str
-    up: bool
-
-    def new_peer_id(self) -> str: ...
-    def client_key(self, request: web.Request) -> str: ...
-    async def allow(self, client: str) -> bool: ...
-    async def claim(self, device_id: str, hello_id: str) -> None: ...
-    async def release(self, device_id: str, hello_id: str) -> None: ...
-    async def route(self, sender: str, to: str, kind: str, text: str) -> bool: ...
-    async def start(self, registry: Registry) -> None: ...
-    async def stop(self) -> None: ...
-
-
 class Registry:
     """Who is online here: device id -> connection, peer (hello) id -> connection.
 
@@ -198,6 +179,10 @@ class Registry:
         if conn.device_id is not None and self.devices.get(conn.device_id) is conn:
             del self.devices[conn.device_id]
         return self.unlink(conn)
+
+    def held_devices(self) -> list[tuple[str, str]]:
+        """(device id, hello id) of every device registered here (for the cluster)."""
+        return [(d, c.hello_id) for d, c in self.devices.items() if not c.replaced]
 
     def lookup(self, peer_id: str) -> Connection | None:
         if PEER_ID.fullmatch(peer_id):

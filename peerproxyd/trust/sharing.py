@@ -14,8 +14,13 @@ import segno
 
 from peerproxyd.config import Settings
 from peerproxyd.errors import ViewerStoreError
-from peerproxyd.trust.viewer_auth import base_url_from_signaling, build_link, format_time
-from peerproxyd.trust.viewers import ViewerRecord, ViewerStore, parse_expires
+from peerproxyd.trust.viewer_auth import (
+    ViewerRecord,
+    base_url_from_signaling,
+    build_link,
+    format_time,
+)
+from peerproxyd.trust.viewers import ViewerStore, parse_expires
 
 
 @dataclass(frozen=True, kw_only=True)

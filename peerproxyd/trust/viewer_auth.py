@@ -1,11 +1,12 @@
 """Viewer access, sans-IO: share links, DTLS fingerprints, the channel-binding MAC, the auth
 messages and the daemon's decision (docs/security.md 1.3 and 1.5).
 
-Pure functions only; the viewer store's file is viewers.py, the data channel is peer.py
-(daemon) and client/native.py (native viewer). Readings of the contract this module fixes, shared
-with the browser client through tests/vectors/auth.json: `K = sha256(UTF-8 of the b64u token
-text)`; a fingerprint's SDP form is the 95-character `AB:CD:...` value without the attribute
-name; SDP fingerprints are read case-insensitively and used in uppercase.
+Pure functions only; the viewer store's file is viewers.py (its records are `ViewerRecord`s,
+here), the data channel is device/peer.py (daemon) and client/native.py (native viewer).
+Readings of the contract this module fixes, shared with the browser client through
+tests/vectors/auth.json: `K = sha256(UTF-8 of the b64u token text)`; a fingerprint's SDP
+form is the 95-character `AB:CD:...` value without the attribute name; SDP fingerprints are
+read case-insensitively and used in uppercase.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from peerproxyd import b64u
 from peerproxyd.errors import AuthError, FingerprintError, LinkError
 from peerproxyd.names import origin_label, valid_device_id, valid_service_name
 from peerproxyd.trust.identity import sdp_fingerprint
-
-if TYPE_CHECKING:
-    from peerproxyd.trust.viewers import ViewerRecord
 
 LINK_VERSION = "1"
 LINK_KEYS = ("v", "d", "s", "n", "t", "f")
@@ -356,6 +354,27 @@ def _json(obj: dict[str, Any]) -> str:
 
 
 # ----- the decision (1.5 step 3)
+ViewerState = Literal["active", "revoked", "expired"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewerRecord:
+    name: str
+    key: bytes
+    """sha256(token): the MAC key."""
+    service: str
+    created: datetime
+    expires: datetime | None
+    revoked: datetime | None
+
+    def state(self, now: datetime) -> ViewerState:
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and self.expires <= now:
+            return "expired"
+        return "active"
+
+
 _NOBODY = hashlib.sha256(b"peerproxyd: no such viewer").digest()
 
 

@@ -19,16 +19,17 @@ import re
 import secrets
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from peerproxyd import b64u
 from peerproxyd.errors import ViewerStoreError
 from peerproxyd.names import valid_service_name
 from peerproxyd.trust.viewer_auth import (
     TOKEN_BYTES,
+    ViewerRecord,
     check_viewer_name,
     format_time,
     parse_time,
@@ -41,27 +42,8 @@ VERSION = 1
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """A store this large is not one a person made with `peerproxyd share`."""
 
-ViewerState = Literal["active", "revoked", "expired"]
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([dhm])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ViewerRecord:
-    name: str
-    key: bytes
-    """sha256(token): the MAC key."""
-    service: str
-    created: datetime
-    expires: datetime | None
-    revoked: datetime | None
-
-    def state(self, now: datetime) -> ViewerState:
-        if self.revoked is not None:
-            return "revoked"
-        if self.expires is not None and self.expires <= now:
-            return "expired"
-        return "active"
 
 
 def parse_expires(text: str, now: datetime) -> datetime | None:

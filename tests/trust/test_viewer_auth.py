@@ -18,6 +18,7 @@ from peerproxyd.trust.viewer_auth import (
     AuthCode,
     AuthMessage,
     Granted,
+    ViewerRecord,
     auth_mac,
     base_url_from_signaling,
     build_link,
@@ -32,7 +33,6 @@ from peerproxyd.trust.viewer_auth import (
     parse_link,
     token_key,
 )
-from peerproxyd.trust.viewers import ViewerRecord
 
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "vectors" / "auth.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
