@@ -164,3 +164,21 @@ def test_sans_io_modules_import_no_io_library(module: str) -> None:
     )
     if found:
         pytest.fail(f"{module} is sans-IO, but " + "; ".join(found))
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [
+    ("peerproxyd.device", "peerproxyd.client"),  # the two ends share tunnel/, protocol/, rtc/
+    ("peerproxyd.client", "peerproxyd.device"),
+    ("peerproxyd.protocol", "peerproxyd.tunnel"),  # the core knows nothing of its shells
+    ("peerproxyd.tunnel", "peerproxyd.rtc"),  # the shell moves messages of any data channel
+    ("peerproxyd.signaling", "peerproxyd.device"),  # the server runs without a device
+])
+def test_layers(package: str, forbidden: str) -> None:
+    found = sorted(f"{m} -> {d}" for m in MODULES if _inside(m, package)
+                   for d in GRAPH[m] if _inside(d, forbidden))
+    if found:
+        pytest.fail(f"{package} must not import {forbidden}: " + "; ".join(found))

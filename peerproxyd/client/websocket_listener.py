@@ -8,10 +8,13 @@ import asyncio
 from aiohttp import web
 from multidict import CIMultiDict
 
-from peerproxyd.device.websocket_upstream import HANDSHAKE_HEADERS
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import ErrorCode, RequestHead
-from peerproxyd.protocol.http_headers import downstream_response_headers, strip_hop_by_hop
+from peerproxyd.protocol.http_headers import (
+    WEBSOCKET_HANDSHAKE,
+    downstream_response_headers,
+    strip_hop_by_hop,
+)
 from peerproxyd.protocol.websocket import MAX_MESSAGE
 from peerproxyd.tunnel.channel import ChannelLink
 from peerproxyd.tunnel.websocket_relay import CLOSE_TIMEOUT, WebSocketRelay
@@ -33,7 +36,7 @@ def _head(request: web.Request, service: str) -> RequestHead:
     headers = [
         (n, v)
         for n, v in strip_hop_by_hop(request.headers.items())
-        if n.lower() not in HANDSHAKE_HEADERS and n.lower() != "x-forwarded-proto"
+        if n.lower() not in WEBSOCKET_HANDSHAKE and n.lower() != "x-forwarded-proto"
     ]
     headers += [("sec-websocket-protocol", p) for p in protocols]
     headers.append(("X-Forwarded-Proto", request.scheme))
@@ -79,7 +82,7 @@ async def serve_local_websocket(
         timeout=CLOSE_TIMEOUT,
     )
     for name, value in downstream_response_headers(head.headers):
-        if name.lower() not in HANDSHAKE_HEADERS:
+        if name.lower() not in WEBSOCKET_HANDSHAKE:
             ws.headers.add(name, value)
     try:
         await ws.prepare(request)

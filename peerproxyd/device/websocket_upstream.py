@@ -18,6 +18,7 @@ from peerproxyd.config import ServiceSettings
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.protocol.http_headers import (
+    WEBSOCKET_HANDSHAKE,
     BadRequest,
     check_request,
     downstream_response_headers,
@@ -30,12 +31,6 @@ from peerproxyd.tunnel.websocket_relay import CLOSE_TIMEOUT, WebSocketRelay
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("peerproxyd.access")
-
-# The handshake is aiohttp's own: these never come from the viewer.
-HANDSHAKE_HEADERS = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-     "sec-websocket-protocol", "sec-websocket-accept", "upgrade", "connection"}
-)
 
 
 def requested_protocols(head: RequestHead) -> list[str]:
@@ -55,7 +50,7 @@ def handshake_request_headers(
     return [
         (n, v)
         for n, v in service_request_headers(head.headers, service, address)
-        if n.lower() not in HANDSHAKE_HEADERS
+        if n.lower() not in WEBSOCKET_HANDSHAKE
     ]
 
 
@@ -153,7 +148,7 @@ async def _open(
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
     kept = [
         (n, v) for n, v in downstream_response_headers(headers)
-        if n.lower() not in HANDSHAKE_HEADERS
+        if n.lower() not in WEBSOCKET_HANDSHAKE
     ]
     if ws.protocol:
         kept.append(("sec-websocket-protocol", ws.protocol))

@@ -49,6 +49,13 @@ FORWARDING = frozenset(
 """Request headers an upstream may trust for the client's address or the real path: only we
 set them (with every `X-Forwarded-*`)."""
 
+WEBSOCKET_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+     "sec-websocket-protocol", "sec-websocket-accept", "upgrade", "connection"}
+)
+"""A WebSocket handshake's own headers: each end's WebSocket library (aiohttp) makes them,
+so they never cross the tunnel from the other side (docs/protocol.md §12)."""
+
 MAX_PERCENT_DECODING = 4
 """Levels of percent-decoding a path is checked at (`%252e%252e` is `..` twice decoded); a
 path still changing after that many is refused."""
