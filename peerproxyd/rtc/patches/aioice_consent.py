@@ -28,6 +28,11 @@ import aioice.ice
 from aioice import stun
 from aioice.ice import Connection
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aioice": ("0.13.0",)}
+"""The aioice versions this patch was read against (versions.py)."""
+
 logger = logging.getLogger(__name__)
 
 CONSENT_INTERVAL = 5.0
@@ -77,6 +82,8 @@ async def query_consent(self: Connection) -> None:
 
 def install() -> None:
     """Use query_consent() for every aioice connection (idempotent)."""
+    if not versions.applies(__name__, CHECKED):
+        return
     aioice.ice.Connection.query_consent = query_consent  # type: ignore[method-assign]
 
 

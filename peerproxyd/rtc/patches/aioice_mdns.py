@@ -41,6 +41,11 @@ import dns.message
 import dns.name
 import dns.rdatatype
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aioice": ("0.13.0",)}
+"""The aioice versions this patch was read against (versions.py)."""
+
 _ORIGINAL_FACTORY = aioice.mdns.create_mdns_protocol
 _ORIGINAL_ADD_REMOTE_CANDIDATE = aioice.ice.Connection.add_remote_candidate
 
@@ -202,6 +207,7 @@ async def add_remote_candidate(
 
 def install(enabled: bool = True) -> None:
     """Apply both fixes to aioice (or undo them with `enabled=False`)."""
+    enabled = enabled and versions.applies(__name__, CHECKED)
     aioice.mdns.create_mdns_protocol = create_mdns_protocol if enabled else _ORIGINAL_FACTORY
     aioice.ice.Connection.add_remote_candidate = (  # type: ignore[method-assign]
         add_remote_candidate if enabled else _ORIGINAL_ADD_REMOTE_CANDIDATE

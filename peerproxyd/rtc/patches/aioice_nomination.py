@@ -26,6 +26,11 @@ import weakref
 import aioice.ice
 from aioice.ice import CandidatePair, Connection
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aioice": ("0.13.0",)}
+"""The aioice versions this patch was read against (versions.py)."""
+
 RELAY_GRACE = 1.0
 """Seconds, from the first check, during which direct pairs go first."""
 POLL = 0.02
@@ -37,6 +42,7 @@ _PENDING = (
     CandidatePair.State.WAITING,
     CandidatePair.State.IN_PROGRESS,
 )
+
 # When each connection started its first check (loop time); weak, so it goes with it.
 _first_check: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
 
@@ -69,6 +75,7 @@ async def check_start(self: Connection, pair: CandidatePair) -> None:
 
 def install(enabled: bool = True) -> None:
     """Wrap aioice's check_start (or restore it with `enabled=False`)."""
+    enabled = enabled and versions.applies(__name__, CHECKED)
     aioice.ice.Connection.check_start = (  # type: ignore[method-assign]
         check_start if enabled else _ORIGINAL_CHECK_START
     )

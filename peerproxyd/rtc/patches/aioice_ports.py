@@ -31,6 +31,11 @@ import aioice.turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aioice": ("0.13.0",)}
+"""The aioice versions this patch was read against (versions.py)."""
+
 logger = logging.getLogger(__name__)
 
 _ORIGINAL = aioice.ice.Connection.get_component_candidates
@@ -55,7 +60,7 @@ def parse_port_range(text: str) -> range:
 
 def configure(ports: range | None) -> None:
     """Bind host candidates within `ports` from now on (None: aioice's port 0 again)."""
-    if ports is None:
+    if ports is None or not versions.applies(__name__, CHECKED):
         aioice.ice.Connection.get_component_candidates = _ORIGINAL  # type: ignore[method-assign]
         return
 

@@ -21,12 +21,22 @@ import aioice.ice
 import aioice.turn
 import ifaddr
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aioice": ("0.13.0",)}
+"""The aioice versions this patch was read against (versions.py)."""
+
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+_ORIGINAL_RECEIVE_BUFFER = aioice.turn.UDP_SOCKET_BUFFER_SIZE
 
 
 def configure(*, host_addresses: Sequence[str] = (), receive_buffer: int = 4 * 1024 * 1024) -> None:
     """Gather host candidates only on `host_addresses` (empty: aioice's default) and give ICE
     UDP sockets a `receive_buffer`-byte SO_RCVBUF (the kernel caps it at net.core.rmem_max)."""
+    if not versions.applies(__name__, CHECKED):
+        aioice.turn.UDP_SOCKET_BUFFER_SIZE = _ORIGINAL_RECEIVE_BUFFER
+        aioice.ice.get_host_addresses = _ORIGINAL_GET_HOST_ADDRESSES
+        return
     aioice.turn.UDP_SOCKET_BUFFER_SIZE = receive_buffer
     if host_addresses:
         allowed = tuple(str(ipaddress.ip_address(a)) for a in host_addresses)

@@ -23,7 +23,11 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from peerproxyd.rtc.patches import versions
 from peerproxyd.trust.identity import Identity
+
+CHECKED = {"aiortc": ("1.16.0",)}
+"""The aiortc versions this patch was read against (versions.py)."""
 
 _current: ContextVar[RTCCertificate | None] = ContextVar("peerproxyd_dtls_certificate",
                                                         default=None)
@@ -38,6 +42,8 @@ def _generate(cls: type[RTCCertificate]) -> Any:
 
 def install() -> None:
     """Route aiortc's per-connection certificate through the current context (idempotent)."""
+    if not versions.applies(__name__, CHECKED):
+        return
     RTCCertificate.generateCertificate = classmethod(_generate)  # type: ignore[assignment, method-assign]
 
 

@@ -22,6 +22,11 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from OpenSSL._util import ffi, lib
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aiortc": ("1.16.0",)}
+"""The aiortc versions this patch was read against (versions.py)."""
+
 _ORIGINAL_WRITE_SSL = RTCDtlsTransport._write_ssl
 
 
@@ -45,7 +50,7 @@ def supported() -> bool:
 
 def install(enabled: bool = True) -> None:
     """Wrap aiortc's `_write_ssl` (or restore it with `enabled=False`, or if unsupported)."""
-    use = enabled and supported()
+    use = enabled and versions.applies(__name__, CHECKED) and supported()
     RTCDtlsTransport._write_ssl = (  # type: ignore[method-assign]
         write_ssl if use else _ORIGINAL_WRITE_SSL
     )

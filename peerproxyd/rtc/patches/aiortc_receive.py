@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from aiortc.rtcsctptransport import RTCSctpTransport
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aiortc": ("1.16.0",)}
+"""The aiortc versions this patch was read against (versions.py)."""
+
 _ORIGINAL_MARK_RECEIVED = RTCSctpTransport._mark_received
 _MODULO = 2**32
 
@@ -35,6 +40,7 @@ def mark_received(self: RTCSctpTransport, tsn: int) -> bool:
 
 def install(enabled: bool = True) -> None:
     """Wrap aiortc's `_mark_received` (or restore it with `enabled=False`)."""
+    enabled = enabled and versions.applies(__name__, CHECKED)
     RTCSctpTransport._mark_received = (  # type: ignore[method-assign]
         mark_received if enabled else _ORIGINAL_MARK_RECEIVED
     )

@@ -26,6 +26,11 @@ import logging
 
 from aiortc.rtcsctptransport import RTCSctpTransport
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aiortc": ("1.16.0",)}
+"""The aiortc versions this patch was read against (versions.py)."""
+
 logger = logging.getLogger(__name__)
 
 EVERY = 2
@@ -63,6 +68,7 @@ async def _send_deferred(self: RTCSctpTransport) -> None:
 
 def install(enabled: bool = True) -> None:
     """Wrap aiortc's `_send_sack` (or restore it with `enabled=False`)."""
+    enabled = enabled and versions.applies(__name__, CHECKED)
     RTCSctpTransport._send_sack = (  # type: ignore[method-assign]
         send_sack if enabled else _ORIGINAL_SEND_SACK
     )

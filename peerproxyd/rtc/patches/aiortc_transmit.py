@@ -24,6 +24,11 @@ from typing import Any
 
 from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH, RTCSctpTransport, SackChunk
 
+from peerproxyd.rtc.patches import versions
+
+CHECKED = {"aiortc": ("1.16.0",)}
+"""The aiortc versions this patch was read against (versions.py)."""
+
 _ORIGINAL_TRANSMIT = RTCSctpTransport._transmit
 _ORIGINAL_RECEIVE_SACK = RTCSctpTransport._receive_sack_chunk
 _ORIGINAL_T3_EXPIRED = RTCSctpTransport._t3_expired
@@ -62,6 +67,7 @@ def t3_expired(self: RTCSctpTransport) -> None:
 
 def install(enabled: bool = True) -> None:
     """Wrap the three methods (or restore aiortc's with `enabled=False`)."""
+    enabled = enabled and versions.applies(__name__, CHECKED)
     cls: Any = RTCSctpTransport
     cls._transmit = transmit if enabled else _ORIGINAL_TRANSMIT
     cls._receive_sack_chunk = receive_sack_chunk if enabled else _ORIGINAL_RECEIVE_SACK
