@@ -292,6 +292,33 @@ def checks(monkeypatch):
     return started
 
 
+async def test_why_stock_aioice_checks_a_relayed_pair_at_once():
+    """Stock aioice (controlling, aggressive nomination) sends the relayed pair's check while
+    the direct pair's is still under way: whichever answers first is the pair for good."""
+    conn = aioice.Connection(ice_controlling=True)
+    conn.remote_username, conn.remote_password = "remote", "secret"
+    direct, relayed = pair("host", "srflx"), pair("host", "relay")
+    direct.state = CandidatePair.State.IN_PROGRESS
+    conn._check_list = [direct, relayed]
+    requested: list[object] = []
+
+    async def request(*args: object, **kwargs: object) -> None:
+        requested.append(args)
+        await asyncio.Event().wait()  # no answer: the check stays in progress
+
+    relayed.protocol.request = request  # type: ignore[method-assign]
+    task = asyncio.create_task(aioice_nomination._ORIGINAL_CHECK_START(conn, relayed))
+    try:
+        for _ in range(100):  # bounded: 1 s
+            if requested:
+                break
+            await asyncio.sleep(0.01)
+        assert requested, "stock aioice held the relayed check: aioice_nomination may be moot"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_relayed_check_waits_for_direct_pairs(checks):
     conn = aioice.Connection(ice_controlling=True)
     direct, relayed = pair("host", "srflx"), pair("host", "relay")
