@@ -57,17 +57,20 @@ system-deps:
 run: install
 	$(BIN)/peerproxyd demo
 
-test: install system-deps
+# The camera soak (10 minutes of waiting) runs beside the other suites: tests/apps/soak.sh.
+test: install system-deps apps-deps
 	node --test webclient/test/
+	bash tests/apps/soak.sh start $(BIN)/pytest
 	$(BIN)/pytest -q --ignore=tests/apps
 	$(MAKE) --no-print-directory test-native
-	$(MAKE) --no-print-directory test-apps
+	$(MAKE) --no-print-directory test-apps APPS_PYTEST_ARGS="--deselect $$(bash tests/apps/soak.sh id)"
+	bash tests/apps/soak.sh wait
 
 apps-deps: system-deps
 	@for script in $(APPS_SETUP); do bash $$script || exit 1; done
 
 test-apps: install apps-deps
-	@if [ -d tests/apps ]; then $(BIN)/pytest -q tests/apps; fi
+	$(BIN)/pytest -q tests/apps $(APPS_PYTEST_ARGS)
 
 test-native: system-deps
 	@if [ -z "$(PYTHON_NATIVE)" ]; then \
