@@ -455,7 +455,9 @@ def test_addon_options_map_key_by_key(tmp_path: Path):
         "name": 'quote"and\\backslash', "signaling_url":
         "wss://signal.example.net/ws", "services": [
             {"name": "ha", "url": "http://127.0.0.1:8123"},
-            {"name": "printer", "url": "http://192.168.1.40/"}],
+            {"name": "printer", "url": "http://192.168.1.40/"},
+            {"name": "sync", "url": "http://127.0.0.1:8384", "host": "upstream",
+             "forwarded_for": True}],
         "stun_servers": ["stun:stun.example.net:3478"], "max_peers": 4, "log_level": "debug",
     }
     assert convert(options, tmp_path).returncode == 0
@@ -463,7 +465,11 @@ def test_addon_options_map_key_by_key(tmp_path: Path):
     assert settings.device.name == 'quote"and\\backslash'
     assert settings.signaling.url == "wss://signal.example.net/ws"
     assert {n: s.upstream for n, s in settings.services.items()} == {
-        "ha": "http://127.0.0.1:8123", "printer": "http://192.168.1.40"}
+        "ha": "http://127.0.0.1:8123", "printer": "http://192.168.1.40",
+        "sync": "http://127.0.0.1:8384"}
+    sync, ha = settings.services["sync"], settings.services["ha"]
+    assert (sync.host, sync.forwarded_for, ha.host, ha.forwarded_for) == (
+        "upstream", True, "viewer", False)
     assert [s.urls for s in settings.ice.servers] == [["stun:stun.example.net:3478"]]
     assert (settings.limits.max_peers, settings.log.level) == (4, "debug")
     assert convert({**options, "name": ""}, tmp_path).returncode == 0
