@@ -394,7 +394,8 @@ def test_addon_follows_current_conventions():
     assert config["slug"] == "peerproxyd" and re.fullmatch(r"\d+\.\d+\.\d+", config["version"])
     assert config["timeout"] > 10  # room for the drain
     assert config["options"].keys() == config["schema"].keys()
-    assert config["schema"]["services"] == [{"name": "str", "url": "url"}]
+    assert config["schema"]["services"] == [
+        {"name": "str", "url": "url", "host": "str?", "forwarded_for": "bool?"}]
     assert config["schema"]["name"] == "str?"
     assert "device_id" not in config["schema"] and "secret" not in config["schema"]
     translations = yaml.safe_load((ADDON / "translations/en.yaml").read_text())
