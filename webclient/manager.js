@@ -17,6 +17,7 @@ import { NoCredential, authenticate, loadCredential, takeLinkFromAddressBar } fr
 import { PeerLink } from "./link.js";
 import { isLocalAddress, parseHost } from "./origin.js";
 import { Relay } from "./relay.js";
+import { SignIn } from "./signin.js";
 import { Signaling, SignalingError } from "./signaling.js";
 import { AuthError, FingerprintError, authProblem, checkPinned, parseAuthReply, sdpFingerprint } from "./trust.js";
 import { startWebSocketBridge } from "./wsbridge.js";
@@ -133,7 +134,7 @@ function setPhase(phase, message = "", detail = "") {
 
 // ----- service worker
 
-async function startWorker(relay) {
+async function startWorker(relay, signIn) {
   if (!("serviceWorker" in navigator)) {
     throw new Error("This browser has no service workers (or this page is not a secure context).");
   }
@@ -147,6 +148,7 @@ async function startWorker(relay) {
     const channel = new MessageChannel();
     channel.port1.onmessage = (e) => {
       if (e.data?.type === "fetch") relay.handle(e.data, e.ports[0]);
+      if (e.data?.type === "basic-auth") signIn.ask(e.data).then((reply) => e.ports[0].postMessage(reply));
     };
     worker().postMessage({ type: "manager" }, [channel.port2]);
     state.portsOffered += 1;
@@ -467,10 +469,16 @@ async function run() {
     },
   });
   state.relay = relay;
+  // The app's HTTP Basic auth: asked for in a dialog, kept in this tab's memory (basicauth.js).
+  const signIn = new SignIn(relay.credentials, $("signin"), [target.service, target.device], {
+    // The requests gave up waiting (the app has its 401 page): load the frame again.
+    onLate: () => $("app")?.contentWindow?.location.reload(),
+  });
+  state.signIn = signIn;
   startWebSocketBridge(relay);
   startDownloadNotices();
   try {
-    await startWorker(relay);
+    await startWorker(relay, signIn);
   } catch (exc) {
     setPhase("failed", "This browser cannot run the viewer.", exc.message);
     return;

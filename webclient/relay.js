@@ -4,11 +4,18 @@
 // Per request, over its own MessageChannel port (ArrayBuffers are transferred, never copied):
 //   worker -> page  {type:"body", chunk}  {type:"body-end"}  {type:"consumed", bytes}  {type:"cancel"}
 //   page -> worker  {type:"accepted"}  {type:"credit", bytes}  {type:"body-stop"}
-//                   {type:"head", status, headers}  {type:"data", chunk, end}  {type:"error", status, message}
+//                   {type:"head", status, headers, authorization, basicRealm}  {type:"data", chunk, end}
+//                   {type:"error", status, message}
 // Request bodies come in chunks of at most MAX_PAYLOAD bytes, only as far as "credit" allows;
 // response bytes are acknowledged with "consumed" once the worker's stream hands them on, and
 // only then does the device get more WINDOW. Memory per stream stays near INITIAL_WINDOW.
+//
+// Basic auth (basicauth.js): a request with `basicAuth: true` carries this tab's credentials
+// for its path, if any ("head" says which, as `authorization`); a 401 with a Basic challenge
+// comes with its realm as `basicRealm`, and the worker may then ask the page for credentials
+// over the manager port ({type:"basic-auth", realm, target, sent}, signin.js).
 
+import { BasicCredentials, basicRealm } from "./basicauth.js";
 import { ErrorCode } from "./protocol.js";
 
 export const BODY_CREDIT = 1024 * 1024; // request-body bytes the worker may have in flight to us
@@ -25,6 +32,7 @@ export class Relay {
     this.onResponse = onResponse;
     this.link = null;
     this.requests = 0;
+    this.credentials = new BasicCredentials(); // this tab's Basic credentials, memory only
     this._linkWaiters = [];
   }
 
@@ -54,7 +62,7 @@ export class Relay {
     });
   }
 
-  /** One request from the worker: `msg` = {method, target, headers, hasBody, destination}. */
+  /** One request from the worker: `msg` = {method, target, headers, hasBody, destination, basicAuth}. */
   async handle(msg, port) {
     this.requests += 1;
     port.postMessage({ type: "accepted" });
@@ -66,7 +74,9 @@ export class Relay {
       port.close();
       return;
     }
-    const head = { method: msg.method, target: msg.target, headers: msg.headers, service: this.service };
+    const authorization = msg.basicAuth ? this.credentials.forPath(msg.target) : null;
+    const headers = authorization ? [...msg.headers, ["authorization", authorization]] : msg.headers;
+    const head = { method: msg.method, target: msg.target, headers, service: this.service };
     let stream;
     try {
       stream = link.request(head, { endStream: !msg.hasBody });
@@ -75,7 +85,7 @@ export class Relay {
       port.close();
       return;
     }
-    new Exchange(this, msg, port, stream).start();
+    new Exchange(this, msg, port, stream).start(authorization);
   }
 }
 
@@ -92,12 +102,13 @@ class Exchange {
     this.writing = false;
   }
 
-  start() {
+  start(authorization) {
     const { port, stream } = this;
     stream.onHead = (head, end) => {
       this.headSent = true;
       this.relay.onResponse({ target: this.msg.target, destination: this.msg.destination, ...head });
-      port.postMessage({ type: "head", status: head.status, headers: head.headers });
+      const realm = head.status === 401 ? basicRealm(head.headers) : null;
+      port.postMessage({ type: "head", status: head.status, headers: head.headers, authorization, basicRealm: realm });
       if (end) this._finish({ type: "data", chunk: new ArrayBuffer(0), end: true });
     };
     stream.onData = (data, end) => {

@@ -15,6 +15,9 @@ const MAX_PAYLOAD = 16372; // one data-channel body message
 const RESPONSE_HIGH_WATER = 256 * 1024; // bytes the Response stream buffers before "consumed" pauses
 const MANAGER_WAIT = 10_000;
 const ACCEPT_WAIT = 5_000;
+// How long a request waits for the sign-in dialog: Chromium ends a fetch event that has not
+// answered in 5 minutes. Later, the app gets its 401 and the page reloads the frame on sign-in.
+const SIGN_IN_WAIT = 240_000;
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 const DECODABLE = new Set(["gzip", "deflate"]);
 
@@ -156,40 +159,140 @@ function responseHeaders(raw, { frame, decode }) {
   return headers;
 }
 
+/** Ask the manager for Basic credentials (signin.js): {authorization} or {cancel: true}. */
+function askSignIn(manager, question) {
+  const { port1, port2 } = new MessageChannel();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ cancel: true }), SIGN_IN_WAIT);
+    port1.onmessage = (e) => {
+      clearTimeout(timer);
+      resolve(e.data || { cancel: true });
+      port1.close();
+    };
+    port1.addEventListener("close", () => resolve({ cancel: true })); // the page went away
+    manager.port.postMessage({ type: "basic-auth", ...question, wait: SIGN_IN_WAIT }, [port2]);
+  });
+}
+
 async function proxy(event) {
   const request = event.request;
   const url = new URL(request.url);
-  const manager = await managerPort();
+  const target = url.pathname + url.search;
   // An EventSource retries after a network error, but gives up for good on an error status
   // (HTML standard): outages (ours, the device's 502/503/504) are network errors for it.
   const eventSource = PeerproxyEventStream.isEventStreamRequest(request);
   const outage = (status, message) => (eventSource ? Response.error() : errorResponse(status, message));
-  if (!manager) return outage(503, "The peerproxyd page that holds the connection is not open.");
-  const target = url.pathname + url.search;
-  const headers = requestHeaders(request, url);
   // An EventSource's reconnection reaches a worker without its Last-Event-ID (event-stream.js).
   const resumeFrom = PeerproxyEventStream.lastEventId(event.clientId, request);
-  if (resumeFrom !== null) headers.push(["last-event-id", resumeFrom]);
-  let eventStream = false; // a text/event-stream response whose ids event-stream.js tracks
+  // tracked: a text/event-stream response whose ids event-stream.js tracks (set below)
+  const events = { clientId: event.clientId, url: request.url, tracked: false };
   // Every request of the app is same-site (same origin, made inside our frame), so SameSite
   // never withholds a cookie here; credentials: "omit" does.
   const useCookies = request.credentials !== "omit";
   const jar = PeerproxyCookies.open();
-  if (useCookies) {
-    try {
-      const cookie = await jar.cookieHeader(url);
-      if (cookie) headers.push(["cookie", cookie]);
-    } catch (exc) {
-      console.warn("peerproxy: cookie jar unavailable:", exc);
-    }
-  }
+  // Kept as a Blob (browser-managed, may live on disk), so a request can be sent again.
   let body = null;
   if (!["GET", "HEAD"].includes(request.method)) {
     const blob = await request.blob();
     if (blob.size) body = blob;
   }
-  const { port1: port, port2 } = new MessageChannel();
   const frame = request.mode === "navigate";
+  // HTTP Basic auth, as a browser does it (basicauth.js): the page adds this tab's credentials
+  // for the path; a 401 with a Basic challenge asks the page (its sign-in dialog) and the
+  // request goes again with what the user gave. Not for requests without credentials, nor
+  // when the app set its own Authorization.
+  const basicAuth = useCookies && !request.headers.has("authorization");
+  let authorization = null; // from the dialog
+  let exchange;
+  let answer;
+  for (;;) {
+    const manager = await managerPort();
+    if (!manager) return outage(503, "The peerproxyd page that holds the connection is not open.");
+    const headers = requestHeaders(request, url);
+    if (resumeFrom !== null) headers.push(["last-event-id", resumeFrom]);
+    if (useCookies) {
+      try {
+        const cookie = await jar.cookieHeader(url);
+        if (cookie) headers.push(["cookie", cookie]);
+      } catch (exc) {
+        console.warn("peerproxy: cookie jar unavailable:", exc);
+      }
+    }
+    if (authorization) headers.push(["authorization", authorization]);
+    const msg = {
+      type: "fetch",
+      method: request.method,
+      target,
+      headers,
+      hasBody: body !== null,
+      destination: request.destination,
+      basicAuth: basicAuth && !authorization,
+    };
+    exchange = send(event, manager, msg, body, events);
+    answer = await exchange.head;
+    if (answer.type === "error") {
+      return outage(answer.status || 502, answer.message);
+    }
+    // Before the Response goes out, so the app's scripts already see the new cookies.
+    const setCookies = answer.headers.filter(([n]) => n.toLowerCase() === "set-cookie").map(([, v]) => v);
+    if (setCookies.length && useCookies) {
+      try {
+        await jar.store(url, setCookies);
+      } catch (exc) {
+        console.warn("peerproxy: could not store cookies:", exc);
+      }
+    }
+    if (answer.status !== 401 || !basicAuth || answer.basicRealm == null) break;
+    const sent = authorization ?? answer.authorization ?? null;
+    const reply = await askSignIn(manager, { realm: answer.basicRealm, target, sent });
+    if (!reply.authorization) break; // Cancel: the app gets the 401
+    exchange.stream.cancel().catch(() => {});
+    authorization = reply.authorization;
+  }
+  event.waitUntil(exchange.finished);
+
+  const encoding = (answer.headers.find(([n]) => n.toLowerCase() === "content-encoding")?.[1] || "")
+    .trim().toLowerCase();
+  const decode = DECODABLE.has(encoding);
+  const status = answer.status;
+  const init = { status, headers: responseHeaders(answer.headers, { frame, decode }) };
+  const stream = exchange.stream;
+  if (eventSource && status >= 502 && status <= 504 && init.headers.has("x-peerproxy-error")) {
+    stream.cancel().catch(() => {}); // the daemon could not reach the app: retry, as above
+    return Response.error();
+  }
+  if (NULL_BODY.has(status) || request.method === "HEAD") {
+    stream.cancel().catch(() => {});
+    if (status < 200) init.status = 502; // no interim responses through a worker
+    return new Response(null, init);
+  }
+  if (status >= 300 && status < 400 && init.headers.has("location")) {
+    // Relative Locations resolve against the request, as the network would.
+    init.headers.set("location", new URL(init.headers.get("location"), url).href);
+  }
+  let bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  const type = (init.headers.get("content-type") || "").split(";")[0].trim().toLowerCase();
+  if (type === "text/event-stream" && status === 200) {
+    events.tracked = true;
+    const sent = exchange.sentHeaders.find(([n]) => n === "last-event-id")?.[1];
+    bodyStream = bodyStream.pipeThrough(PeerproxyEventStream.tracker(event.clientId, request.url, sent));
+  } else if (eventSource) {
+    PeerproxyEventStream.forget(event.clientId, request.url);
+  }
+  if (frame && (decode || !encoding)) {
+    // The app's documents get the WebSocket shim as their first script (ws-inject.js).
+    bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);
+  }
+  return new Response(bodyStream, init);
+}
+
+/**
+ * One exchange with the page: `fetchMessage` and `body` (a Blob or null) go out;
+ * {head, stream, finished}: the page's "head" or "error" message, the response body as it
+ * arrives (acknowledged as its reader takes it), and when the exchange is over.
+ */
+function send(event, manager, fetchMessage, body, events) {
+  const { port1: port, port2 } = new MessageChannel();
   let settleHead;
   const head = new Promise((resolve) => {
     settleHead = resolve;
@@ -225,7 +328,7 @@ async function proxy(event) {
         report();
       },
       cancel() {
-        if (eventStream) PeerproxyEventStream.forget(event.clientId, request.url);
+        if (events.tracked) PeerproxyEventStream.forget(events.clientId, events.url);
         port.postMessage({ type: "cancel" });
         bodyStopped = true;
         done();
@@ -274,12 +377,12 @@ async function proxy(event) {
       case "error":
         ended = true;
         bodyStopped = true;
-        if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
+        if (events.tracked) PeerproxyEventStream.ended(events.clientId, events.url);
         settleHead(msg);
         try {
           // A broken event stream ends as if the server had closed it: the EventSource
           // reconnects (an errored body would close it for good; event-stream.js).
-          if (eventStream) controller.close();
+          if (events.tracked) controller.close();
           else controller.error(new TypeError(`peerproxyd: ${msg.message}`));
         } catch {
           // already closed
@@ -294,28 +397,18 @@ async function proxy(event) {
     if (ended) return;
     ended = true;
     bodyStopped = true;
-    if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
+    if (events.tracked) PeerproxyEventStream.ended(events.clientId, events.url);
     if (creditArrived) creditArrived();
     settleHead({ type: "error", status: 502, message: "the viewer page went away" });
     try {
-      if (eventStream) controller.close();
+      if (events.tracked) controller.close();
       else controller.error(new TypeError("peerproxyd: the viewer page went away"));
     } catch {
       // already closed
     }
     done();
   });
-  manager.port.postMessage(
-    {
-      type: "fetch",
-      method: request.method,
-      target,
-      headers,
-      hasBody: body !== null,
-      destination: request.destination,
-    },
-    [port2],
-  );
+  manager.port.postMessage(fetchMessage, [port2]);
 
   if (body) {
     event.waitUntil(
@@ -350,53 +443,6 @@ async function proxy(event) {
       settleHead({ type: "error", status: 503, message: "the connection manager did not answer" });
     }
   }, ACCEPT_WAIT);
-  const answer = await head;
-  clearTimeout(acceptTimer);
-  if (answer.type === "error") {
-    return outage(answer.status || 502, answer.message);
-  }
-  event.waitUntil(finished);
-
-  // Before the Response goes out, so the app's scripts already see the new cookies.
-  const setCookies = answer.headers.filter(([n]) => n.toLowerCase() === "set-cookie").map(([, v]) => v);
-  if (setCookies.length && useCookies) {
-    try {
-      await jar.store(url, setCookies);
-    } catch (exc) {
-      console.warn("peerproxy: could not store cookies:", exc);
-    }
-  }
-
-  const encoding = (answer.headers.find(([n]) => n.toLowerCase() === "content-encoding")?.[1] || "")
-    .trim().toLowerCase();
-  const decode = DECODABLE.has(encoding);
-  const status = answer.status;
-  const init = { status, headers: responseHeaders(answer.headers, { frame, decode }) };
-  if (eventSource && status >= 502 && status <= 504 && init.headers.has("x-peerproxy-error")) {
-    stream.cancel().catch(() => {}); // the daemon could not reach the app: retry, as above
-    return Response.error();
-  }
-  if (NULL_BODY.has(status) || request.method === "HEAD") {
-    stream.cancel().catch(() => {});
-    if (status < 200) init.status = 502; // no interim responses through a worker
-    return new Response(null, init);
-  }
-  if (status >= 300 && status < 400 && init.headers.has("location")) {
-    // Relative Locations resolve against the request, as the network would.
-    init.headers.set("location", new URL(init.headers.get("location"), url).href);
-  }
-  let bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
-  const type = (init.headers.get("content-type") || "").split(";")[0].trim().toLowerCase();
-  if (type === "text/event-stream" && status === 200) {
-    eventStream = true;
-    const sent = headers.find(([n]) => n === "last-event-id")?.[1];
-    bodyStream = bodyStream.pipeThrough(PeerproxyEventStream.tracker(event.clientId, request.url, sent));
-  } else if (eventSource) {
-    PeerproxyEventStream.forget(event.clientId, request.url);
-  }
-  if (frame && (decode || !encoding)) {
-    // The app's documents get the WebSocket shim as their first script (ws-inject.js).
-    bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);
-  }
-  return new Response(bodyStream, init);
+  head.then(() => clearTimeout(acceptTimer));
+  return { head, stream, finished, sentHeaders: fetchMessage.headers };
 }

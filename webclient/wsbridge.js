@@ -100,6 +100,9 @@ class BridgedSocket {
     ];
     if (navigator.languages?.length) headers.push(["accept-language", navigator.languages.join(",")]);
     if (msg.protocols.length) headers.push(["sec-websocket-protocol", msg.protocols.join(", ")]);
+    // Basic credentials of this tab for the path, as browsers send them on the upgrade.
+    const authorization = this.relay.credentials.forPath(msg.target);
+    if (authorization) headers.push(["authorization", authorization]);
     const { cookie } = await askWorker({ type: "cookie-header", url: url.href });
     if (cookie) headers.push(["cookie", cookie]);
     if (this.finished) return;

@@ -1,6 +1,6 @@
 """Syncthing's web GUI (Debian's 1.19.2) through the browser client, in real headless Chromium:
-its GUI password (HTTP Basic auth, which the app frame cannot answer: a known limit, pinned
-here), its Host check (why the service needs `host = "upstream"`), its CSRF token (a cookie
+its GUI password (HTTP Basic auth, asked for in the connection manager's sign-in dialog), its
+Host check (why the service needs `host = "upstream"`), its CSRF token (a cookie
 the GUI's script reads and sends back as X-CSRF-Token), its live view (long polls of
 /rest/events, quiet for up to 60 s), and settings and a folder saved in the GUI, seen after a
 reload, in the REST API and in config.xml.
@@ -115,36 +115,43 @@ def access_log(world: BrowserWorld, service: str = SERVICE) -> list[tuple[str, s
         rf"access: {service} (\S+) (\S+) (\d+) \d+B ([\d.]+)ms", world.procs["daemon"].log())]
 
 
-def test_gui_password_is_basic_auth_which_the_app_frame_cannot_answer(
-    world: BrowserWorld, st: Syncthing
-) -> None:
-    """Known limit. Syncthing 1.19 guards its GUI with HTTP Basic auth. A browser asks for
-    Basic credentials only for responses from the network; the app frame's responses come
-    from the service worker, so Chromium shows the 401 page and never asks (nor would any
-    browser). Once a request carries the credentials, Syncthing's session cookie (kept by the
-    worker's cookie jar) opens the GUI for the rest of the session."""
+def test_gui_password_is_asked_for_in_the_sign_in_dialog(world: BrowserWorld, st: Syncthing) -> None:
+    """Syncthing 1.19 guards its GUI with HTTP Basic auth. A browser asks for Basic
+    credentials only for responses from the network, never for the app frame's (the service
+    worker makes them); the connection manager's sign-in dialog does (webclient/signin.js),
+    and the worker sends the request again with them. Once a request carries the credentials,
+    Syncthing's session cookie (kept by the worker's cookie jar) opens the GUI for the rest
+    of the session, also after a reload, which forgets the tab's credentials."""
     st.set_gui_password(syncthing.USER, syncthing.PASSWORD)
+    seen = len(access_log(world))
     world.open("/", service=SERVICE, timeout=60)
+    page = world.agent.page
+    page.wait_for_selector("#signin[open]", timeout=60_000)
+    text = page.inner_text("#signin")
+    assert f"{SERVICE} on {world.device} asks for a username and password" in text
+    assert "Realm: “Authorization Required”" in text
+
+    def sign_in(password: str) -> None:
+        page.wait_for_selector("#signin[open]", timeout=60_000)
+        page.fill("[data-signin=user]", syncthing.USER)
+        page.fill("[data-signin=password]", password)
+        page.click("#signin button.primary")
+
+    sign_in("not-the-password")
+    page.wait_for_selector("[data-signin=wrong]", state="visible", timeout=60_000)
+    sign_in(syncthing.PASSWORD)
     app = world.agent.app
-    app.wait_for_function("() => document.body?.innerText.includes('Not Authorized')",
-                          timeout=60_000)
-    assert ("GET", "/", 401) in [a[:3] for a in access_log(world)]
-    challenge = app.evaluate(
-        "async () => { const r = await fetch('/'); return [r.status, r.headers.get('www-authenticate')]; }"
-    )
-    assert challenge == [401, 'Basic realm="Authorization Required"']
-    # What the browser client would have to do for the user: send the credentials once.
-    got = app.evaluate(
-        """async ([user, password]) => {
-            const r = await fetch('/', {headers: {authorization: 'Basic ' + btoa(user + ':' + password)}});
-            return [r.status, document.cookie];
-        }""",
-        [syncthing.USER, syncthing.PASSWORD],
-    )
-    assert got[0] == 200 and re.search(r"\bsessionid-\w+=", got[1]), got
+    app.wait_for_selector("text=This Device", timeout=60_000)
+    app.wait_for_selector("text=v1.19", timeout=60_000)  # REST calls got through
+    assert [a[:3] for a in access_log(world)[seen:] if a[1] == "/"][:3] == [
+        ("GET", "/", 401), ("GET", "/", 401), ("GET", "/", 200)]
+    assert page.evaluate("document.getElementById('signin').dataset.shown") == "2"
+    assert re.search(r"\bsessionid-\w+=", app.evaluate("document.cookie"))
+    assert not page.is_visible("#signin")
     world.agent.page.reload()
     world.wait_phase("connected", timeout=60)
     world.agent.app.wait_for_selector("text=This Device", timeout=60_000)
+    assert world.agent.page.evaluate("document.getElementById('signin').dataset.shown") is None
 
 
 def test_host_check_refuses_the_viewers_host_name(world: BrowserWorld, st: Syncthing) -> None:

@@ -2,7 +2,7 @@
 
 Pages with CSS, JS and an image; a JSON API; a form with a 303 redirect; a multipart upload
 hashed as it streams in; a deterministic download; a cookie-session login; a page that looks for the viewer's secret in the page that frames it
-(/peek). What it received (upload hashes, logins) is printed as `STATE {json}` lines, and every
+(/peek); an area behind HTTP Basic auth (/basic/, each answer logged as a `BASIC` line). What it received (upload hashes, logins) is printed as `STATE {json}` lines, and every
 request as a `REQUEST METHOD /path` line, for the tests to read from its log.
 
 Run: python -m tests.browser.app --port 8081
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import html
 import json
@@ -32,6 +33,8 @@ FLAKY = web.AppKey("flaky", dict)  # /events/flaky: connections so far, per key
 STATIC = Path(__file__).parent / "static"
 LOGO_RGB = (20, 120, 220)
 USERS = {"alice": "wonderland"}
+BASIC_USER, BASIC_PASSWORD = "ann", "grüße 42"  # not ASCII: the header is UTF-8 (RFC 7617)
+BASIC_REALM = "Camera admin"
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -406,8 +409,63 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
+# ----- HTTP Basic auth (as nginx auth_basic, Transmission, Syncthing <= 1.2x do it)
+
+
+def _basic_user(request: web.Request) -> str | None:
+    """The user whose right credentials the request carries, else None."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except ValueError:
+        return None
+    return user if (user, password) == (BASIC_USER, BASIC_PASSWORD) else None
+
+
+@web.middleware
+async def basic_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Everything under /basic/ needs the Basic credentials; a `BASIC <status> METHOD path`
+    line tells the tests what each request carried. /digest answers with another scheme."""
+    if request.path == "/digest":
+        return web.Response(status=401, text="digest only",
+                            headers={"WWW-Authenticate": 'Digest realm="d", nonce="abc", qop="auth"'})
+    if not request.path.startswith("/basic/"):
+        return await handler(request)
+    if _basic_user(request) is None:
+        await request.read()
+        print(f"BASIC 401 {request.method} {request.path_qs}", flush=True)
+        return web.Response(
+            status=401, content_type="text/html",
+            text='<!doctype html><title>401</title><h1 id="denied">Not Authorized</h1>',
+            headers={"WWW-Authenticate": f'Basic realm="{BASIC_REALM}", charset="UTF-8"'},
+        )
+    print(f"BASIC 200 {request.method} {request.path_qs}", flush=True)
+    return await handler(request)
+
+
+async def basic_home(request: web.Request) -> web.Response:
+    """Its script loads /basic/data.json: a browser sends the credentials with it at once."""
+    return page(
+        "Admin",
+        """<h1 id="title">Admin</h1><p id="data">loading</p>
+<script>fetch("/basic/data.json").then((r) => r.json())
+  .then((d) => { document.getElementById("data").textContent = d.secret; });</script>""",
+    )
+
+
+async def basic_data(request: web.Request) -> web.Response:
+    return web.json_response({"secret": "admin data", "path": request.path})
+
+
+async def basic_echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)})
+
+
 def build_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests, same_origin_only])
+    app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests, same_origin_only, basic_auth])
     app[STATE] = {}
     app[SESSIONS] = {}
     app[FLAKY] = {}
@@ -434,6 +492,10 @@ def build_app() -> web.Application:
     app.router.add_get("/peek", peek)
     app.router.add_get("/chat", chat)
     app.router.add_get("/ws/echo", ws_echo)
+    app.router.add_get("/basic/", basic_home)
+    app.router.add_get("/basic/ws", ws_echo)
+    app.router.add_post("/basic/echo", basic_echo)
+    app.router.add_get("/basic/{name:.*}", basic_data)
     return app
 
 
