@@ -1,0 +1,552 @@
+"""Real apps through the browser client: page loads of Home Assistant, Node-RED and Syncthing,
+proxied (the share link: manager page, service worker, data channel, daemon) against the same
+app opened directly (http://127.0.0.1:<app port>/) in the same Chromium.
+
+Each app runs in its own BrowserWorld (tests/browser/harness.py: one loopback-only network
+namespace with the signaling server, the daemon and Chromium), started and configured by the
+real-app tests' helpers (tests/apps/). Per app and path:
+
+- login once (HA: its login page; Node-RED: its login dialog; Syncthing: no GUI password, the
+  browser client cannot answer Basic auth), then keep the login: every measured load starts
+  with the app's tokens in localStorage (an init script puts them back in a fresh context,
+  as a remembered login would);
+- `cold`: a fresh browser context (empty HTTP cache; proxied: no service worker yet, a new
+  peer connection with signaling, ICE, DTLS and the viewer's auth) opening the URL;
+- `warm`: a reload of that page (proxied: the manager page reloads, so a new peer connection
+  again, with the worker already installed).
+
+A load is timed from the top page's navigation start (performance.timeOrigin) to the app's
+first meaningful element (`probe`, polled every POLL_MS in the app's document by an init
+script): HA's entity row on the dashboard, Node-RED's palette and workspace, Syncthing's
+"This Device" panel with the device's name. Requests and bytes are the app document's
+Resource Timing entries started before that moment (plus the document itself); proxied, the
+data channel's own byte counts (RTCDataChannel stats) are the bytes on the wire, and the
+connection setup is the top page's navigation start -> the app frame's navigation start.
+Runs alternate the path that goes first; figures are min / median over the runs.
+
+    python bench/apps.py                   # every app, 5 runs each: about 8 minutes
+    python bench/apps.py --runs 2 --apps red,sync
+    python bench/apps.py --trace red       # one extra proxied cold load under a Chromium trace
+    python bench/apps.py --render bench/results/apps-<stamp>.json   # table and plot again
+
+Writes bench/apps-latest.json (summary and per-run figures), bench/apps.png, and
+bench/results/apps-<stamp>.json (every load's waterfall) with the processes' logs in
+bench/results/apps-<stamp>/. Needs root (ip netns), Chromium and the apps
+(tests/apps/setup_*.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# Not bench/ itself on the path: its signal.py would shadow the standard library's.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from tests.apps import home_assistant, node_red, syncthing  # noqa: E402
+from tests.browser.harness import BrowserWorld, unavailable_reason  # noqa: E402
+
+logger = logging.getLogger("bench.apps")
+BENCH = ROOT / "bench"
+POLL_MS = 10
+LOAD_TIMEOUT_MS = 90_000
+TARGET_COLD = 1.5  # issue 15: cold <= 1.5x direct + connection setup
+TARGET_WARM = 1.3  # warm reload <= 1.3x direct
+HA_PORT = 8123
+HA_OWNER = ("Owner", "owner", "porch-light-9")
+
+# Runs in every frame of every document of a measured context (Playwright init script): puts
+# the remembered login back, and in the app's own document records when `probe` first holds.
+INIT_JS = """(() => {
+    const cfg = __CFG__;
+    if (location.origin !== cfg.origin) return;
+    for (const [key, value] of Object.entries(cfg.storage))
+        if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
+    const isApp = cfg.proxied
+        ? window.parent === window.top && window !== window.top && window.frameElement?.id === 'app'
+        : window === window.top;
+    if (!isApp) return;
+    performance.setResourceTimingBufferSize(10000);
+    const probe = __PROBE__;
+    const timer = setInterval(() => {
+        let ok = false;
+        try { ok = probe(); } catch (e) {}
+        if (ok) {
+            window.__benchHit = performance.timeOrigin + performance.now();
+            clearInterval(timer);
+        }
+    }, __POLL__);
+})();"""
+
+# In the app's document once the probe held: the navigation and every resource entry.
+COLLECT_JS = """() => {
+    const pick = (e) => ({
+        name: e.name, type: e.initiatorType ?? 'navigation', start: e.startTime,
+        workerStart: e.workerStart, requestStart: e.requestStart,
+        responseStart: e.responseStart, end: e.responseEnd,
+        transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize,
+        status: e.responseStatus, delivery: e.deliveryType,
+    });
+    return {
+        hitAt: window.__benchHit, origin: performance.timeOrigin,
+        nav: pick(performance.getEntriesByType('navigation')[0]),
+        resources: performance.getEntriesByType('resource').map(pick),
+        controlled: !!navigator.serviceWorker?.controller,
+    };
+}"""
+
+# In the manager page (proxied): its navigation start, channel open, the data channel's bytes.
+MANAGER_JS = """async () => {
+    const s = window.__peerproxy;
+    const out = {origin: performance.timeOrigin, channelOpenAt: s.channelOpenAt,
+                 connections: s.connections, dc: null};
+    if (s.pc) {
+        for (const r of (await s.pc.getStats()).values())
+            if (r.type === 'data-channel')
+                out.dc = {bytesReceived: r.bytesReceived, bytesSent: r.bytesSent,
+                          messagesReceived: r.messagesReceived, messagesSent: r.messagesSent};
+    }
+    return out;
+}"""
+
+HA_PROBE = """() => {
+    const find = (root) => {
+        for (const el of root.querySelectorAll('*')) {
+            if (el.localName === 'ha-entity-toggle'
+                && el.stateObj?.entity_id === '%s' && el.shadowRoot?.querySelector('ha-switch'))
+                return true;
+            if (el.shadowRoot && find(el.shadowRoot)) return true;
+        }
+        return false;
+    };
+    return find(document);
+}""" % home_assistant.ENTITY
+
+RED_PROBE = """() => !!document.querySelector('.red-ui-palette-node[data-palette-type=inject]')
+    && !!document.querySelector('#red-ui-workspace-chart svg')"""
+
+SYNC_PROBE = """() => [...document.querySelectorAll('.panel-title')]
+    .some(h => h.offsetParent !== null && h.textContent.includes(%s))"""
+
+
+@dataclass
+class App:
+    """One app: how to start it, log in once, and know its page is there."""
+
+    key: str
+    title: str
+    service: str
+    port: int
+    probe: str
+    element: str  # the first meaningful element, in words
+    storage: list[str]  # localStorage keys that hold the login
+    options: list[str] = field(default_factory=list)
+    version: str = ""
+
+    def missing(self) -> str | None:
+        raise NotImplementedError
+
+    def start(self, world: BrowserWorld) -> None:
+        raise NotImplementedError
+
+    def log_in(self, world: BrowserWorld, frame: Any) -> None:
+        """On the app's first page (logged out), in the app's frame (or the page)."""
+
+
+class HomeAssistant(App):
+    def missing(self) -> str | None:
+        return home_assistant.missing_install()
+
+    def start(self, world: BrowserWorld) -> None:
+        # HA's HTTP client joins a multicast group (zeroconf): tests/apps/test_home_assistant.py.
+        world.ns_run("ip", "link", "set", "lo", "multicast", "on")
+        world.ns_run("ip", "route", "add", "224.0.0.0/4", "dev", "lo")
+        config = home_assistant.write_config(world.log_dir / "ha-config", self.port)
+        world.start_cmd("ha", *home_assistant.hass_argv(config))
+        api = home_assistant.RestClient(world.ns_run, f"http://127.0.0.1:{self.port}")
+        api.wait_ready()
+        api.onboard(*HA_OWNER)
+        api.wait_state(home_assistant.ENTITY, "off")
+        self.version = home_assistant.VERSION
+
+    def log_in(self, world: BrowserWorld, frame: Any) -> None:
+        frame.wait_for_selector("input[name=username]", timeout=LOAD_TIMEOUT_MS)
+        frame.fill("input[name=username]", HA_OWNER[1])
+        frame.fill("input[name=password]", HA_OWNER[2])
+        frame.press("input[name=password]", "Enter")
+
+
+class NodeRed(App):
+    def missing(self) -> str | None:
+        return node_red.missing()
+
+    def start(self, world: BrowserWorld) -> None:
+        node_red.make_user_dir(world.log_dir / "user")
+        node_red.start(world, world.log_dir / "user")
+        self.version = node_red.version()
+
+    def log_in(self, world: BrowserWorld, frame: Any) -> None:
+        frame.wait_for_selector("#node-dialog-login-username", timeout=LOAD_TIMEOUT_MS)
+        frame.fill("#node-dialog-login-username", node_red.USER)
+        frame.fill("#node-dialog-login-password", node_red.PASSWORD)
+        frame.click("#node-dialog-login-submit")
+
+
+class Syncthing(App):
+    def missing(self) -> str | None:
+        return syncthing.missing()
+
+    def start(self, world: BrowserWorld) -> None:
+        home = world.log_dir / "syncthing-home"
+        syncthing.make_home(home)
+        # No GUI password: its Basic auth cannot be answered in the app frame (a known limit,
+        # tests/apps/test_syncthing.py), and the direct path should not differ.
+        tree = ET.parse(home / "config.xml")
+        gui = tree.find("gui")
+        for tag in ("user", "password"):
+            element = gui.find(tag)
+            if element is not None:
+                gui.remove(element)
+        tree.write(home / "config.xml")
+        name = syncthing.config_xml(home).find("device").get("name")
+        self.probe = SYNC_PROBE % json.dumps(name)
+        self.element += f" ({name!r})"
+        syncthing.start(world, home)
+        self.version = syncthing.version().split()[1]
+
+
+APPS: dict[str, App] = {
+    "ha": HomeAssistant("ha", "Home Assistant", "ha", HA_PORT, HA_PROBE,
+                        "the dashboard's entity row (its switch)", ["hassTokens"],
+                        ["read_timeout = 30.0"]),
+    "red": NodeRed("red", "Node-RED", "red", node_red.PORT, RED_PROBE,
+                   "the palette's inject node and the workspace", ["auth-tokens"],
+                   ["read_timeout = 60.0"]),
+    "sync": Syncthing("sync", "Syncthing", "sync", syncthing.GUI_PORT, "",
+                      "the This Device panel's heading with the device name", [],
+                      ['host = "upstream"']),
+}
+
+
+class Loader:
+    """Measured loads of one app on both paths, in one world."""
+
+    def __init__(self, world: BrowserWorld, app: App) -> None:
+        self.world = world
+        self.app = app
+        assert world.agent is not None
+        self.agent = world.agent
+        self.storage: dict[str, dict[str, str]] = {"direct": {}, "proxied": {}}
+        self.access_offset = 0
+
+    def url(self, path: str) -> str:
+        if path == "direct":
+            return f"http://127.0.0.1:{self.app.port}/"
+        return self.world.link("/", service=self.app.service)
+
+    def origin(self, path: str) -> str:
+        if path == "direct":
+            return f"http://127.0.0.1:{self.app.port}"
+        return self.world.origin(service=self.app.service)
+
+    def frame(self, path: str) -> Any:
+        return self.agent.page if path == "direct" else self.agent.app
+
+    def _context(self, path: str) -> None:
+        """A fresh browser context whose documents carry the init script."""
+        self.agent.new_page()
+        cfg = {"origin": self.origin(path), "storage": self.storage[path],
+               "proxied": path == "proxied"}
+        script = (INIT_JS.replace("__CFG__", json.dumps(cfg))
+                  .replace("__PROBE__", self.app.probe).replace("__POLL__", str(POLL_MS)))
+        self.agent.call("context", "add_init_script", script=script)
+
+    def log_in(self, path: str) -> None:
+        """Log in once on `path` (a fresh context), keep the login's localStorage keys."""
+        self._context(path)
+        self.agent.page.goto(self.url(path), wait_until="commit")
+        frame = self.frame(path)
+        if self.app.storage:
+            self.app.log_in(self.world, frame)
+        self._wait_hit(path)
+        keys = self.app.storage
+        self.storage[path] = self.frame(path).evaluate(
+            "keys => Object.fromEntries(keys.map(k => [k, localStorage.getItem(k)]))", keys)
+        missing = [k for k, v in self.storage[path].items() if v is None]
+        if missing:
+            raise RuntimeError(f"{self.app.title} ({path}): no {missing} in localStorage after login")
+
+    def _wait_hit(self, path: str) -> None:
+        self.frame(path).wait_for_function("() => !!window.__benchHit", timeout=LOAD_TIMEOUT_MS)
+
+    def load(self, path: str, kind: str) -> dict[str, Any]:
+        """One cold (fresh context) or warm (reload) load; its figures and waterfall."""
+        load_before = os.getloadavg()[0]
+        access_before = len(self._access_log())
+        if kind == "cold":
+            self._context(path)
+            self.agent.page.goto(self.url(path), wait_until="commit")
+        else:
+            self.agent.page.reload(wait_until="commit")
+        self._wait_hit(path)
+        doc = self.frame(path).evaluate(COLLECT_JS)
+        out: dict[str, Any] = {"path": path, "kind": kind, "loadavg": load_before}
+        hit_rel = doc["hitAt"] - doc["origin"]  # ms since the app document's navigation start
+        before_hit = [r for r in doc["resources"] if r["start"] <= hit_rel]
+        entries = [doc["nav"], *before_hit]
+        out["requests"] = len(entries)
+        out["requests_total"] = 1 + len(doc["resources"])
+        out["transfer_bytes"] = sum(e["transfer"] or 0 for e in entries)
+        out["encoded_bytes"] = sum(e["encoded"] or 0 for e in entries)
+        out["decoded_bytes"] = sum(e["decoded"] or 0 for e in entries)
+        if path == "proxied":
+            manager = self.agent.page.evaluate(MANAGER_JS)
+            top_origin = manager["origin"]
+            out["setup_ms"] = doc["origin"] - top_origin
+            out["channel_open_ms"] = manager["channelOpenAt"]
+            dc = manager["dc"] or {}
+            out["channel_bytes"] = (dc.get("bytesReceived") or 0) + (dc.get("bytesSent") or 0)
+            out["channel_messages"] = (dc.get("messagesReceived") or 0) + (dc.get("messagesSent") or 0)
+            out["access"] = self._access_log()[access_before:]
+        else:
+            top_origin = doc["origin"]
+            out["setup_ms"] = 0.0
+        out["element_ms"] = doc["hitAt"] - top_origin
+        out["app_ms"] = hit_rel
+        out["controlled"] = doc["controlled"]
+        out["waterfall"] = entries
+        return out
+
+    def _access_log(self) -> list[list[Any]]:
+        """[method, target, status, bytes, ms] of each request the daemon logged for the app."""
+        log = self.world.procs["daemon"].log()
+        return [[m, t, int(s), int(b), float(ms)] for m, t, s, b, ms in re.findall(
+            rf"access: {self.app.service} (\S+) (\S+) (\d+) (\d+)B ([\d.]+)ms", log)]
+
+
+def measure(app: App, runs: int, log_dir: Path) -> dict[str, Any]:
+    """Start the app in its own world, log in on both paths, then `runs` rounds of
+    cold + warm loads on both paths (the first path alternating)."""
+    reason = app.missing()
+    if reason:
+        raise SystemExit(reason)
+    world = BrowserWorld(log_dir, test_app=False, services={app.service: app.port},
+                         service_options={app.service: app.options})
+    started = time.monotonic()
+    loads: list[dict[str, Any]] = []
+    try:
+        world.up()
+        app.start(world)
+        loader = Loader(world, app)
+        for path in ("direct", "proxied"):
+            logger.info("%s: log in (%s)", app.title, path)
+            loader.log_in(path)
+        # One unmeasured round: the app's own first-request work (HA renders its index once).
+        for path in ("direct", "proxied"):
+            loader.load(path, "cold")
+        for run in range(runs):
+            order = ("direct", "proxied") if run % 2 == 0 else ("proxied", "direct")
+            for path in order:
+                for kind in ("cold", "warm"):
+                    one = loader.load(path, kind)
+                    one["run"] = run
+                    loads.append(one)
+                    logger.info("%s run %d %s %s: %.0f ms (setup %.0f), %d requests",
+                                app.title, run, path, kind, one["element_ms"], one["setup_ms"],
+                                one["requests"])
+        chromium = world.agent.page.evaluate("navigator.userAgent").split("Chrome/")[1].split(" ")[0]
+        backend = re.search(r"backend[ =:]+(\w+)", world.procs["daemon"].log())
+    finally:
+        world.down()
+    return {"app": app.title, "version": app.version, "element": app.element,
+            "chromium": chromium, "backend": backend.group(1) if backend else "?",
+            "seconds": round(time.monotonic() - started), "loads": loads}
+
+
+# ----------------------------------------------------------------------------- summary
+FIGURES = ("element_ms", "requests", "transfer_bytes", "encoded_bytes", "decoded_bytes",
+           "setup_ms", "app_ms", "channel_bytes", "channel_messages")
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Per path and kind: min / median of each figure; and the issue 15 targets."""
+    out: dict[str, Any] = {}
+    for path in ("direct", "proxied"):
+        for kind in ("cold", "warm"):
+            loads = [x for x in result["loads"] if x["path"] == path and x["kind"] == kind]
+            fig: dict[str, Any] = {}
+            for name in FIGURES:
+                values = [x[name] for x in loads if x.get(name) is not None]
+                if values:
+                    fig[name] = {"min": min(values), "median": statistics.median(values),
+                                 "all": values}
+            fig["loadavg"] = [x["loadavg"] for x in loads]
+            out[f"{path}_{kind}"] = fig
+    dc, dw = out["direct_cold"]["element_ms"]["median"], out["direct_warm"]["element_ms"]["median"]
+    pc, pw = out["proxied_cold"]["element_ms"]["median"], out["proxied_warm"]["element_ms"]["median"]
+    setup = out["proxied_cold"]["setup_ms"]["median"]
+    out["targets"] = {
+        "cold": {"proxied_ms": pc, "limit_ms": TARGET_COLD * dc + setup,
+                 "ratio_without_setup": (pc - setup) / dc, "met": pc <= TARGET_COLD * dc + setup},
+        "warm": {"proxied_ms": pw, "limit_ms": TARGET_WARM * dw, "ratio": pw / dw,
+                 "met": pw <= TARGET_WARM * dw,
+                 "ratio_without_setup": (pw - out["proxied_warm"]["setup_ms"]["median"]) / dw},
+    }
+    return out
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1000:,.0f}"
+
+
+def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Run of {meta['date']} ({meta['runs']} runs per app, commit {meta['commit']}; "
+        f"Chromium {meta['chromium']}, daemon backend {meta['backend']}; load average "
+        f"{meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f} on {meta['cores']} cores). "
+        "min / median of the runs; KB = 1000 bytes.",
+        "",
+        "| app | load | path | to element ms | of which setup ms | requests | KB (body) "
+        "| KB on the wire |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, res in results.items():
+        s = res["summary"]
+        for kind in ("cold", "warm"):
+            for path in ("direct", "proxied"):
+                f = s[f"{path}_{kind}"]
+
+                def mm(name: str, fmt: Callable[[float], str] = lambda v: f"{v:.0f}") -> str:
+                    if name not in f:
+                        return "-"
+                    return f"{fmt(f[name]['min'])} / {fmt(f[name]['median'])}"
+
+                wire = mm("transfer_bytes" if path == "direct" else "channel_bytes", _kb)
+                lines.append(
+                    f"| {res['app']} | {kind} | {path} | {mm('element_ms')} "
+                    f"| {mm('setup_ms') if path == 'proxied' else '-'} | {mm('requests')} "
+                    f"| {mm('decoded_bytes', _kb)} | {wire} |")
+    lines += ["", "| app | cold: proxied vs 1.5 x direct + setup | warm: proxied vs 1.3 x direct |",
+              "|---|---|---|"]
+    for res in results.values():
+        t = res["summary"]["targets"]
+        c, w = t["cold"], t["warm"]
+        lines.append(
+            f"| {res['app']} | {c['proxied_ms']:.0f} vs {c['limit_ms']:.0f} ms: "
+            f"**{'met' if c['met'] else 'missed'}** "
+            f"(without setup {c['ratio_without_setup']:.2f}x direct) "
+            f"| {w['proxied_ms']:.0f} vs {w['limit_ms']:.0f} ms: "
+            f"**{'met' if w['met'] else 'missed'}** ({w['ratio']:.2f}x; without setup "
+            f"{w['ratio_without_setup']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.6), squeeze=False)
+    for ax, res in zip(axes[0], results.values()):
+        s = res["summary"]
+        xs = [0, 1, 3, 4]
+        labels = ["direct\ncold", "proxied\ncold", "direct\nwarm", "proxied\nwarm"]
+        keys = ["direct_cold", "proxied_cold", "direct_warm", "proxied_warm"]
+        med = [s[k]["element_ms"]["median"] for k in keys]
+        setup = [s[k].get("setup_ms", {}).get("median", 0.0) for k in keys]
+        colors = ["tab:gray", "tab:blue", "tab:gray", "tab:blue"]
+        ax.bar(xs, [m - u for m, u in zip(med, setup)], bottom=setup, color=colors,
+               label="app (to its element)")
+        ax.bar(xs, setup, color="tab:orange", label="connection setup")
+        for x, k in zip(xs, keys):
+            ax.scatter([x] * len(s[k]["element_ms"]["all"]), s[k]["element_ms"]["all"],
+                       color="black", s=8, zorder=3)
+        t = s["targets"]
+        ax.hlines([t["cold"]["limit_ms"], t["warm"]["limit_ms"]], [0.6, 3.6], [1.4, 4.4],
+                  colors="tab:red", linestyles="--", label="issue 15 target")
+        ax.set_xticks(xs, labels)
+        ax.set_title(f"{res['app']} {res['version']}")
+        ax.set_ylabel("ms to the first meaningful element (median; dots: runs)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _commit() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, cwd=ROOT)
+    return out.stdout.strip() or "?"
+
+
+def render(saved: dict[str, Any], out_dir: Path) -> str:
+    for res in saved["results"].values():
+        res["summary"] = summarize(res)
+    text = markdown(saved["results"], saved["meta"])
+    plot(saved["results"], out_dir / "apps.png")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--apps", default="ha,red,sync", help="comma-separated: ha, red, sync")
+    parser.add_argument("--render", metavar="JSON", help="only redo the table and plot")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        print(render(saved, BENCH))
+        return
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    keys = [k.strip() for k in args.apps.split(",")]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = BENCH / "results" / f"apps-{stamp}"
+    results: dict[str, Any] = {}
+    for key in keys:
+        app = APPS[key]
+        (log_dir / key).mkdir(parents=True, exist_ok=True)
+        logger.info("%s: starting", app.title)
+        results[key] = measure(app, args.runs, log_dir / key)
+    loads = [x["loadavg"] for r in results.values() for x in r["loads"]]
+    first = next(iter(results.values()))
+    meta = {"date": stamp, "runs": args.runs, "commit": _commit(), "chromium": first["chromium"],
+            "backend": first["backend"], "cores": os.cpu_count(), "machine": platform.machine(),
+            "loadavg_min": min(loads), "loadavg_max": max(loads)}
+    saved = {"meta": meta, "results": results}
+    full = BENCH / "results" / f"apps-{stamp}.json"
+    full.write_text(json.dumps(saved, indent=1))
+    complete = set(keys) == set(APPS) and args.runs >= 5
+    text = render(saved, BENCH if complete else log_dir)
+    if complete:
+        latest = {"meta": meta, "results": {
+            k: {**{n: v for n, v in r.items() if n != "loads"},
+                "loads": [{n: v for n, v in x.items() if n not in ("waterfall", "access")}
+                          for x in r["loads"]]}
+            for k, r in results.items()}}
+        (BENCH / "apps-latest.json").write_text(json.dumps(latest, indent=1))
+    print(text)
+    print(f"all loads: {full}")
+
+
+if __name__ == "__main__":
+    main()
