@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -243,6 +244,65 @@ APPS: dict[str, App] = {
 }
 
 
+def _kind(cmdline: str) -> str:
+    """Which part of the world a process is, from its command line."""
+    if "chromium" in cmdline.split(" ")[0]:
+        match = re.search(r"--type=(\S+)", cmdline)
+        kind = match.group(1) if match else "browser"
+        if kind == "utility":
+            kind = "network" if "NetworkService" in cmdline else "utility"
+        return f"chromium-{kind}"
+    for needle, kind in (("peerproxyd serve", "daemon"), ("peerproxyd signal", "signal"),
+                         ("tests.browser.agent", "agent"), ("run-driver", "agent")):
+        if needle in cmdline:
+            return kind
+    return "app"
+
+
+class CpuMeter:
+    """CPU time of every thread in the world's namespace, by (process kind, thread name), and
+    of the whole machine (/proc/stat): what the load cost, and how busy everything else was."""
+
+    def __init__(self, world: BrowserWorld) -> None:
+        self.world = world
+        self.tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> dict[str, Any]:
+        threads: dict[tuple[str, str], tuple[str, int]] = {}  # (pid, tid) -> (kind/name, ticks)
+        pids = subprocess.run(["ip", "netns", "pids", self.world.ns], capture_output=True,
+                              text=True, timeout=30).stdout.split()
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                kind = _kind(cmdline)
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    stat = (task / "stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    threads[(pid, task.name)] = (f"{kind}/{name}", int(fields[11]) + int(fields[12]))
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        busy = sum(int(v) for i, v in enumerate(cpu) if i not in (3, 4))  # not idle, iowait
+        return {"wall": time.monotonic(), "busy": busy, "threads": threads}
+
+    def diff(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """{"threads": {kind/thread: ms}, "kinds": {kind: ms}, "other_cores": float}: threads
+        that ended in between are not counted (the closed context's, at a cold load's start)."""
+        threads: dict[str, float] = {}
+        for key, (name, ticks) in after["threads"].items():
+            used = (ticks - before["threads"].get(key, (name, 0))[1]) * self.tick_ms
+            if used > 0:
+                threads[name] = threads.get(name, 0.0) + used
+        kinds: dict[str, float] = {}
+        for name, ms in threads.items():
+            kinds[name.split("/")[0]] = kinds.get(name.split("/")[0], 0.0) + ms
+        wall_ms = (after["wall"] - before["wall"]) * 1000
+        other = (after["busy"] - before["busy"]) * self.tick_ms - sum(kinds.values())
+        return {"threads": threads, "kinds": kinds, "wall_ms": wall_ms,
+                "other_cores": max(other, 0.0) / wall_ms if wall_ms else 0.0}
+
+
 class Loader:
     """Measured loads of one app on both paths, in one world."""
 
@@ -252,7 +312,7 @@ class Loader:
         assert world.agent is not None
         self.agent = world.agent
         self.storage: dict[str, dict[str, str]] = {"direct": {}, "proxied": {}}
-        self.access_offset = 0
+        self.cpu = CpuMeter(world)
 
     def url(self, path: str) -> str:
         if path == "direct":
@@ -298,14 +358,16 @@ class Loader:
         """One cold (fresh context) or warm (reload) load; its figures and waterfall."""
         load_before = os.getloadavg()[0]
         access_before = len(self._access_log())
+        cpu_before = self.cpu.snapshot()
         if kind == "cold":
             self._context(path)
             self.agent.page.goto(self.url(path), wait_until="commit")
         else:
             self.agent.page.reload(wait_until="commit")
         self._wait_hit(path)
+        cpu = self.cpu.diff(cpu_before, self.cpu.snapshot())
         doc = self.frame(path).evaluate(COLLECT_JS)
-        out: dict[str, Any] = {"path": path, "kind": kind, "loadavg": load_before}
+        out: dict[str, Any] = {"path": path, "kind": kind, "loadavg": load_before, "cpu": cpu}
         hit_rel = doc["hitAt"] - doc["origin"]  # ms since the app document's navigation start
         before_hit = [r for r in doc["resources"] if r["start"] <= hit_rel]
         entries = [doc["nav"], *before_hit]
@@ -339,7 +401,7 @@ class Loader:
             rf"access: {self.app.service} (\S+) (\S+) (\d+) (\d+)B ([\d.]+)ms", log)]
 
 
-def measure(app: App, runs: int, log_dir: Path) -> dict[str, Any]:
+def measure(app: App, runs: int, log_dir: Path, trace: bool = False) -> dict[str, Any]:
     """Start the app in its own world, log in on both paths, then `runs` rounds of
     cold + warm loads on both paths (the first path alternating)."""
     reason = app.missing()
@@ -369,18 +431,203 @@ def measure(app: App, runs: int, log_dir: Path) -> dict[str, Any]:
                     logger.info("%s run %d %s %s: %.0f ms (setup %.0f), %d requests",
                                 app.title, run, path, kind, one["element_ms"], one["setup_ms"],
                                 one["requests"])
+        traces: dict[str, Any] = {}
+        for path in ("direct", "proxied") if trace else ():
+            for kind in ("cold", "warm"):
+                tracer = Tracer(world, log_dir / f"trace-{path}-{kind}.json")
+                one = loader.load(path, kind)
+                traces[f"{path}_{kind}"] = {
+                    "element_ms": one["element_ms"], "setup_ms": one["setup_ms"],
+                    **tracer.stop(loader.origin(path), one["element_ms"])}
+                logger.info("%s traced %s %s: %.0f ms (not in the figures)", app.title, path,
+                            kind, one["element_ms"])
         chromium = world.agent.page.evaluate("navigator.userAgent").split("Chrome/")[1].split(" ")[0]
         backend = re.search(r"backend[ =:]+(\w+)", world.procs["daemon"].log())
     finally:
         world.down()
     return {"app": app.title, "version": app.version, "element": app.element,
             "chromium": chromium, "backend": backend.group(1) if backend else "?",
-            "seconds": round(time.monotonic() - started), "loads": loads}
+            "seconds": round(time.monotonic() - started), "loads": loads, "traces": traces}
+
+
+# ----------------------------------------------------------------------------- tracing
+TRACE_CATEGORIES = ["toplevel", "devtools.timeline", "v8.execute", "blink.user_timing",
+                    "disabled-by-default-devtools.timeline", "loading", "netlog", "v8"]
+
+
+async def _trace_child(ws_url: str, out: Path) -> None:
+    """Inside the namespace: a Chromium trace (CDP Tracing on the browser target) from
+    "start" until a line on stdin, written to `out` as Trace Event JSON."""
+    import asyncio
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        ws_url, max_msg_size=0
+    ) as ws:
+        events: list[Any] = []
+        done = asyncio.Event()
+        next_id = 0
+
+        async def send(method: str, params: dict[str, Any]) -> None:
+            nonlocal next_id
+            next_id += 1
+            await ws.send_json({"id": next_id, "method": method, "params": params})
+
+        async def reader() -> None:
+            async for msg in ws:
+                data = json.loads(msg.data)
+                if data.get("method") == "Tracing.dataCollected":
+                    events.extend(data["params"]["value"])
+                elif data.get("method") == "Tracing.tracingComplete":
+                    done.set()
+                    return
+
+        task = asyncio.create_task(reader())
+        await send("Tracing.start", {"transferMode": "ReportEvents", "traceConfig": {
+            "includedCategories": TRACE_CATEGORIES, "recordMode": "recordAsMuchAsPossible"}})
+        print("started", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.readline)
+        await send("Tracing.end", {})
+        await asyncio.wait_for(done.wait(), 120)
+        task.cancel()
+        out.write_text(json.dumps({"traceEvents": events}))
+        print("done", flush=True)
+
+
+class Tracer:
+    """A Chromium trace of one load, by a CDP client run in the world's namespace."""
+
+    def __init__(self, world: BrowserWorld, out: Path) -> None:
+        match = re.search(r"DevTools listening on (ws://\S+)",
+                          (world.log_dir / "chromium.log").read_text())
+        assert match, "no DevTools URL in chromium.log"
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", world.ns, sys.executable, str(Path(__file__).resolve()),
+             "--trace-child", match.group(1), str(out)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "started"
+
+    def stop(self, origin: str, element_ms: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        self.proc.wait(60)
+        if line != "done":
+            raise RuntimeError(f"trace child: {line!r}")
+        return analyze_trace(json.loads(self.out.read_text())["traceEvents"], origin, element_ms)
+
+
+def _script_group(url: str) -> str:
+    if "/__peerproxy/" in url:
+        return "client " + url.rsplit("/", 1)[-1].split("?")[0]
+    return "app JS" if url else "JS without a script URL"
+
+
+SELF_TIMED = {
+    "FunctionCall": "js", "EvaluateScript": "js", "v8.compile": "js", "v8.compileModule": "js",
+    "v8.evaluateModule": "js", "ParseHTML": "parse HTML", "ParseAuthorStyleSheet": "parse CSS",
+    "UpdateLayoutTree": "style, layout, paint", "Layout": "style, layout, paint",
+    "PrePaint": "style, layout, paint", "Paint": "style, layout, paint",
+    "MinorGC": "GC", "MajorGC": "GC",
+}
+
+
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1000
+
+
+def analyze_trace(events: list[dict[str, Any]], origin: str, element_ms: float) -> dict[str, Any]:
+    """Over the load (the top document's navigationStart + element_ms): busy ms per thread
+    (the union of its top-level tasks) and, on the threads of the app's renderer, self ms by
+    activity, JS split by script (the client's files, the app's)."""
+    names: dict[tuple[int, int], str] = {}
+    processes: dict[int, str] = {}
+    for e in events:
+        if e.get("ph") == "M" and e["name"] == "thread_name":
+            names[(e["pid"], e["tid"])] = e["args"]["name"]
+        elif e.get("ph") == "M" and e["name"] == "process_name":
+            processes[e["pid"]] = e["args"]["name"]
+    starts = sorted((e["ts"], e["pid"]) for e in events if e["name"] == "navigationStart"
+                    and e.get("args", {}).get("data", {}).get("isOutermostMainFrame")
+                    and e["args"]["data"].get("documentLoaderURL", "").startswith(origin))
+    if not starts:
+        return {"error": f"no navigationStart of {origin} in the trace"}
+    t0, renderer = starts[0]
+    t1 = t0 + element_ms * 1000
+    tasks: dict[str, list[tuple[float, float]]] = {}
+    timed: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e or e["ts"] >= t1 or e["ts"] + e["dur"] <= t0:
+            continue
+        thread = names.get((e["pid"], e["tid"]), str(e["tid"]))
+        if e["name"] in ("ThreadControllerImpl::RunTask", "RunTask"):
+            proc = "app renderer" if e["pid"] == renderer else processes.get(e["pid"], "?")
+            tasks.setdefault(f"{proc}/{thread}", []).append(
+                (max(e["ts"], t0), min(e["ts"] + e["dur"], t1)))
+        elif e["name"] in SELF_TIMED and e["pid"] == renderer:
+            timed.setdefault((e["pid"], e["tid"]), []).append(e)
+    busy = {k: round(_union_ms(v), 1) for k, v in tasks.items()}
+    busy = dict(sorted(busy.items(), key=lambda kv: -kv[1])[:10])
+    activity: dict[str, float] = {}
+    for (pid, tid), evs in timed.items():
+        thread = names.get((pid, tid), str(tid))
+        evs.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack: list[dict[str, Any]] = []
+        for e in evs:  # self time: minus the timed events nested in it
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"]:
+                stack.pop()
+            e["_self"] = e["dur"]
+            e["_parent"] = stack[-1] if stack else None
+            if stack:
+                stack[-1]["_self"] -= e["dur"]
+            stack.append(e)
+        for e in evs:
+            kind = SELF_TIMED[e["name"]]
+            if kind == "js":
+                url, up = "", e
+                while up is not None and not url:
+                    data = up.get("args", {}).get("data", {})
+                    url = data.get("url") or up.get("args", {}).get("fileName") or ""
+                    up = up["_parent"]
+                kind = _script_group(url)
+            key = f"{thread}: {kind}"
+            activity[key] = activity.get(key, 0.0) + max(e["_self"], 0) / 1000
+    activity = {k: round(v, 1) for k, v in sorted(activity.items(), key=lambda kv: -kv[1])
+                if v >= 1}
+    return {"busy_ms": busy, "activity_ms": activity}
 
 
 # ----------------------------------------------------------------------------- summary
 FIGURES = ("element_ms", "requests", "transfer_bytes", "encoded_bytes", "decoded_bytes",
            "setup_ms", "app_ms", "channel_bytes", "channel_messages")
+CPU_GROUPS = ("renderer", "worker", "chromium", "daemon", "app", "other_cores")
+
+
+def cpu_groups(cpu: dict[str, Any]) -> dict[str, float]:
+    """A load's CPU ms in a few groups: the renderer of the app's (and manager's) origin
+    without its service-worker thread, that thread, the rest of Chromium (browser, network
+    service, GPU), the daemon, the app; and the cores other processes used meanwhile."""
+    threads = cpu["threads"]
+    worker = sum(v for k, v in threads.items() if k.startswith("chromium-renderer/ServiceWorker"))
+    kinds = cpu["kinds"]
+    return {
+        "renderer": kinds.get("chromium-renderer", 0.0) - worker,
+        "worker": worker,
+        "chromium": sum(v for k, v in kinds.items() if k.startswith("chromium-")
+                        and k != "chromium-renderer"),
+        "daemon": kinds.get("daemon", 0.0) + kinds.get("signal", 0.0),
+        "app": kinds.get("app", 0.0),
+        "other_cores": cpu["other_cores"],
+    }
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -396,6 +643,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                     fig[name] = {"min": min(values), "median": statistics.median(values),
                                  "all": values}
             fig["loadavg"] = [x["loadavg"] for x in loads]
+            fig["cpu_ms"] = {g: statistics.median(cpu_groups(x["cpu"])[g] for x in loads)
+                             for g in CPU_GROUPS}
             out[f"{path}_{kind}"] = fig
     dc, dw = out["direct_cold"]["element_ms"]["median"], out["direct_warm"]["element_ms"]["median"]
     pc, pw = out["proxied_cold"]["element_ms"]["median"], out["proxied_warm"]["element_ms"]["median"]
@@ -441,6 +690,20 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                     f"| {res['app']} | {kind} | {path} | {mm('element_ms')} "
                     f"| {mm('setup_ms') if path == 'proxied' else '-'} | {mm('requests')} "
                     f"| {mm('decoded_bytes', _kb)} | {wire} |")
+    lines += ["", "CPU per load, from its start to the element (median ms; `/proc`, 10 ms ticks): "
+              "the renderer of the app's origin (proxied: app frame and manager page share it) "
+              "without its service-worker thread, that thread, the rest of Chromium, "
+              "daemon + signaling server, the app; and how many cores other processes on the "
+              "machine used meanwhile.", "",
+              "| app | load | path | renderer | worker | rest of Chromium | daemon | app "
+              "| others' cores |", "|---|---|---|---|---|---|---|---|---|"]
+    for res in results.values():
+        for kind in ("cold", "warm"):
+            for path in ("direct", "proxied"):
+                c = res["summary"][f"{path}_{kind}"]["cpu_ms"]
+                lines.append(f"| {res['app']} | {kind} | {path} | {c['renderer']:.0f} "
+                             f"| {c['worker']:.0f} | {c['chromium']:.0f} | {c['daemon']:.0f} "
+                             f"| {c['app']:.0f} | {c['other_cores']:.2f} |")
     lines += ["", "| app | cold: proxied vs 1.5 x direct + setup | warm: proxied vs 1.3 x direct |",
               "|---|---|---|"]
     for res in results.values():
@@ -489,8 +752,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _commit() -> str:
-    import subprocess
-
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True, cwd=ROOT)
     return out.stdout.strip() or "?"
@@ -509,7 +770,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--apps", default="ha,red,sync", help="comma-separated: ha, red, sync")
     parser.add_argument("--render", metavar="JSON", help="only redo the table and plot")
+    parser.add_argument("--trace", default="", metavar="APPS",
+                        help="after the runs, trace one load of each kind (not in the figures)")
+    parser.add_argument("--trace-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.trace_child:
+        import asyncio
+
+        asyncio.run(_trace_child(args.trace_child[0], Path(args.trace_child[1])))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.render:
         saved = json.loads(Path(args.render).read_text())
@@ -526,7 +795,7 @@ def main() -> None:
         app = APPS[key]
         (log_dir / key).mkdir(parents=True, exist_ok=True)
         logger.info("%s: starting", app.title)
-        results[key] = measure(app, args.runs, log_dir / key)
+        results[key] = measure(app, args.runs, log_dir / key, trace=key in args.trace.split(","))
     loads = [x["loadavg"] for r in results.values() for x in r["loads"]]
     first = next(iter(results.values()))
     meta = {"date": stamp, "runs": args.runs, "commit": _commit(), "chromium": first["chromium"],
