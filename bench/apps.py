@@ -727,30 +727,39 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.8), squeeze=False)
     for ax, res in zip(axes[0], results.values()):
         s = res["summary"]
         xs = [0, 1, 3, 4]
-        labels = ["direct\ncold", "proxied\ncold", "direct\nwarm", "proxied\nwarm"]
         keys = ["direct_cold", "proxied_cold", "direct_warm", "proxied_warm"]
         med = [s[k]["element_ms"]["median"] for k in keys]
         setup = [s[k].get("setup_ms", {}).get("median", 0.0) for k in keys]
         colors = ["tab:gray", "tab:blue", "tab:gray", "tab:blue"]
-        ax.bar(xs, [m - u for m, u in zip(med, setup)], bottom=setup, color=colors,
-               label="app (to its element)")
-        ax.bar(xs, setup, color="tab:orange", label="connection setup")
+        ax.bar(xs, [m - u for m, u in zip(med, setup)], bottom=setup, color=colors)
+        ax.bar(xs, setup, color="tab:orange")
+        top = 0.0
         for x, k in zip(xs, keys):
-            ax.scatter([x] * len(s[k]["element_ms"]["all"]), s[k]["element_ms"]["all"],
-                       color="black", s=8, zorder=3)
+            runs = s[k]["element_ms"]["all"]
+            top = max(top, *runs)
+            ax.scatter([x] * len(runs), runs, color="black", s=8, zorder=3)
         t = s["targets"]
-        ax.hlines([t["cold"]["limit_ms"], t["warm"]["limit_ms"]], [0.6, 3.6], [1.4, 4.4],
-                  colors="tab:red", linestyles="--", label="issue 15 target")
-        ax.set_xticks(xs, labels)
+        ax.hlines([t["cold"]["limit_ms"], t["warm"]["limit_ms"]], [0.55, 3.55], [1.45, 4.45],
+                  colors="tab:red", linestyles="--", zorder=4)
+        ax.set_ylim(0, top * 1.3)
+        ax.set_xticks(xs, ["direct\ncold", "proxied\ncold", "direct\nwarm", "proxied\nwarm"])
         ax.set_title(f"{res['app']} {res['version']}")
-        ax.set_ylabel("ms to the first meaningful element (median; dots: runs)")
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+        ax.set_ylabel("ms to the first meaningful element")
+    handles = [Patch(color="tab:gray", label="direct"),
+               Patch(color="tab:blue", label="proxied: the app's part"),
+               Patch(color="tab:orange", label="proxied: connection setup"),
+               Line2D([], [], color="black", marker="o", linestyle="", markersize=3,
+                      label="each run (bars: median)"),
+               Line2D([], [], color="tab:red", linestyle="--", label="issue 15 target")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
 
 
@@ -761,11 +770,19 @@ def _commit() -> str:
 
 
 def render(saved: dict[str, Any], out_dir: Path) -> str:
-    for res in saved["results"].values():
+    """Table (returned) and plot of a run; for a full run also bench/apps-latest.json."""
+    results = saved["results"]
+    for res in results.values():
         res["summary"] = summarize(res)
-    text = markdown(saved["results"], saved["meta"])
-    plot(saved["results"], out_dir / "apps.png")
-    return text
+    plot(results, out_dir / "apps.png")
+    if out_dir == BENCH:
+        latest = {"meta": saved["meta"], "results": {
+            k: {**{n: v for n, v in r.items() if n != "loads"},
+                "loads": [{**{n: v for n, v in x.items() if n not in ("waterfall", "access", "cpu")},
+                           "cpu_ms": cpu_groups(x["cpu"])} for x in r["loads"]]}
+            for k, r in results.items()}}
+        (BENCH / "apps-latest.json").write_text(json.dumps(latest, indent=1))
+    return markdown(results, saved["meta"])
 
 
 def main() -> None:
@@ -785,7 +802,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.render:
         saved = json.loads(Path(args.render).read_text())
-        print(render(saved, BENCH))
+        full = set(saved["results"]) == set(APPS) and saved["meta"]["runs"] >= 5
+        print(render(saved, BENCH if full else Path(args.render).with_suffix("")))
         return
     reason = unavailable_reason()
     if reason:
@@ -808,15 +826,7 @@ def main() -> None:
     full = BENCH / "results" / f"apps-{stamp}.json"
     full.write_text(json.dumps(saved, indent=1))
     complete = set(keys) == set(APPS) and args.runs >= 5
-    text = render(saved, BENCH if complete else log_dir)
-    if complete:
-        latest = {"meta": meta, "results": {
-            k: {**{n: v for n, v in r.items() if n != "loads"},
-                "loads": [{n: v for n, v in x.items() if n not in ("waterfall", "access")}
-                          for x in r["loads"]]}
-            for k, r in results.items()}}
-        (BENCH / "apps-latest.json").write_text(json.dumps(latest, indent=1))
-    print(text)
+    print(render(saved, BENCH if complete else log_dir))
     print(f"all loads: {full}")
 
 
