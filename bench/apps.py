@@ -26,7 +26,7 @@ Runs alternate the path that goes first; figures are min / median over the runs.
 
     python bench/apps.py                   # every app, 5 runs each: about 5-6 minutes here
     python bench/apps.py --runs 2 --apps red,sync
-    python bench/apps.py --trace red       # one extra proxied cold load under a Chromium trace
+    python bench/apps.py --trace red       # + a traced load per path and kind (not in figures)
     python bench/apps.py --render bench/results/apps-<stamp>.json   # table and plot again
 
 Writes bench/apps-latest.json (summary and per-run figures), bench/apps.png, and
@@ -285,7 +285,7 @@ class CpuMeter:
             except (OSError, ValueError):  # gone meanwhile
                 continue
         cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        busy = sum(int(v) for i, v in enumerate(cpu) if i not in (3, 4))  # not idle, iowait
+        busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6, 7))  # user nice system irq softirq steal
         return {"wall": time.monotonic(), "busy": busy, "threads": threads}
 
     def diff(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
