@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 import yaml
 
-from peerproxyd import identity
 from peerproxyd.config import load
+from peerproxyd.trust import identity
 from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
