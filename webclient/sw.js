@@ -242,11 +242,12 @@ async function proxy(event) {
       case "head":
         settleHead(msg);
         break;
-      case "data":
-        if (msg.chunk.byteLength) {
-          enqueued += msg.chunk.byteLength;
+      case "data": {
+        const bytes = new Uint8Array(msg.chunk, msg.offset ?? 0); // relay.js: from offset on
+        if (bytes.length) {
+          enqueued += bytes.length;
           try {
-            controller.enqueue(new Uint8Array(msg.chunk));
+            controller.enqueue(bytes);
           } catch {
             // the reader went away (cancel was sent)
           }
@@ -262,6 +263,7 @@ async function proxy(event) {
           done();
         }
         break;
+      }
       case "error":
         ended = true;
         bodyStopped = true;
