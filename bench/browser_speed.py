@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=32, help="MiB per download/upload (32)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--work", type=Path, default=ROOT / "webclient",
+                        help="the webclient directory to measure (this tree's)")
     parser.add_argument("--no-compare", action="store_true", help="only the work variant")
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -183,7 +185,7 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"browser-speed-{stamp}"
     out.mkdir(parents=True)
-    variants = {"work": ROOT / "webclient"}
+    variants = {"work": args.work.resolve()}
     if not args.no_compare:
         variants = {"base": export(args.base, out / "base"), **variants}
     size = args.size * MIB
