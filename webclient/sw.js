@@ -13,6 +13,10 @@ importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js");
 const PREFIX = "/__peerproxy/";
 const MAX_PAYLOAD = 16372; // one data-channel body message
 const RESPONSE_HIGH_WATER = 256 * 1024; // bytes the Response stream buffers before "consumed" pauses
+// Consumed bytes reported to the page at once: it grants WINDOW per 256 KiB anyway, so one
+// "consumed" per 16 KiB chunk only cost the page a task each. What stays unreported (< 64 KiB)
+// plus the page's ungranted (< 256 KiB) leaves the device most of its 1 MiB window.
+const ACK_BATCH = 64 * 1024;
 const MANAGER_WAIT = 10_000;
 const ACCEPT_WAIT = 5_000;
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
@@ -203,7 +207,7 @@ async function proxy(event) {
     if (!controller) return;
     const queued = Math.max(0, RESPONSE_HIGH_WATER - (controller.desiredSize ?? 0));
     const consumed = enqueued - Math.min(queued, enqueued);
-    if (consumed > acked) {
+    if (consumed - acked >= ACK_BATCH) {
       port.postMessage({ type: "consumed", bytes: consumed - acked });
       acked = consumed;
     }
