@@ -7,7 +7,8 @@
 //                   {type:"head", status, headers}  {type:"data", chunk, offset, end}  {type:"error", status, message}
 // A data message's bytes are `chunk` from `offset` on: the whole data-channel message is
 // transferred as it arrived (its 12-byte header before `offset`), never copied.
-// Request bodies come in chunks of at most MAX_PAYLOAD bytes, only as far as "credit" allows;
+// Request bodies come in chunks of at most 256 KiB (sw.js MAX_PIECE), only as far as "credit"
+// allows;
 // response bytes are acknowledged with "consumed" once the worker's stream hands them on, and
 // only then does the device get more WINDOW. Memory per stream stays near INITIAL_WINDOW.
 

@@ -11,7 +11,7 @@
 importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js");
 
 const PREFIX = "/__peerproxy/";
-const MAX_PAYLOAD = 16372; // one data-channel body message
+const MAX_PIECE = 256 * 1024; // request-body bytes per message to the page (its credit: 1 MiB)
 const RESPONSE_HIGH_WATER = 256 * 1024; // bytes the Response stream buffers before "consumed" pauses
 // Consumed bytes reported to the page at once: it grants WINDOW per 256 KiB anyway, so one
 // "consumed" per 16 KiB chunk only cost the page a task each. What stays unreported (< 64 KiB)
@@ -315,8 +315,11 @@ async function proxy(event) {
         for (;;) {
           const { value, done: last } = await reader.read();
           if (last || bodyStopped) break;
-          for (let at = 0; at < value.length && !bodyStopped; at += MAX_PAYLOAD) {
-            const piece = value.slice(at, at + MAX_PAYLOAD);
+          // The blob's chunks go as they are (transferred); the page splits them into
+          // messages. Only a chunk that shares its buffer or is too big is copied out.
+          const whole = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength;
+          for (let at = 0; at < value.length && !bodyStopped; at += MAX_PIECE) {
+            const piece = whole && value.length <= MAX_PIECE ? value : value.slice(at, at + MAX_PIECE);
             while (credit < piece.length && !bodyStopped) {
               await new Promise((resolve) => {
                 creditArrived = resolve;
