@@ -190,8 +190,9 @@ def main() -> None:
         variants = {"base": export(args.base, out / "base"), **variants}
     size = args.size * MIB
     world = World(out)
+    kinds = ("download", "upload", "upload_blob", "empty")
     samples: dict[str, dict[str, list[float]]] = {
-        v: {"download": [], "upload": [], "upload_blob": [], "empty": []} for v in [*variants, "direct"]}
+        v: {k: [] for k in kinds} for v in [*variants, "direct"]}
     load = [os.getloadavg()]
     try:
         world.up()
