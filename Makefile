@@ -14,10 +14,12 @@ PYTHON_NATIVE ?= $(shell for p in python3.13 python3.12 $$HOME/.pyenv/versions/3
 	$$HOME/.pyenv/versions/3.12*/bin/python3; do $$p -c 'import sys; assert sys.version_info >= (3, 12)' \
 	>/dev/null 2>&1 && echo $$p && break; done)
 VENV_NATIVE ?= .venv313
-NATIVE_TESTS := tests/test_transport.py tests/test_native_end_to_end.py tests/test_end_to_end.py \
-	tests/test_browser.py tests/test_browser_trust.py tests/test_trust.py tests/test_limits.py \
-	tests/test_websocket.py tests/test_browser_websocket.py \
-	tests/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device
+NATIVE_TESTS := tests/rtc/test_transport.py tests/test_native_end_to_end.py \
+	tests/test_end_to_end.py tests/test_browser.py tests/test_browser_trust.py \
+	tests/trust/test_trust.py tests/test_limits.py tests/test_websocket.py \
+	tests/test_browser_websocket.py \
+	tests/appliance/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device \
+	tests/test_nat.py::test_lan_viewer_connects_host_to_host
 NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")
 
 # Real third-party apps (Home Assistant, a camera stream, Node-RED, Syncthing, ...) through the
@@ -55,17 +57,20 @@ system-deps:
 run: install
 	$(BIN)/peerproxyd demo
 
-test: install system-deps
+# The camera soak (10 minutes of waiting) runs beside the other suites: tests/apps/soak.sh.
+test: install system-deps apps-deps
 	node --test webclient/test/
+	bash tests/apps/soak.sh start $(BIN)/pytest
 	$(BIN)/pytest -q --ignore=tests/apps
 	$(MAKE) --no-print-directory test-native
-	$(MAKE) --no-print-directory test-apps
+	$(MAKE) --no-print-directory test-apps APPS_PYTEST_ARGS="--deselect $$(bash tests/apps/soak.sh id)"
+	bash tests/apps/soak.sh wait
 
 apps-deps: system-deps
 	@for script in $(APPS_SETUP); do bash $$script || exit 1; done
 
 test-apps: install apps-deps
-	@if [ -d tests/apps ]; then $(BIN)/pytest -q tests/apps; fi
+	$(BIN)/pytest -q tests/apps $(APPS_PYTEST_ARGS)
 
 test-native: system-deps
 	@if [ -z "$(PYTHON_NATIVE)" ]; then \

@@ -1,20 +1,21 @@
 """One data-channel peer for bench/datachannel.py, driven by JSON lines: the daemon's or the
-native client's own transport (peerproxyd.transport), on either backend.
+native client's own transport (peerproxyd.rtc.transport), on either backend.
 
     python -m bench._dcpeer offer|answer [--backend aiortc|native] [--speedups NAMES]
 
-The peer is made as peerproxyd makes it: `rtc.configure_ice` (the daemon's and `connect`'s
+The peer is made as peerproxyd makes it: `aiortc_setup.configure_ice` (the daemon's and `connect`'s
 process-wide ICE settings: candidates on 127.0.0.1 only, a 4 MiB UDP receive buffer, our
 aioice fixes and aiortc speed-ups), then `transport.new_transport(ice, backend=...)`, driven
 as peer.py (answerer: `on_channel`, `answer`, inside `device_certificate` with a device
-identity) and client.py (offerer: `create_channel`, `offer`, `set_answer`) drive it, through
-the DataChannel interface of peerproxyd.channel (`send`, `bufferedAmount`,
+identity) and client/native.py (offerer: `create_channel`, `offer`, `set_answer`) drive it, through
+the DataChannel interface of peerproxyd.tunnel.channel (`send`, `bufferedAmount`,
 `bufferedAmountLowThreshold`, `on("message"|"bufferedamountlow"|"open")`). uvloop, as `peerproxyd`
 runs.
 
 - `--backend aiortc` (transport_aiortc.AiortcTransport): `--speedups` is a comma-separated list
-  of the aiortc speed-ups to keep (peerproxyd.rtc.SPEEDUPS; "all" for every one, "" or absent
-  for none: stock aiortc, the only thing that differs between the bench's "stock" and "ours").
+  of the aiortc speed-ups to keep (peerproxyd.rtc.aiortc_setup.SPEEDUPS; "all" for every one,
+  "" or absent for none: stock aiortc, the only thing that differs between the bench's "stock"
+  and "ours").
 - `--backend native` (transport_native.NativeTransport, libdatachannel-py; Python >= 3.12):
   callbacks marshalled to the loop, polled receive in DRAIN_BATCH steps, the MAX_QUEUED guard
   and the close thread, exactly as the daemon runs them. `--speedups` is ignored.
@@ -50,7 +51,7 @@ import sys
 import time
 from typing import Any
 
-from peerproxyd.channel import HIGH_WATER, LOW_WATER
+from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER
 
 MESSAGE = 16 * 1024
 TIMEOUT = 600.0
@@ -140,10 +141,10 @@ async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 
 async def run(role: str, backend: str, ice: Any) -> None:
-    from peerproxyd.aiortc_certificate import device_certificate
-    from peerproxyd.identity import Identity
-    from peerproxyd.rtc import CHANNEL_LABEL
-    from peerproxyd.transport import new_transport
+    from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
+    from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
+    from peerproxyd.rtc.transport import new_transport
+    from peerproxyd.trust.identity import Identity
 
     reader = await stdin_reader()
     peer = Peer()
@@ -208,18 +209,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from peerproxyd import rtc
     from peerproxyd.config import IceSettings
+    from peerproxyd.rtc import aiortc_setup
 
     ice = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
-    rtc.configure_ice(ice)  # as the daemon and `connect` do, whichever the backend
+    aiortc_setup.configure_ice(ice)  # as the daemon and `connect` do, whichever the backend
     names = [n for n in args.speedups.split(",") if n]
     if args.backend == "aiortc":
-        rtc.install_speedups(list(rtc.SPEEDUPS) if names == ["all"] else names)
+        aiortc_setup.install_speedups(list(aiortc_setup.SPEEDUPS) if names == ["all"] else names)
         print(f"aiortc backend, speed-ups: {names or 'none (stock aiortc)'}", file=sys.stderr,
               flush=True)
     else:
-        print("native backend (peerproxyd.transport_native)", file=sys.stderr, flush=True)
+        print("native backend (peerproxyd.rtc.transport_native)", file=sys.stderr, flush=True)
     debug = os.environ.get("PP_DCPEER_DEBUG")
     if debug:
         import runpy

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from peerproxyd.channel import HIGH_WATER, LOW_WATER  # noqa: E402
+from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     Proc,
     free_port,
@@ -318,7 +318,7 @@ async def _answerer(burst: bool) -> None:
 def _rawpeer(role: str, burst: bool) -> None:
     import logging
 
-    from peerproxyd import aioice_tuning
+    from peerproxyd.rtc.patches import aioice_tuning
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # Same ICE tuning as peerproxyd: candidates on 127.0.0.1 only, 4 MiB UDP receive buffer.

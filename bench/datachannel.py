@@ -2,12 +2,12 @@
 side by side.
 
 Every end other than Chromium is bench/_dcpeer.py: peerproxyd's own transport
-(peerproxyd.transport.new_transport, driven as peer.py and client.py drive it) in one of
+(peerproxyd.rtc.transport.new_transport, driven as peer.py and client/native.py drive it) in one of
 three variants:
 
     stock     the aiortc backend with none of peerproxyd's aiortc speed-ups
-    ours      the aiortc backend with the speed-ups (peerproxyd.rtc.SPEEDUPS; what ships)
-    native    the native backend (peerproxyd/transport_native.py, libdatachannel-py), run by
+    ours      the aiortc backend with the speed-ups (rtc/aiortc_setup.py SPEEDUPS; what ships)
+    native    the native backend (peerproxyd/rtc/transport_native.py, libdatachannel-py), run by
               `--native-python` (a Python >= 3.12 with libdatachannel-py)
 
 on two paths, the daemon's end always the answerer:
@@ -60,7 +60,7 @@ from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from peerproxyd.channel import HIGH_WATER, LOW_WATER  # noqa: E402
+from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"

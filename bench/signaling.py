@@ -8,7 +8,7 @@ signal` runs) on loopback ports, fresh for every measurement:
     redis-3   three instances sharing that Redis; every viewer sits on another instance
               than the devices it calls, so every offer and answer crosses Redis pub/sub
 
-The peers are bare signaling clients (aiohttp WebSockets speaking signaling_messages.py,
+The peers are bare signaling clients (aiohttp WebSockets speaking peerproxyd/signaling/messages.py,
 no WebRTC) in this process, spread over 16 loopback source addresses (127.0.0.2-17) so the
 shared per-address rate limit sees 16 clients, not one. Devices answer every offer at once
 with a ~2.5 KB SDP-sized answer.
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from peerproxyd.identity import Identity  # noqa: E402
+from peerproxyd.trust.identity import Identity  # noqa: E402
 from tests.support.procs import Proc, free_port, python  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -76,13 +76,13 @@ def run_instance(spec: dict[str, Any]) -> None:
 
     import uvloop
 
-    from peerproxyd.signaling_server import run_signaling
+    from peerproxyd.signaling.server import run_signaling
 
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     kwargs: dict[str, Any] = {"rate": spec["rate"], "burst": spec["burst"]}
     if spec.get("redis_url"):
-        from peerproxyd.signaling_redis import RedisOptions  # not imported without Redis
+        from peerproxyd.signaling.redis import RedisOptions  # not imported without Redis
 
         kwargs["redis_url"] = spec["redis_url"]
         kwargs["redis_options"] = RedisOptions(**spec["options"])

@@ -1,6 +1,6 @@
 #!/bin/sh
 # HEALTHCHECK for the container. The daemon (serve) keeps $PEERPROXYD_HEALTH_FILE current
-# while its signaling loop is alive (peerproxyd/notify.py): healthy if the file is younger
+# while its signaling loop is alive (peerproxyd/appliance/notify.py): healthy if the file is younger
 # than $max_age seconds; its content, the daemon's status line, is what `docker inspect`
 # shows. Without that file (the signaling server, or a daemon not yet ready) ask /healthz.
 set -eu

@@ -16,7 +16,7 @@ from peerproxyd import __version__
 from peerproxyd.errors import ConfigError, IdentityError, LinkError, PeerProxyError
 
 if TYPE_CHECKING:
-    from peerproxyd.daemon import Daemon
+    from peerproxyd.device.daemon import Daemon
 
 logger = logging.getLogger("peerproxyd")
 
@@ -138,7 +138,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def entry() -> None:
     """The `peerproxyd` command (and `python -m peerproxyd`)."""
-    from peerproxyd.transport import exit_code
+    from peerproxyd.rtc.transport import exit_code
 
     raise SystemExit(exit_code(main()))
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("share", "viewers", "revoke"):
             _viewer_command(args)
         elif args.command == "discover":
-            from peerproxyd.mdns import discover, format_devices
+            from peerproxyd.appliance.mdns import discover, format_devices
 
             print(format_devices(asyncio.run(discover(args.timeout))))
         elif args.command == "demo":
@@ -186,9 +186,9 @@ def _viewer_command(args: argparse.Namespace) -> None:
     """share, viewers, revoke: edit or list the viewer store next to the daemon."""
     from datetime import UTC, datetime
 
-    from peerproxyd import identity, sharing
     from peerproxyd.config import load
-    from peerproxyd.viewers import ViewerStore
+    from peerproxyd.trust import identity, sharing
+    from peerproxyd.trust.viewers import ViewerStore
 
     settings = load(args.config)
     directory = settings.device.state_path
@@ -226,8 +226,8 @@ def _viewer_command(args: argparse.Namespace) -> None:
 
 
 def _check_config(path: str) -> int:
-    from peerproxyd import signal_config
     from peerproxyd.config import load
+    from peerproxyd.signaling import config as signal_config
 
     try:
         if signal_config.is_signal_config(path):
@@ -239,7 +239,7 @@ def _check_config(path: str) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    from peerproxyd import identity
+    from peerproxyd.trust import identity
 
     state_dir = settings.device.state_path
     line = f"ok: {len(settings.services)} services"
@@ -257,7 +257,7 @@ def _check_config(path: str) -> int:
 
 def _print_id(path: str) -> None:
     from peerproxyd.config import load
-    from peerproxyd.identity import load_or_create
+    from peerproxyd.trust.identity import load_or_create
 
     identity = load_or_create(load(path).device.state_path)
     print(f"device id: {identity.device_id}")
@@ -265,8 +265,8 @@ def _print_id(path: str) -> None:
 
 
 def _signal(args: argparse.Namespace) -> None:
-    from peerproxyd import signal_config
-    from peerproxyd.signaling_server import run_signaling
+    from peerproxyd.signaling import config as signal_config
+    from peerproxyd.signaling.server import run_signaling
 
     settings = signal_config.SignalSettings()
     if args.config:
@@ -284,7 +284,7 @@ def _signal(args: argparse.Namespace) -> None:
 
 def _serve(path: str) -> None:
     from peerproxyd.config import load
-    from peerproxyd.daemon import Daemon
+    from peerproxyd.device.daemon import Daemon
 
     settings = load(path)
     if not os.environ.get("PEERPROXYD_DEBUG"):
@@ -327,9 +327,9 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
 
 
 def _connect(args: argparse.Namespace) -> None:
-    from peerproxyd.client import NativeClient
+    from peerproxyd.client.native import NativeClient
     from peerproxyd.config import IceServer, IceSettings
-    from peerproxyd.viewer_auth import parse_link
+    from peerproxyd.trust.viewer_auth import parse_link
 
     link = parse_link(sys.stdin.readline() if args.link == "-" else args.link)
     host, _, port = args.listen.rpartition(":")

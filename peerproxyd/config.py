@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
-from yarl import URL
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,11 +34,12 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+from yarl import URL
 
 from peerproxyd.errors import ConfigError
-from peerproxyd.http_headers import HOST_MODES, valid_host
-from peerproxyd.identity import default_state_dir
 from peerproxyd.names import valid_service_name
+from peerproxyd.protocol.http_headers import HOST_MODES, valid_host
+from peerproxyd.trust.identity import default_state_dir
 
 __all__ = [
     "DaemonSettings",
@@ -283,6 +283,14 @@ def _check_ice_url(value: str) -> str:
     return value
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) -> (host, port); ValueError if it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def _check_ip_address(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -450,8 +458,6 @@ class DaemonSettings(_Section):
     @classmethod
     def _check_panel(cls, value: str | None) -> str | None:
         if value is not None:
-            from peerproxyd.panel import parse_listen
-
             parse_listen(value)
         return value
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from peerproxyd.client import NativeClient
+from peerproxyd.client.native import NativeClient
 from peerproxyd.config import (
     DeviceSettings,
     IceSettings,
@@ -25,12 +25,12 @@ from peerproxyd.config import (
     Settings,
     SignalingSettings,
 )
-from peerproxyd.daemon import Daemon
-from peerproxyd.identity import load_or_create
-from peerproxyd.sharing import share
-from peerproxyd.signaling_server import build_signaling_app
-from peerproxyd.viewer_auth import parse_link
-from peerproxyd.viewers import ViewerStore
+from peerproxyd.device.daemon import Daemon
+from peerproxyd.signaling.server import build_signaling_app
+from peerproxyd.trust.identity import load_or_create
+from peerproxyd.trust.sharing import share
+from peerproxyd.trust.viewer_auth import parse_link
+from peerproxyd.trust.viewers import ViewerStore
 
 logger = logging.getLogger(__name__)
 

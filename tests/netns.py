@@ -341,7 +341,7 @@ class NetStack:
 
     def device_id(self, name: str = DEVICE) -> str:
         """The device id of the daemon called `name` (its key is made on first use)."""
-        from peerproxyd.identity import load_or_create
+        from peerproxyd.trust.identity import load_or_create
 
         return load_or_create(self.state_dir(name)).device_id
 
@@ -363,7 +363,7 @@ class NetStack:
         port_range: str | None = None, heartbeat_timeout: float = 5.0, extra: str = "",
         backend: str = TEST_BACKEND,
     ) -> Proc:
-        from peerproxyd.turn_credentials import mint
+        from peerproxyd.signaling.turn_credentials import mint
 
         servers = []
         if stun:
@@ -451,7 +451,7 @@ async def _answer(signal_url: str, device: str) -> None:
 
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from peerproxyd.signaling import SignalingClient
+    from peerproxyd.signaling.client import SignalingClient
 
     answer: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
 

@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 import yaml
 
-from peerproxyd import identity
 from peerproxyd.config import load
+from peerproxyd.trust import identity
 from tests.support.procs import Proc, daemon_config, free_port, new_device, python, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,7 +394,8 @@ def test_addon_follows_current_conventions():
     assert config["slug"] == "peerproxyd" and re.fullmatch(r"\d+\.\d+\.\d+", config["version"])
     assert config["timeout"] > 10  # room for the drain
     assert config["options"].keys() == config["schema"].keys()
-    assert config["schema"]["services"] == [{"name": "str", "url": "url"}]
+    assert config["schema"]["services"] == [
+        {"name": "str", "url": "url", "host": "str?", "forwarded_for": "bool?"}]
     assert config["schema"]["name"] == "str?"
     assert "device_id" not in config["schema"] and "secret" not in config["schema"]
     translations = yaml.safe_load((ADDON / "translations/en.yaml").read_text())
@@ -455,7 +456,9 @@ def test_addon_options_map_key_by_key(tmp_path: Path):
         "name": 'quote"and\\backslash', "signaling_url":
         "wss://signal.example.net/ws", "services": [
             {"name": "ha", "url": "http://127.0.0.1:8123"},
-            {"name": "printer", "url": "http://192.168.1.40/"}],
+            {"name": "printer", "url": "http://192.168.1.40/"},
+            {"name": "sync", "url": "http://127.0.0.1:8384", "host": "upstream",
+             "forwarded_for": True}],
         "stun_servers": ["stun:stun.example.net:3478"], "max_peers": 4, "log_level": "debug",
     }
     assert convert(options, tmp_path).returncode == 0
@@ -463,7 +466,11 @@ def test_addon_options_map_key_by_key(tmp_path: Path):
     assert settings.device.name == 'quote"and\\backslash'
     assert settings.signaling.url == "wss://signal.example.net/ws"
     assert {n: s.upstream for n, s in settings.services.items()} == {
-        "ha": "http://127.0.0.1:8123", "printer": "http://192.168.1.40"}
+        "ha": "http://127.0.0.1:8123", "printer": "http://192.168.1.40",
+        "sync": "http://127.0.0.1:8384"}
+    sync, ha = settings.services["sync"], settings.services["ha"]
+    assert (sync.host, sync.forwarded_for, ha.host, ha.forwarded_for) == (
+        "upstream", True, "viewer", False)
     assert [s.urls for s in settings.ice.servers] == [["stun:stun.example.net:3478"]]
     assert (settings.limits.max_peers, settings.log.level) == (4, "debug")
     assert convert({**options, "name": ""}, tmp_path).returncode == 0

@@ -228,6 +228,35 @@ def test_the_card_leaves_when_a_never_ending_document_shows(world: BrowserWorld)
     assert world.agent.app.evaluate("document.readyState") == "loading"
 
 
+def test_event_source_reconnects_with_last_event_id(world: BrowserWorld) -> None:
+    """Chromium's reconnection request reaches the worker without its Last-Event-ID: the
+    worker adds the id of the stream it passed on (webclient/event-stream.js)."""
+    world.open("/")
+    app = world.agent.app
+    app.evaluate("""() => { window.got = []; window.es = new EventSource('/events');
+                            es.onmessage = (e) => got.push(e.lastEventId); }""")
+    app.wait_for_function("() => window.es.readyState === EventSource.CLOSED")
+    assert app.evaluate("window.got") == ["1", "2", "3", "4", "5", "6"]
+    seen = re.findall(r"^EVENTS last-event-id=(\S+)$", world.procs["app"].log(), re.M)
+    assert seen[-3:] == ["-", "3", "6"], seen
+
+
+def test_event_source_retries_through_outages(world: BrowserWorld) -> None:
+    """An EventSource retries after a broken stream and after an outage (the daemon's 504),
+    as it does without the worker, instead of closing for good."""
+    world.open("/")
+    app = world.agent.app
+    app.evaluate("""() => { window.got = []; window.states = [];
+                            window.es = new EventSource('/events/flaky?key=' + Math.random());
+                            es.onmessage = (e) => got.push(e.lastEventId);
+                            es.onerror = () => states.push(es.readyState); }""")
+    app.wait_for_function("() => window.es.readyState === EventSource.CLOSED", timeout=60_000)
+    assert app.evaluate("window.got") == ["1", "2", "3", "4"]
+    assert app.evaluate("window.states")[:-1] == [0, 0, 0]  # retrying until the 204
+    seen = re.findall(r"^FLAKY (\d) last-event-id=(\S+)$", world.procs["app"].log(), re.M)
+    assert seen[-4:] == [("1", "-"), ("2", "2"), ("3", "2"), ("4", "4")], seen
+
+
 def test_navigation_history_and_redirect_share_one_peer_connection(world: BrowserWorld) -> None:
     before = world.answered()
     world.open("/")

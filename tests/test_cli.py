@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peerproxyd import identity
+from peerproxyd.trust import identity
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,13 +18,6 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from peerproxyd.errors import StreamResetError
-from peerproxyd.http_headers import (
-    BadRequest,
-    BodyCounter,
-    check_request,
-    downstream_response_headers,
-    upstream_request_headers,
-)
 from peerproxyd.protocol import (
     ErrorCode,
     Flag,
@@ -33,6 +26,13 @@ from peerproxyd.protocol import (
     RequestReceived,
     Role,
     StreamReset,
+)
+from peerproxyd.protocol.http_headers import (
+    BadRequest,
+    BodyCounter,
+    check_request,
+    downstream_response_headers,
+    upstream_request_headers,
 )
 from tests.support.rawpeer import RawPeer
 from tests.support.recording_upstream import RecordingUpstream

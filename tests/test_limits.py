@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from peerproxyd.channel import HIGH_WATER, ChannelStream
 from peerproxyd.config import ServiceSettings
+from peerproxyd.device.router import Router, new_upstream_session
 from peerproxyd.errors import AuthError, StreamResetError
 from peerproxyd.protocol import (
     INITIAL_WINDOW,
@@ -34,7 +34,7 @@ from peerproxyd.protocol import (
     Frame,
     RequestHead,
 )
-from peerproxyd.router import Router, new_upstream_session
+from peerproxyd.tunnel.channel import HIGH_WATER, ChannelStream
 from tests.support.peer_pair import PeerPair
 from tests.support.procs import Proc, free_port, python, wait_http
 from tests.support.rawpeer import RawPeer

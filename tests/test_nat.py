@@ -63,17 +63,12 @@ async def test_lan_viewer_connects_host_to_host(stack: NetStack, record_property
     client, url = stack.client("lanv")
 
     on_client, on_daemon = report_from_log(client), report_from_log(daemon)
+    assert (on_client.type, on_daemon.type) == ("host", "host"), (on_client, on_daemon)
     if TEST_BACKEND == "native":
-        # libdatachannel does not resolve .local names: it may also take the device's srflx
-        # candidate through the home router (seen in 1 of 3 runs); never a relay.
-        assert on_client.type in ("host", "srflx") and on_daemon.type == "host"
-    else:
-        assert (on_client.type, on_daemon.type) == ("host", "host"), (on_client, on_daemon)
-    if TEST_BACKEND == "native" and on_client.type == "host":
-        # libdatachannel does not resolve .local names: the daemon's checks reach the viewer,
-        # which learns the LAN address as peer-reflexive; still host to host, on the LAN.
+        # libdatachannel resolves no names: the native transport resolves the device's .local
+        # name itself (mdns.py) and adds the address as a trickled candidate.
         assert f"{DEV}:" in on_client.line
-    elif TEST_BACKEND != "native":  # it got a .local name, resolved it, reached the LAN address
+    else:  # aioice resolved the .local name and reached the LAN address
         assert f".local ({DEV})" in on_client.line
     assert LAN_VIEWER in on_daemon.line
     result = stack.net.fetch("lanv", url + "/")
@@ -148,10 +143,7 @@ async def test_lan_host_pair_with_and_without_mdns(stack: NetStack, record_prope
     for round_ in range(2):
         for device in times:
             client, _ = stack.client("lanv", device=device, port=9100 + round_)
-            # libdatachannel does not resolve .local names: a native LAN viewer may reach the
-            # mDNS device through its srflx candidate instead (never through a relay).
-            allowed = {"host", "srflx"} if TEST_BACKEND == "native" else {"host"}
-            assert report_from_log(client).type in allowed
+            assert report_from_log(client).type == "host"
             times[device].append(setup_ms(client))
             client.stop()
     record_property("setup_ms_mdns", times["test-pi"])
@@ -186,8 +178,7 @@ async def test_port_range_holds_all_ice_traffic_and_refuses_beyond_it(stack: Net
     remote.stop()
     daemon.wait_for_log(r"connection (closed|failed)", timeout=20)
     third.wait_for_log("is at http", timeout=40)
-    assert report_from_log(third).type in (
-        ("host", "srflx") if TEST_BACKEND == "native" else ("host",))
+    assert report_from_log(third).type == "host"
 
 
 @pytest.mark.parametrize("stack", [{"remote_nat": "symmetric"}], indirect=True)

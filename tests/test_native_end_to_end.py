@@ -13,8 +13,8 @@ import urllib.request
 import aiohttp
 import pytest
 
-from peerproxyd.sdp_restart import keep_session
-from peerproxyd.transport import native_available
+from peerproxyd.rtc.sdp_restart import keep_session
+from peerproxyd.rtc.transport import native_available
 from tests.support.procs import free_port
 from tests.support.rawpeer import RawPeer
 from tests.support.stack import Stack

@@ -191,9 +191,9 @@ def test_first_boot_stores_owner_links_that_open_the_services(tmp_path: Path):
     first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                            text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    from peerproxyd.identity import load_or_create
-    from peerproxyd.viewer_auth import parse_link
-    from peerproxyd.viewers import ViewerStore
+    from peerproxyd.trust.identity import load_or_create
+    from peerproxyd.trust.viewer_auth import parse_link
+    from peerproxyd.trust.viewers import ViewerStore
 
     identity = load_or_create(state / "camera")
     links = [line.split("link: ", 1)[1] for line in (etc / "share.txt").read_text().splitlines()

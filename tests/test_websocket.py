@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from peerproxyd.channel import ChannelStream
 from peerproxyd.protocol import ErrorCode, Flag, Frame, RequestHead
 from peerproxyd.protocol.websocket import Close, Text, encode
+from peerproxyd.tunnel.channel import ChannelStream
 from tests.support.procs import Proc, free_port
 from tests.support.rawpeer import RawPeer
 from tests.support.stack import Stack

@@ -1,5 +1,5 @@
 // PeerLink: the thin IO shell between one RTCDataChannel and one ProxyConnection (the browser's
-// peerproxyd/channel.py). Messages from the channel go to the protocol; its events go to the
+// peerproxyd/tunnel/channel.py). Messages from the channel go to the protocol; its events go to the
 // streams; whatever it wants to send goes out on the channel.
 //
 // Backpressure has two levels, as in the daemon: per stream the device's WINDOW credit, per

@@ -1,4 +1,4 @@
-// The signaling client: one WebSocket to the signaling server (peerproxyd/signaling_messages.py).
+// The signaling client: one WebSocket to the signaling server (peerproxyd/signaling/messages.py).
 //
 // The server greets with {"type":"hello","id"}; we send {"type":"offer","to":device,
 // "payload":{"sdp","type"}} and trickle {"type":"candidate",...}; the device answers with

@@ -5,10 +5,10 @@
 // network: top-level navigations (the manager at any path) and /__peerproxy/.
 //
 // The worker <-> page message protocol is described in relay.js.
-/* global PeerproxyCookies, PeerproxyWsInject */
+/* global PeerproxyCookies, PeerproxyWsInject, PeerproxyEventStream */
 "use strict";
 
-importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js");
+importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js", "/__peerproxy/event-stream.js");
 
 const PREFIX = "/__peerproxy/";
 const MAX_PIECE = 256 * 1024; // request-body bytes per message to the page (its credit: 1 MiB)
@@ -164,9 +164,17 @@ async function proxy(event) {
   const request = event.request;
   const url = new URL(request.url);
   const manager = await managerPort();
-  if (!manager) return errorResponse(503, "The peerproxyd page that holds the connection is not open.");
+  // An EventSource retries after a network error, but gives up for good on an error status
+  // (HTML standard): outages (ours, the device's 502/503/504) are network errors for it.
+  const eventSource = PeerproxyEventStream.isEventStreamRequest(request);
+  const outage = (status, message) => (eventSource ? Response.error() : errorResponse(status, message));
+  if (!manager) return outage(503, "The peerproxyd page that holds the connection is not open.");
   const target = url.pathname + url.search;
   const headers = requestHeaders(request, url);
+  // An EventSource's reconnection reaches a worker without its Last-Event-ID (event-stream.js).
+  const resumeFrom = PeerproxyEventStream.lastEventId(event.clientId, request);
+  if (resumeFrom !== null) headers.push(["last-event-id", resumeFrom]);
+  let eventStream = false; // a text/event-stream response whose ids event-stream.js tracks
   // Every request of the app is same-site (same origin, made inside our frame), so SameSite
   // never withholds a cookie here; credentials: "omit" does.
   const useCookies = request.credentials !== "omit";
@@ -221,6 +229,7 @@ async function proxy(event) {
         report();
       },
       cancel() {
+        if (eventStream) PeerproxyEventStream.forget(event.clientId, request.url);
         port.postMessage({ type: "cancel" });
         bodyStopped = true;
         done();
@@ -271,9 +280,13 @@ async function proxy(event) {
       case "error":
         ended = true;
         bodyStopped = true;
+        if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
         settleHead(msg);
         try {
-          controller.error(new TypeError(`peerproxyd: ${msg.message}`));
+          // A broken event stream ends as if the server had closed it: the EventSource
+          // reconnects (an errored body would close it for good; event-stream.js).
+          if (eventStream) controller.close();
+          else controller.error(new TypeError(`peerproxyd: ${msg.message}`));
         } catch {
           // already closed
         }
@@ -287,10 +300,12 @@ async function proxy(event) {
     if (ended) return;
     ended = true;
     bodyStopped = true;
+    if (eventStream) PeerproxyEventStream.ended(event.clientId, request.url);
     if (creditArrived) creditArrived();
     settleHead({ type: "error", status: 502, message: "the viewer page went away" });
     try {
-      controller.error(new TypeError("peerproxyd: the viewer page went away"));
+      if (eventStream) controller.close();
+      else controller.error(new TypeError("peerproxyd: the viewer page went away"));
     } catch {
       // already closed
     }
@@ -347,7 +362,7 @@ async function proxy(event) {
   const answer = await head;
   clearTimeout(acceptTimer);
   if (answer.type === "error") {
-    return errorResponse(answer.status || 502, answer.message);
+    return outage(answer.status || 502, answer.message);
   }
   event.waitUntil(finished);
 
@@ -366,6 +381,10 @@ async function proxy(event) {
   const decode = DECODABLE.has(encoding);
   const status = answer.status;
   const init = { status, headers: responseHeaders(answer.headers, { frame, decode }) };
+  if (eventSource && status >= 502 && status <= 504 && init.headers.has("x-peerproxy-error")) {
+    stream.cancel().catch(() => {}); // the daemon could not reach the app: retry, as above
+    return Response.error();
+  }
   if (NULL_BODY.has(status) || request.method === "HEAD") {
     stream.cancel().catch(() => {});
     if (status < 200) init.status = 502; // no interim responses through a worker
@@ -376,6 +395,14 @@ async function proxy(event) {
     init.headers.set("location", new URL(init.headers.get("location"), url).href);
   }
   let bodyStream = decode ? stream.pipeThrough(new DecompressionStream(encoding)) : stream;
+  const type = (init.headers.get("content-type") || "").split(";")[0].trim().toLowerCase();
+  if (type === "text/event-stream" && status === 200) {
+    eventStream = true;
+    const sent = headers.find(([n]) => n === "last-event-id")?.[1];
+    bodyStream = bodyStream.pipeThrough(PeerproxyEventStream.tracker(event.clientId, request.url, sent));
+  } else if (eventSource) {
+    PeerproxyEventStream.forget(event.clientId, request.url);
+  }
   if (frame && (decode || !encoding)) {
     // The app's documents get the WebSocket shim as their first script (ws-inject.js).
     bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);

@@ -1,4 +1,4 @@
-// Viewer access, sans-IO: the browser's copy of peerproxyd/viewer_auth.py (docs/security.md
+// Viewer access, sans-IO: the browser's copy of peerproxyd/trust/viewer_auth.py (docs/security.md
 // 1.3 and 1.5). Share links, the DTLS fingerprint of an SDP, the channel-binding MAC and the
 // auth messages. No DOM: the same module runs in the page and under `node --test`, which
 // checks it against tests/vectors/auth.json (the error texts are Python's).

@@ -28,6 +28,7 @@ from tests.support.upstream_app import CHUNK, pattern
 
 STATE = web.AppKey("state", dict)
 SESSIONS = web.AppKey("sessions", dict)
+FLAKY = web.AppKey("flaky", dict)  # /events/flaky: connections so far, per key
 STATIC = Path(__file__).parent / "static"
 LOGO_RGB = (20, 120, 220)
 USERS = {"alice": "wonderland"}
@@ -234,6 +235,52 @@ async def downloads(request: web.Request) -> web.Response:
     )
 
 
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events 1-3 then the server closes the stream; a reconnection resumes after
+    its Last-Event-ID (up to 6, closed again); from 6 on: 204 (the EventSource stops)."""
+    last = request.headers.get("Last-Event-ID", "")
+    print(f"EVENTS last-event-id={last or '-'}", flush=True)
+    start = int(last) + 1 if last.isdigit() else 1
+    if start > 6:
+        return web.Response(status=204)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"retry: 100\n\n")
+    for n in range(start, 4 if start <= 3 else 7):
+        await response.write(f"id: {n}\ndata: event {n}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def flaky_events(request: web.Request) -> web.StreamResponse:
+    """An event stream with outages, per `?key=`: the 1st connection sends events 1-2 and
+    breaks (connection reset); the 2nd answers nothing for 6 s (the daemon's read_timeout in
+    the tests is 5 s: it answers 504); the 3rd resumes after its Last-Event-ID up to 4 and
+    ends; later ones get 204 (the EventSource stops)."""
+    counts = request.app[FLAKY]
+    key = request.query.get("key", "")
+    counts[key] = attempt = counts.get(key, 0) + 1
+    last = request.headers.get("Last-Event-ID", "")
+    print(f"FLAKY {attempt} last-event-id={last or '-'}", flush=True)
+    if attempt == 2:
+        await asyncio.sleep(6)
+    if attempt >= 4 or attempt == 2:
+        return web.Response(status=204)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"retry: 100\n\n")
+    start = int(last) + 1 if last.isdigit() else 1
+    for n in range(start, 3 if attempt == 1 else 5):
+        await response.write(f"id: {n}\ndata: event {n}\n\n".encode())
+    if attempt == 1:
+        await asyncio.sleep(0.2)
+        assert request.transport is not None
+        request.transport.abort()  # the app's connection breaks mid-stream
+        return response
+    await response.write_eof()
+    return response
+
+
 async def attachment(request: web.Request) -> web.Response:
     return web.Response(
         body=b"a,b\n1,2\n", content_type="text/csv",
@@ -363,6 +410,7 @@ def build_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2, middlewares=[log_requests, same_origin_only])
     app[STATE] = {}
     app[SESSIONS] = {}
+    app[FLAKY] = {}
     app.router.add_get("/", index)
     app.router.add_get("/page2", page2)
     app.router.add_post("/form", form)
@@ -376,6 +424,8 @@ def build_app() -> web.Application:
     app.router.add_get("/download", download)
     app.router.add_get("/downloads", downloads)
     app.router.add_get("/attachment", attachment)
+    app.router.add_get("/events", events)
+    app.router.add_get("/events/flaky", flaky_events)
     app.router.add_get("/endless", endless)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)

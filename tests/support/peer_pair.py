@@ -12,12 +12,12 @@ from typing import Any
 from aiortc import RTCDataChannel
 from aiortc.rtcsctptransport import DataChunk
 
-from peerproxyd import aioice_tuning
-from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import IceSettings
+from peerproxyd.device.router import Router
 from peerproxyd.protocol import Limits, ProxyConnection, RequestHead, Role
-from peerproxyd.router import Router
-from peerproxyd.rtc import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.rtc.patches import aioice_tuning
+from peerproxyd.tunnel.channel import ChannelLink, ChannelStream
 
 ICE = IceSettings(host_addresses=["127.0.0.1"])
 

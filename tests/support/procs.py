@@ -93,7 +93,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 def new_device(state_dir: Path) -> str:
     """Create (or load) the device identity in `state_dir`; its device id."""
-    from peerproxyd.identity import load_or_create
+    from peerproxyd.trust.identity import load_or_create
 
     return load_or_create(state_dir).device_id
 
@@ -105,9 +105,9 @@ def share_link(
     share` stores it; its share link (native clients in tests pass --signal anyway)."""
     from datetime import UTC, datetime
 
-    from peerproxyd.identity import load_or_create
-    from peerproxyd.viewer_auth import build_link
-    from peerproxyd.viewers import ViewerStore
+    from peerproxyd.trust.identity import load_or_create
+    from peerproxyd.trust.viewer_auth import build_link
+    from peerproxyd.trust.viewers import ViewerStore
 
     identity = load_or_create(state_dir)
     token = ViewerStore(state_dir).add(name, service, expires=None, now=datetime.now(UTC))

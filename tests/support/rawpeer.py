@@ -1,4 +1,4 @@
-"""An in-process viewer built from the real parts (a peerproxyd.transport peer connection:
+"""An in-process viewer built from the real parts (a peerproxyd.rtc.transport peer connection:
 aiortc or native as procs.TEST_BACKEND says; SignalingClient, ChannelLink), with access to the
 raw data channel so tests can send what a well-behaved client never would.
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from peerproxyd import aioice_tuning
-from peerproxyd.channel import ChannelLink, ChannelStream
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import StreamResetError
 from peerproxyd.protocol import (
@@ -23,10 +21,11 @@ from peerproxyd.protocol import (
     Role,
     parse_frame,
 )
-from peerproxyd.rtc import CHANNEL_LABEL
-from peerproxyd.signaling import SignalingClient
-from peerproxyd.transport import choose_backend, new_transport
-from peerproxyd.viewer_auth import (
+from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
+from peerproxyd.rtc.patches import aioice_tuning
+from peerproxyd.rtc.transport import choose_backend, new_transport
+from peerproxyd.signaling.client import SignalingClient
+from peerproxyd.trust.viewer_auth import (
     Granted,
     auth_mac,
     check_pinned,
@@ -35,6 +34,7 @@ from peerproxyd.viewer_auth import (
     parse_auth_reply,
     parse_link,
 )
+from peerproxyd.tunnel.channel import ChannelLink, ChannelStream
 from tests.support.procs import TEST_BACKEND
 
 ICE = IceSettings(host_addresses=["127.0.0.1"])

@@ -4,8 +4,8 @@
     python tests/vectors/generate_auth.py --check  # exit 1 if auth.json is stale
 
 Everything here is computed with the standard library only (hashlib, hmac, base64), straight
-from the text of docs/security.md, never with peerproxyd's own code: tests/test_viewer_auth.py
-then checks peerproxyd/viewer_auth.py against the file, and the browser client's tests do the
+from the text of docs/security.md, never with peerproxyd's own code: tests/trust/test_viewer_auth.py
+then checks peerproxyd/trust/viewer_auth.py against the file, and the browser client's tests do the
 same for webclient/. Readings of the contract that the file pins down:
 
 - `token` is the b64u text from the link; `K = sha256(UTF-8 bytes of that text)`, and the

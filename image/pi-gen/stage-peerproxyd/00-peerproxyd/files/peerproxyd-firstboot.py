@@ -22,15 +22,14 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from pathlib import Path
-
 from datetime import datetime, timezone
+from pathlib import Path
 
 from peerproxyd.config import load
 from peerproxyd.errors import ConfigError, IdentityError, ViewerStoreError
-from peerproxyd.identity import Identity, load_or_create
-from peerproxyd.sharing import share
-from peerproxyd.viewers import ViewerStore
+from peerproxyd.trust.identity import Identity, load_or_create
+from peerproxyd.trust.sharing import share
+from peerproxyd.trust.viewers import ViewerStore
 
 OWNER = "owner"
 LINK_MARK = "link: "

@@ -55,6 +55,10 @@ def convert(options: dict[str, Any], data_dir: Path) -> str:
             f"[services.{toml_string(str(service.get('name', '')))}]",
             f"upstream = {toml_string(str(service.get('url', '')))}",
         ]
+        if service.get("host"):
+            lines.append(f"host = {toml_string(str(service['host']))}")
+        if service.get("forwarded_for"):
+            lines.append("forwarded_for = true")
     stun = [str(url) for url in options.get("stun_servers") or []]
     if stun:
         servers = ", ".join(f"{{ urls = {toml_string(url)} }}" for url in stun)

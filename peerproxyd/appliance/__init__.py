@@ -1,0 +1,2 @@
+"""The device on its host: systemd notifications (notify.py), mDNS on the LAN (mdns.py),
+watching the host's addresses (netwatch.py)."""

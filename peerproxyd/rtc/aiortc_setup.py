@@ -1,0 +1,196 @@
+"""aiortc set-up shared by the daemon and the native client, and the connection report."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from aioice import Candidate, stun
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+from peerproxyd.config import IceSettings
+from peerproxyd.rtc.patches import (
+    aioice_consent,
+    aioice_mdns,
+    aioice_nomination,
+    aioice_ports,
+    aioice_tuning,
+    aiortc_dtls,
+    aiortc_receive,
+    aiortc_sack,
+    aiortc_transmit,
+)
+
+CHANNEL_LABEL = "peerproxy"
+RTT_TIMEOUT = 2.0
+
+
+def configure_ice(ice: IceSettings) -> None:
+    """Apply the process-wide ICE settings (host address allow list, UDP receive buffer, port
+    range) and our aioice fixes: resolving browsers' `.local` candidates, direct pairs before
+    relayed ones, consent checks that a busy peer's late answers do not expire."""
+    aioice_tuning.configure(
+        host_addresses=ice.host_addresses, receive_buffer=ice.udp_receive_buffer
+    )
+    aioice_ports.configure(
+        aioice_ports.parse_port_range(ice.port_range) if ice.port_range else None
+    )
+    aioice_mdns.install()
+    aioice_nomination.install()
+    aioice_consent.install()
+    install_speedups(SPEEDUPS)
+
+
+SPEEDUPS: dict[str, Callable[[bool], None]] = {
+    "sack": aiortc_sack.install,
+    "transmit": aiortc_transmit.install,
+    "dtls": aiortc_dtls.install,
+    "receive": aiortc_receive.install,
+}
+"""Our aiortc speed-ups by name (issue 7), each in its own module; bench/datachannel.py
+measures them against stock aiortc."""
+
+
+def install_speedups(names: Iterable[str]) -> None:
+    """Install the named speed-ups and remove the others (process-wide)."""
+    chosen = set(names)
+    unknown = chosen - SPEEDUPS.keys()
+    if unknown:
+        raise ValueError(f"unknown speed-ups: {sorted(unknown)}; known: {sorted(SPEEDUPS)}")
+    for name, install in SPEEDUPS.items():
+        install(name in chosen)
+
+
+def new_peer_connection(ice: IceSettings) -> RTCPeerConnection:
+    """A peer connection using exactly the configured ICE servers.
+
+    aiortc falls back to a public STUN server when given none; we always pass the list, so an
+    empty configuration means host candidates only."""
+    servers = [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in ice.servers
+    ]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+PairType = Literal["host", "srflx", "relay"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionReport:
+    """The selected ICE candidate pair of a connected peer connection.
+
+    `type` is the path: `relay` through a TURN server, `srflx` through at least one NAT
+    (a server- or peer-reflexive candidate with a public address), `host` directly.
+    `protocol` is how our packets leave: `udp`, or `tcp`/`tls` to a TURN server. `backend`
+    is the WebRTC stack of our end (transport.py)."""
+
+    type: PairType
+    protocol: str
+    local_type: str
+    local: str
+    remote_type: str
+    remote: str
+    rtt_ms: float | None
+    backend: str = "aiortc"
+    remote_ip: str = ""
+    """The remote candidate's IP address (an mDNS name resolved); for a relay pair the
+    TURN server's relayed address."""
+
+    def __str__(self) -> str:
+        rtt = f"{self.rtt_ms:.1f} ms" if self.rtt_ms is not None else "unknown"
+        return (
+            f"{self.type} ({self.protocol}) {self.local} [{self.local_type}] <-> "
+            f"{self.remote} [{self.remote_type}], rtt {rtt}, backend {self.backend}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pair_type(local: Candidate, remote: Candidate) -> PairType:
+    if "relay" in (local.type, remote.type):
+        return "relay"
+    reflexive = [c for c in (local, remote) if c.type in ("srflx", "prflx")]
+    # A peer-reflexive candidate on a LAN address is a LAN host the checks found first.
+    if any(c.type == "srflx" or not _is_lan(c.host) for c in reflexive):
+        return "srflx"
+    return "host"
+
+
+_LAN_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+              "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128")
+)
+
+
+def _is_lan(host: str) -> bool:
+    """An RFC 1918 / link-local / loopback / ULA address, or an mDNS name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # an mDNS name: on the LAN by definition
+    return any(address in network for network in _LAN_NETWORKS)
+
+
+def _ice_connection(pc: RTCPeerConnection) -> Any:
+    """aioice's Connection under the data channel (aiortc exposes no selected pair)."""
+    sctp = pc.sctp
+    if sctp is None:
+        return None
+    return sctp.transport.transport._connection
+
+
+async def connection_report(
+    pc: RTCPeerConnection, *, measure_rtt: bool = True
+) -> ConnectionReport | None:
+    """The selected pair of `pc`, or None before ICE has nominated one.
+
+    The RTT is one STUN binding request over the selected pair, like a consent check
+    (RFC 7675), timed; None if it got no answer within RTT_TIMEOUT seconds."""
+    ice = _ice_connection(pc)
+    pair = ice._nominated.get(1) if ice is not None else None
+    if pair is None:
+        return None
+    local, remote = pair.local_candidate, pair.remote_candidate
+    protocol = "udp"
+    if local.type == "relay":
+        protocol = "tls" if ice.turn_ssl else ice.turn_transport
+    rtt = await _measure_rtt(ice, pair) if measure_rtt else None
+    return ConnectionReport(
+        type=pair_type(local, remote),
+        protocol=protocol,
+        local_type=local.type,
+        local=f"{local.host}:{local.port}",
+        remote_type=remote.type,
+        remote=_address(remote.host, remote._network_host, remote.port),
+        remote_ip=remote._network_host,
+        rtt_ms=rtt,
+        backend="aiortc",
+    )
+
+
+def _address(host: str, network_host: str, port: int) -> str:
+    if host != network_host:  # an mDNS name and what it resolved to
+        return f"{host} ({network_host}):{port}"
+    return f"{host}:{port}"
+
+
+async def _measure_rtt(ice: Any, pair: Any) -> float | None:
+    if ice.remote_password is None:
+        return None
+    request = ice.build_request(pair, nominate=False)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(RTT_TIMEOUT):
+            await pair.protocol.request(
+                request, pair.remote_addr, integrity_key=ice.remote_password.encode("utf8")
+            )
+    except (TimeoutError, stun.TransactionError, ConnectionError):
+        return None
+    return (time.monotonic() - started) * 1000
