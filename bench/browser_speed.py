@@ -51,7 +51,7 @@ from tests.support.procs import TEST_BACKEND  # noqa: E402
 MIB = 1024 * 1024
 EMPTY_GETS = 40
 
-MEASURE_JS = """async ({size, empties}) => {
+MEASURE_JS = """async ({size, empties, uploads}) => {
     const t0 = performance.now();
     const r = await fetch('/download?size=' + size + '&r=' + Math.random());
     const got = await r.arrayBuffer();
@@ -64,8 +64,8 @@ MEASURE_JS = """async ({size, empties}) => {
         if (answer.size !== size) throw new Error('short upload ' + answer.size);
         return performance.now() - t1;
     };
-    const upload = await up(new Uint8Array(size));
-    const uploadBlob = await up(new Blob([new Uint8Array(size)]));
+    const upload = uploads ? await up(new Uint8Array(size)) : NaN;
+    const uploadBlob = uploads ? await up(new Blob([new Uint8Array(size)])) : NaN;
     const empty = [];
     for (let i = 0; i < empties; i++) {
         const t = performance.now();
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "webclient",
                         help="the webclient directory to measure (this tree's)")
+    parser.add_argument("--no-uploads", action="store_true", help="downloads and empty GETs only")
     parser.add_argument("--no-compare", action="store_true", help="only the work variant")
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -202,7 +203,8 @@ def main() -> None:
                 world.serve(source)
                 world.open("/")
                 world.agent.app.evaluate(ONE_JS, {"kind": "download", "size": MIB})  # warm-up
-                m = world.agent.app.evaluate(MEASURE_JS, {"size": size, "empties": EMPTY_GETS})
+                m = world.agent.app.evaluate(MEASURE_JS, {"size": size, "empties": EMPTY_GETS,
+                                              "uploads": not args.no_uploads})
                 samples[name]["download"].append(size / m["download"] / 1000)
                 samples[name]["upload"].append(size / m["upload"] / 1000)
                 samples[name]["upload_blob"].append(size / m["uploadBlob"] / 1000)
@@ -212,7 +214,8 @@ def main() -> None:
                       f"{samples[name]['upload_blob'][-1]:.2f}), empty GET "
                       f"{samples[name]['empty'][-1]:.1f} ms", flush=True)
             world.agent.page.goto(f"http://127.0.0.1:{APP_PORT}/")
-            m = world.agent.page.evaluate(MEASURE_JS, {"size": size, "empties": EMPTY_GETS})
+            m = world.agent.page.evaluate(MEASURE_JS, {"size": size, "empties": EMPTY_GETS,
+                                              "uploads": not args.no_uploads})
             samples["direct"]["download"].append(size / m["download"] / 1000)
             samples["direct"]["upload"].append(size / m["upload"] / 1000)
             samples["direct"]["upload_blob"].append(size / m["uploadBlob"] / 1000)
