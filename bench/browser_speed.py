@@ -177,8 +177,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "webclient",
                         help="the webclient directory to measure (this tree's)")
-    parser.add_argument("--no-uploads", action="store_true", help="downloads and empty GETs only (a 64 MiB Uint8Array POST closes this headless "
-                        "Chromium's page, even sent directly)")
+    parser.add_argument("--no-uploads", action="store_true",
+                        help="downloads and empty GETs only (a 64 MiB Uint8Array POST closes "
+                        "this headless Chromium's page, even sent directly)")
     parser.add_argument("--no-compare", action="store_true", help="only the work variant")
     args = parser.parse_args()
     reason = unavailable_reason()
