@@ -150,7 +150,11 @@ function hex4(n) {
   return "0x" + n.toString(16).padStart(4, "0");
 }
 
-/** Decode and check one whole data-channel message; throw RemoteProtocolError if invalid. */
+/**
+ * Decode and check one whole data-channel message; throw RemoteProtocolError if invalid.
+ * The frame's payload is a view of `data` (not a copy): a data channel hands each message a
+ * buffer of its own, so a receiver may pass that buffer on (relay.js transfers it).
+ */
 export function parseFrame(data) {
   const bytes = bytesOf(data);
   const n = bytes.length;
@@ -172,7 +176,7 @@ export function parseFrame(data) {
     );
   }
   if (flags & ~KNOWN_FLAGS) throw fail(`unknown flags ${hex4(flags & ~KNOWN_FLAGS)}`);
-  const frame = new Frame(streamId, seq, flags, bytes.slice(HEADER_SIZE));
+  const frame = new Frame(streamId, seq, flags, bytes.subarray(HEADER_SIZE));
   const problem = combinationProblem(frame);
   if (problem) throw fail(problem);
   return frame;

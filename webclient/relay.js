@@ -4,9 +4,12 @@
 // Per request, over its own MessageChannel port (ArrayBuffers are transferred, never copied):
 //   worker -> page  {type:"body", chunk}  {type:"body-end"}  {type:"consumed", bytes}  {type:"cancel"}
 //   page -> worker  {type:"accepted"}  {type:"credit", bytes}  {type:"body-stop"}
-//                   {type:"head", status, headers, authorization, basicRealm}  {type:"data", chunk, end}
-//                   {type:"error", status, message}
-// Request bodies come in chunks of at most MAX_PAYLOAD bytes, only as far as "credit" allows;
+//                   {type:"head", status, headers, authorization, basicRealm}
+//                   {type:"data", chunk, offset, end}  {type:"error", status, message}
+// A data message's bytes are `chunk` from `offset` on: the whole data-channel message is
+// transferred as it arrived (its 12-byte header before `offset`), never copied.
+// Request bodies come in chunks of at most 256 KiB (sw.js MAX_PIECE), only as far as "credit"
+// allows;
 // response bytes are acknowledged with "consumed" once the worker's stream hands them on, and
 // only then does the device get more WINDOW. Memory per stream stays near INITIAL_WINDOW.
 //
@@ -112,11 +115,17 @@ class Exchange {
       if (end) this._finish({ type: "data", chunk: new ArrayBuffer(0), end: true });
     };
     stream.onData = (data, end) => {
-      // `data` owns its buffer (protocol.js copies payloads out of the message): transfer it.
-      const chunk = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength
-        ? data.buffer : data.slice().buffer;
-      if (end) this._finish({ type: "data", chunk, end: true }, [chunk]);
-      else port.postMessage({ type: "data", chunk, end: false }, [chunk]);
+      // `data` views the tail of the channel message's own buffer (protocol.js does not copy
+      // payloads): transfer that buffer. Anything else (a view that stops short) is copied.
+      let chunk = data.buffer;
+      let offset = data.byteOffset;
+      if (offset + data.byteLength !== chunk.byteLength) {
+        chunk = data.slice().buffer;
+        offset = 0;
+      }
+      const message = { type: "data", chunk, offset, end };
+      if (end) this._finish(message, [chunk]);
+      else port.postMessage(message, [chunk]);
     };
     stream.onError = (error) => {
       if (this.finished) return;

@@ -11,8 +11,12 @@
 importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js", "/__peerproxy/event-stream.js");
 
 const PREFIX = "/__peerproxy/";
-const MAX_PAYLOAD = 16372; // one data-channel body message
+const MAX_PIECE = 256 * 1024; // request-body bytes per message to the page (its credit: 1 MiB)
 const RESPONSE_HIGH_WATER = 256 * 1024; // bytes the Response stream buffers before "consumed" pauses
+// Consumed bytes reported to the page at once: it grants WINDOW per 256 KiB anyway, so one
+// "consumed" per 16 KiB chunk only cost the page a task each. What stays unreported (< 64 KiB)
+// plus the page's ungranted (< 256 KiB) leaves the device most of its 1 MiB window.
+const ACK_BATCH = 64 * 1024;
 const MANAGER_WAIT = 10_000;
 const ACCEPT_WAIT = 5_000;
 // How long a request waits for the sign-in dialog: Chromium ends a fetch event that has not
@@ -314,7 +318,7 @@ function send(event, manager, fetchMessage, body, events) {
     if (!controller) return;
     const queued = Math.max(0, RESPONSE_HIGH_WATER - (controller.desiredSize ?? 0));
     const consumed = enqueued - Math.min(queued, enqueued);
-    if (consumed > acked) {
+    if (consumed - acked >= ACK_BATCH) {
       port.postMessage({ type: "consumed", bytes: consumed - acked });
       acked = consumed;
     }
@@ -354,11 +358,12 @@ function send(event, manager, fetchMessage, body, events) {
       case "head":
         settleHead(msg);
         break;
-      case "data":
-        if (msg.chunk.byteLength) {
-          enqueued += msg.chunk.byteLength;
+      case "data": {
+        const bytes = new Uint8Array(msg.chunk, msg.offset ?? 0); // relay.js: from offset on
+        if (bytes.length) {
+          enqueued += bytes.length;
           try {
-            controller.enqueue(new Uint8Array(msg.chunk));
+            controller.enqueue(bytes);
           } catch {
             // the reader went away (cancel was sent)
           }
@@ -374,6 +379,7 @@ function send(event, manager, fetchMessage, body, events) {
           done();
         }
         break;
+      }
       case "error":
         ended = true;
         bodyStopped = true;
@@ -417,8 +423,11 @@ function send(event, manager, fetchMessage, body, events) {
         for (;;) {
           const { value, done: last } = await reader.read();
           if (last || bodyStopped) break;
-          for (let at = 0; at < value.length && !bodyStopped; at += MAX_PAYLOAD) {
-            const piece = value.slice(at, at + MAX_PAYLOAD);
+          // The blob's chunks go as they are (transferred); the page splits them into
+          // messages. Only a chunk that shares its buffer or is too big is copied out.
+          const whole = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength;
+          for (let at = 0; at < value.length && !bodyStopped; at += MAX_PIECE) {
+            const piece = whole && value.length <= MAX_PIECE ? value : value.slice(at, at + MAX_PIECE);
             while (credit < piece.length && !bodyStopped) {
               await new Promise((resolve) => {
                 creditArrived = resolve;
