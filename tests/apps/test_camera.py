@@ -83,10 +83,17 @@ def wait_until(predicate: Any, timeout: float, message: str) -> None:
 
 
 def new_request(world: BrowserWorld, seen: int, timeout: float = 30) -> dict[str, Any]:
-    """The first request through the meter after the `seen` ones, once it carries frames."""
-    wait_until(lambda: len(meter(world)["requests"]) > seen
-               and meter(world)["requests"][seen]["parts"] >= 3, timeout, "no stream upstream")
-    return meter(world)["requests"][seen]
+    """The first stream request through the meter after the `seen` ones, once it carries
+    frames (meter.json is written every moment, so `seen` may lag a request or two behind:
+    the page's own request, e.g. /0/current, is skipped)."""
+    def stream() -> dict[str, Any] | None:
+        return next((r for r in meter(world)["requests"][seen:]
+                     if r["request"].startswith(f"GET {STREAM} ") and r["parts"] >= 3), None)
+
+    wait_until(lambda: stream() is not None, timeout, "no stream upstream")
+    found = stream()
+    assert found is not None
+    return found
 
 
 def frames(world: BrowserWorld, request_id: int) -> tuple[int, int]:
