@@ -57,7 +57,7 @@ def sign_in(world: BrowserWorld, password: str = BASIC_PASSWORD) -> None:
 
 def test_basic_auth_asks_in_a_dialog_and_retries(world: BrowserWorld) -> None:
     seen = len(basic_log(world))
-    world.open("/basic/")  # the card leaves at the 401: the dialog is over the frame
+    world.open("/basic/", document=False)  # the card leaves at the 401; the dialog covers it
     page, app = world.agent.page, world.agent.app
     page.wait_for_selector(DIALOG)
     text = page.inner_text("#signin")
@@ -96,7 +96,7 @@ def test_basic_auth_asks_in_a_dialog_and_retries(world: BrowserWorld) -> None:
 
 
 def test_basic_auth_cancel_gives_the_app_the_401(world: BrowserWorld) -> None:
-    world.open("/basic/")
+    world.open("/basic/", document=False)
     page, app = world.agent.page, world.agent.app
     page.wait_for_selector(DIALOG)
     page.click("[data-signin=cancel]")

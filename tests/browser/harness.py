@@ -335,16 +335,17 @@ class BrowserWorld:
 
     def open(self, path: str = "/", *, device: str | None = None, service: str = SERVICE,
              viewer: str | None = None, url: str | None = None, phase: str = "connected",
-             timeout: float = 20.0) -> None:
+             timeout: float = 20.0, document: bool = True) -> None:
         """A fresh browser context opening the share link of `viewer` (default: the one of
-        `service`) at `path`, or `url`; wait for `phase` and, once connected, for the app
-        frame's document (the card leaves at the frame's first response, a moment before
-        that document replaces the frame's initial about:blank)."""
+        `service`) at `path`, or `url`; wait for `phase` and, once connected and unless
+        `document` is false (a 401 that the sign-in dialog holds back), for the app frame's
+        document (the card leaves at the frame's first response, a moment before that
+        document replaces the frame's initial about:blank)."""
         assert self.agent is not None
         self.agent.new_page()
         self.agent.page.goto(url or self.link(path, viewer=viewer, service=service, device=device))
         self.wait_phase(phase, timeout=timeout)
-        if phase == "connected":
+        if phase == "connected" and document:
             self.agent.page.wait_for_function(
                 "() => { const d = document.getElementById('app')?.contentDocument;"
                 " return !!d && d.URL !== 'about:blank'; }", timeout=timeout * 1000)
