@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench._measure import percentile  # noqa: E402
 from tests.browser.harness import APP_PORT, BrowserWorld, unavailable_reason  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -91,11 +92,6 @@ def linear_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def mb_per_s(slope_ms_per_byte: float) -> float:
     return 1.0 / slope_ms_per_byte * 1000 / 1e6
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 class Bench:

@@ -32,18 +32,22 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 
+from bench._measure import (  # noqa: E402
+    cpu_seconds,
+    machine,
+    machine_busy,
+    percentile,
+    progress,
+)
 from bench._procs import ROOT, ProxyStack, RawPair  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -112,18 +116,6 @@ async def http_series(session: aiohttp.ClientSession, base: str, size: Size) -> 
     return latencies
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (10 ms ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> float:
-    """CPU seconds all cores have spent busy since boot (everything but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def udp_datagrams() -> int:
     """UDP datagrams received in this network namespace (all processes)."""
     lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
@@ -136,15 +128,6 @@ def cpu_probe_ms() -> float:
     t0 = time.perf_counter()
     sum(i * i for i in range(100_000))
     return (time.perf_counter() - t0) * 1000
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (q in 0..1)."""
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def across_runs(values: list[float]) -> dict[str, float]:
@@ -284,10 +267,6 @@ class Bench:
         }
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- reporting
 def targets(results: dict[str, Any], sizes: tuple[Size, ...]) -> dict[str, Any]:
     largest = str(sizes[-1].bytes)
@@ -386,39 +365,6 @@ def cost_lines(results: dict[str, Any], sizes: tuple[Size, ...]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    versions = {}
-    for package in ("aiortc", "aioice", "aiohttp", "uvloop", "pyOpenSSL", "cryptography"):
-        try:
-            versions[package] = version(package)
-        except Exception:
-            versions[package] = None
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            )
-        except OSError:
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": git("status", "--porcelain", "--", "peerproxyd", "tests/support"),
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "versions": versions,
-    }
-
-
 def plot(results: dict[str, Any], sizes: tuple[Size, ...], path: Path, title: str) -> None:
     import matplotlib
 
@@ -483,7 +429,10 @@ async def main_async(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "raw_sender": "burst" if args.raw_burst else "yield after each message",
         "duration_s": time.perf_counter() - began,
-        "machine": machine(),
+        "machine": machine(
+            ("aiortc", "aioice", "aiohttp", "uvloop", "pyOpenSSL", "cryptography"),
+            watched=("peerproxyd", "tests/support"),
+        ),
         "units": {"size": "bytes (1 KB = 1024 B)", "mb_s": "10^6 bytes per second"},
         "sizes": [
             {"bytes": s.bytes, "label": s.label, "count": s.count, "budget_s": s.budget}

@@ -47,7 +47,6 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import secrets  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
@@ -56,10 +55,10 @@ import subprocess  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench._measure import cpu_seconds, machine, machine_busy, progress  # noqa: E402
 from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,20 +143,7 @@ window.bench = {
 """ % {"low": LOW_WATER, "high": HIGH_WATER, "message": 16 * 1024}
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- /proc
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def tree(pid: int) -> list[int]:
     """`pid` and its descendants."""
     children: dict[int, list[int]] = {}
@@ -174,11 +160,6 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
-
-
-def machine_busy() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -516,29 +497,6 @@ def native_runtime(python: str | None) -> str | None:
     return out.stdout.strip() or None
 
 
-def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown")
-    versions = {}
-    for package in ("aiortc", "aioice", "uvloop", "pyOpenSSL", "cryptography", "playwright"):
-        try:
-            versions[package] = version(package)
-        except Exception:
-            versions[package] = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "peerproxyd", "bench"],
-                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    chromium = None
-    if Path("/usr/bin/chromium").exists():
-        chromium = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True,
-                                  text=True).stdout.strip()
-    return {"commit": commit, "uncommitted_changes": dirty, "nproc": os.cpu_count(),
-            "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release(), "chromium": chromium, "versions": versions}
-
-
 def native_python(path: str) -> str | None:
     """`path` if it is a Python that imports libdatachannel, else None (said on stderr)."""
     try:
@@ -622,7 +580,8 @@ def main() -> int:
     finally:
         world.down()
     rows = summarize(records)
-    m = machine()
+    m = machine(("aiortc", "aioice", "uvloop", "pyOpenSSL", "cryptography", "playwright"),
+                watched=("peerproxyd", "bench"), chromium=True)
     m["native"] = native_runtime(native)
     report = {
         "timestamp": stamp, "mode": "quick" if args.quick else "full", "runs": runs,

@@ -12,7 +12,7 @@ import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -29,10 +29,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 from yarl import URL
 
@@ -63,7 +63,16 @@ ICE_SCHEMES = ("stun", "turn", "turns")
 # The file `load()` is reading. pydantic-settings has no per-call TOML path (pydantic-settings
 # issue #259), so `Settings.settings_customise_sources` reads it from here; a ContextVar keeps
 # concurrent loads apart. It also anchors a relative `device.state_dir` and names the default one.
-_toml_file: ContextVar[Path | None] = ContextVar("peerproxyd_toml_file", default=None)
+# The file being loaded and its table, while `load` validates it (relative paths and the
+# default state directory depend on where the file is).
+_loading: ContextVar[tuple[Path, dict[str, Any]] | None] = ContextVar(
+    "peerproxyd_loading", default=None
+)
+
+
+def _toml_file() -> Path | None:
+    loading = _loading.get()
+    return loading[0] if loading else None
 
 # Error type for a problem found by a model validator that belongs to one of the model's keys.
 _KEY_ERROR = "peerproxyd_key"
@@ -132,7 +141,7 @@ class DeviceSettings(_Section):
     @model_validator(mode="after")
     def _resolve_state_dir(self) -> Self:
         if self.state_dir is None:
-            toml_file = _toml_file.get()
+            toml_file = _toml_file()
             self.state_dir = default_state_dir(toml_file.stem if toml_file else "peerproxyd")
         else:
             self.state_dir = _resolve(self.state_dir.expanduser())
@@ -147,7 +156,7 @@ class DeviceSettings(_Section):
 
 def _resolve(path: Path) -> Path:
     """`path`, anchored at the directory of the file being loaded when it is relative."""
-    toml_file = _toml_file.get()
+    toml_file = _toml_file()
     if path.is_absolute() or toml_file is None:
         return path
     return toml_file.parent / path
@@ -536,7 +545,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest priority first: keyword arguments, then the environment, then the file.
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_file.get())
+        loading = _loading.get()
+        toml = InitSettingsSource(settings_cls, init_kwargs=loading[1] if loading else {})
         return init_settings, env_settings, toml
 
 
@@ -546,30 +556,37 @@ def load(path: str | Path) -> Settings:
     Raises `ConfigError` whose `problems` hold one line per problem, each naming its key.
     """
     path = Path(path)
+    token = _loading.set((path, read_toml(path)))
+    try:
+        return Settings()  # type: ignore[call-arg]  # fields come from the sources
+    except ValidationError as exc:
+        raise ConfigError([problem(error) for error in exc.errors(include_url=False)]) from None
+    except SettingsError as exc:
+        # e.g. PEERPROXYD_ICE__HOST_ADDRESSES=127.0.0.1: lists and tables must be JSON.
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ConfigError([f"environment: {exc}{cause} (lists and tables are JSON)"]) from None
+    finally:
+        _loading.reset(token)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The table of the TOML file at `path`; a `ConfigError` saying why it cannot be read."""
     if not path.exists():
         raise ConfigError([f"file not found: {path}"])
     if not path.is_file():
         raise ConfigError([f"not a regular file: {path}"])
-    token = _toml_file.set(path)
     try:
-        return Settings()  # type: ignore[call-arg]  # fields come from the sources
-    except ValidationError as exc:
-        raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
+        with path.open("rb") as f:
+            return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"invalid TOML: {path} is not UTF-8 text"]) from None
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
-    except SettingsError as exc:
-        # e.g. PEERPROXYD_ICE__HOST_ADDRESSES=127.0.0.1: lists and tables must be JSON.
-        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
-        raise ConfigError([f"environment: {exc}{cause} (lists and tables are JSON)"]) from None
-    finally:
-        _toml_file.reset(token)
 
 
-def _problem(error: ErrorDetails) -> str:
+def problem(error: ErrorDetails) -> str:
     """One pydantic error as `dotted.key: message`."""
     loc = [str(part) for part in error["loc"] if part != "[key]"]
     kind = error["type"]

@@ -9,13 +9,12 @@ same form as the daemon's. See config/signal.toml.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from peerproxyd.config import ICE_URL_RE, LogSettings, _problem
+from peerproxyd.config import ICE_URL_RE, LogSettings, problem, read_toml
 from peerproxyd.errors import ConfigError
 from peerproxyd.signaling import turn_credentials
 
@@ -153,27 +152,11 @@ class SignalSettings(_Table):
         )
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError([f"file not found: {path}"])
-    if not path.is_file():
-        raise ConfigError([f"not a regular file: {path}"])
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"invalid TOML: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"invalid TOML: {path} is not UTF-8 text"]) from None
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
-
-
 def is_signal_config(path: str | Path) -> bool:
     """Whether the file is meant for the signaling server: it has a `[server]` table and no
     `[device]` table. Unreadable files are not (the daemon's loader reports why)."""
     try:
-        data = _read(Path(path))
+        data = read_toml(Path(path))
     except ConfigError:
         return False
     return "server" in data and "device" not in data
@@ -182,11 +165,11 @@ def is_signal_config(path: str | Path) -> bool:
 def load(path: str | Path) -> SignalSettings:
     """Read and validate a signaling-server configuration; `ConfigError` lists every problem."""
     path = Path(path)
-    data = _read(path)
+    data = read_toml(path)
     try:
         settings = SignalSettings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
+        raise ConfigError([problem(error) for error in exc.errors(include_url=False)]) from None
     webclient = settings.server.webclient_dir
     if webclient is not None and not webclient.is_absolute():
         settings.server.webclient_dir = path.parent / webclient
