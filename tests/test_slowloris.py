@@ -1,0 +1,150 @@
+"""Slowloris on every HTTP listener: a raw TCP client on loopback sends a request head one
+byte at a time and never finishes it; the listener closes the connection once its head timeout
+has passed, and serves a normal client meanwhile. Real processes: `peerproxyd signal` (its
+`[limits] head_timeout` from a config file), the daemon's status panel and the native
+client's local port (both with their fixed 10 s)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from peerproxyd.client import native
+from peerproxyd.device import panel
+from tests.support.procs import Proc, free_port, python, wait_http
+from tests.support.stack import Stack
+
+SIGNAL_HEAD_TIMEOUT = 4.0
+STEP = 0.5
+"""Seconds between two bytes of the slow head."""
+SLACK = 30.0
+"""How much later than its head timeout a listener may close the slow connection (a loaded
+machine); far below aiohttp's default of an hour."""
+PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 8000
+
+
+@dataclass
+class Slow:
+    """What a slowloris connection got: bytes it sent, whether the server closed it, what
+    the server sent back."""
+
+    sent: int = 0
+    closed: bool = False
+    reply: bytes = b""
+
+
+async def slowloris(port: int, bound: float, slow: Slow) -> None:
+    """Send PARTIAL_HEAD to 127.0.0.1:`port` a byte every STEP seconds until the server
+    closes the connection, for at most `bound` seconds (bounded: one byte per step)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    eof = asyncio.ensure_future(reader.read())
+    try:
+        for i in range(min(int(bound / STEP) + 1, len(PARTIAL_HEAD))):
+            try:
+                writer.write(PARTIAL_HEAD[i:i + 1])
+                await writer.drain()
+            except ConnectionError:
+                break
+            slow.sent += 1
+            await asyncio.wait([eof], timeout=STEP)
+            if eof.done():
+                break
+        await asyncio.wait([eof], timeout=STEP)
+        if eof.done():
+            slow.closed = True
+            slow.reply = b"" if eof.exception() else eof.result()
+    finally:
+        eof.cancel()
+        writer.close()
+
+
+async def attack_while_serving(port: int, head_timeout: float, url: str) -> Slow:
+    """Run a slowloris connection against `port`; once it has sent a few bytes, a normal
+    client GETs `url` (200, while the slow connection is still open). Return the slow one."""
+    slow = Slow()
+    attack = asyncio.create_task(slowloris(port, head_timeout + SLACK, slow))
+    for _ in range(200):  # until the slow head has started
+        if slow.sent >= 3 or attack.done():
+            break
+        await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as r:
+                assert r.status == 200, url
+                await r.read()
+    assert not attack.done(), "the slow connection ended before the normal client was served"
+    await attack
+    return slow
+
+
+def assert_cut_off(slow: Slow) -> None:
+    assert slow.closed, f"still open after {slow.sent} bytes of a head that never ends"
+    assert slow.sent >= 3 and slow.reply == b"", slow
+
+
+# ----- the signaling server
+
+
+@pytest.fixture(scope="module")
+def signal_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    tmp = tmp_path_factory.mktemp("slow-signal")
+    port = free_port()
+    config = tmp / "signal.toml"
+    config.write_text(f"[server]\nport = {port}\n[limits]\nhead_timeout = {SIGNAL_HEAD_TIMEOUT}\n")
+    proc = Proc("signal", python("-m", "peerproxyd", "signal", "--config", str(config)), tmp)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        proc.wait_for_log(rf"request heads within {SIGNAL_HEAD_TIMEOUT:g} s")
+        yield port
+    finally:
+        proc.stop()
+
+
+async def test_signaling_server_closes_a_slowloris_connection(signal_port: int) -> None:
+    slow = await attack_while_serving(
+        signal_port, SIGNAL_HEAD_TIMEOUT, f"http://127.0.0.1:{signal_port}/healthz")
+    assert_cut_off(slow)
+
+
+# ----- the daemon's status panel and the native client's local port
+
+
+@dataclass
+class Device:
+    stack: Stack
+    panel_port: int
+    client_url: str
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    stack = Stack(tmp_path_factory.mktemp("slow-device"))
+    panel_port = free_port()
+    stack.extra_config = (
+        f'[daemon]\npanel = "127.0.0.1:{panel_port}"\npanel_allow = ["127.0.0.1"]\n')
+    try:
+        stack.upstream("camera")
+        stack.signal()
+        stack.daemon({"camera": stack.upstream_ports["camera"]})
+        stack.procs["daemon"].wait_for_log("status panel on")
+        _, client_url = stack.client("camera")
+        yield Device(stack, panel_port, client_url)
+    finally:
+        stack.stop()
+
+
+async def test_status_panel_closes_a_slowloris_connection(device: Device) -> None:
+    slow = await attack_while_serving(
+        device.panel_port, panel.HEAD_TIMEOUT, f"http://127.0.0.1:{device.panel_port}/status.json")
+    assert_cut_off(slow)
+
+
+async def test_native_client_port_closes_a_slowloris_connection(device: Device) -> None:
+    port = int(device.client_url.rsplit(":", 1)[1])
+    slow = await attack_while_serving(port, native.HEAD_TIMEOUT, device.client_url + "/")
+    assert_cut_off(slow)
