@@ -1,8 +1,8 @@
-"""Slowloris on every HTTP listener: a raw TCP client on loopback sends a request head one
-byte at a time and never finishes it; the listener closes the connection once its head timeout
-has passed, and serves a normal client meanwhile. Real processes: `peerproxyd signal` (its
-`[limits] head_timeout` from a config file), the daemon's status panel and the native
-client's local port (both with their fixed 10 s)."""
+"""Every HTTP listener against a raw TCP client on loopback. Slowloris: a request head sent
+one byte at a time that never ends; the listener closes the connection once its head timeout
+has passed, and serves a normal client meanwhile. Oversized heads: 400, and the next client is
+served. Real processes: `peerproxyd signal` (its `[limits] head_timeout` from a config file),
+the daemon's status panel and the native client's local port (both with their fixed 10 s)."""
 
 from __future__ import annotations
 
@@ -148,3 +148,42 @@ async def test_native_client_port_closes_a_slowloris_connection(device: Device) 
     port = int(device.client_url.rsplit(":", 1)[1])
     slow = await attack_while_serving(port, native.HEAD_TIMEOUT, device.client_url + "/")
     assert_cut_off(slow)
+
+
+# ----- oversized heads
+
+
+async def raw_exchange(port: int, head: bytes) -> bytes:
+    """Send `head` to 127.0.0.1:`port`; everything the server sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(30):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+OVERSIZED = {
+    "a header line": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "a request line": b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "too many headers": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+}
+
+
+async def test_every_listener_refuses_an_oversized_head(signal_port: int, device: Device) -> None:
+    client_port = int(device.client_url.rsplit(":", 1)[1])
+    listeners = {
+        "signaling": (signal_port, f"http://127.0.0.1:{signal_port}/healthz"),
+        "panel": (device.panel_port, f"http://127.0.0.1:{device.panel_port}/status.json"),
+        "native client": (client_port, device.client_url + "/"),
+    }
+    async with aiohttp.ClientSession() as http:
+        for name, (port, url) in listeners.items():
+            for what, head in OVERSIZED.items():
+                reply = await raw_exchange(port, head)
+                assert reply.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (name, what, reply)
+                async with http.get(url) as r:
+                    assert r.status == 200, (name, what)
