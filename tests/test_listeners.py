@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from peerproxyd.client import native
-from peerproxyd.device import panel
+from peerproxyd.device import panel as panel_module
+from tests.device import test_panel
+from tests.device.test_panel import Panel
 from tests.support.procs import Proc, free_port, python, wait_http
-from tests.support.stack import Stack
 
 SIGNAL_HEAD_TIMEOUT = 4.0
 STEP = 0.5
@@ -25,6 +25,8 @@ STEP = 0.5
 SLACK = 30.0
 """How much later than its head timeout a listener may close the slow connection (a loaded
 machine); far below aiohttp's default of an hour."""
+panel = test_panel.panel
+"""The module-scoped fixture of tests/device/test_panel.py: a daemon serving its panel."""
 PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 8000
 
 
@@ -111,42 +113,28 @@ async def test_signaling_server_closes_a_slowloris_connection(signal_port: int) 
     assert_cut_off(slow)
 
 
-# ----- the daemon's status panel and the native client's local port
-
-
-@dataclass
-class Device:
-    stack: Stack
-    panel_port: int
-    client_url: str
+# ----- the daemon's status panel (tests/device/test_panel.py's daemon) and a native client
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
-    stack = Stack(tmp_path_factory.mktemp("slow-device"))
-    panel_port = free_port()
-    stack.extra_config = (
-        f'[daemon]\npanel = "127.0.0.1:{panel_port}"\npanel_allow = ["127.0.0.1"]\n')
-    try:
-        stack.upstream("camera")
-        stack.signal()
-        stack.daemon({"camera": stack.upstream_ports["camera"]})
-        stack.procs["daemon"].wait_for_log("status panel on")
-        _, client_url = stack.client("camera")
-        yield Device(stack, panel_port, client_url)
-    finally:
-        stack.stop()
+def client_url(panel: Panel) -> str:
+    """The native client's local port, on the panel's stack."""
+    _, url = panel.stack.client("camera")
+    return url
 
 
-async def test_status_panel_closes_a_slowloris_connection(device: Device) -> None:
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_status_panel_closes_a_slowloris_connection(panel: Panel) -> None:
     slow = await attack_while_serving(
-        device.panel_port, panel.HEAD_TIMEOUT, f"http://127.0.0.1:{device.panel_port}/status.json")
+        port_of(panel.url), panel_module.HEAD_TIMEOUT, f"{panel.url}/status.json")
     assert_cut_off(slow)
 
 
-async def test_native_client_port_closes_a_slowloris_connection(device: Device) -> None:
-    port = int(device.client_url.rsplit(":", 1)[1])
-    slow = await attack_while_serving(port, native.HEAD_TIMEOUT, device.client_url + "/")
+async def test_native_client_port_closes_a_slowloris_connection(client_url: str) -> None:
+    slow = await attack_while_serving(port_of(client_url), native.HEAD_TIMEOUT, client_url + "/")
     assert_cut_off(slow)
 
 
@@ -173,12 +161,13 @@ OVERSIZED = {
 }
 
 
-async def test_every_listener_refuses_an_oversized_head(signal_port: int, device: Device) -> None:
-    client_port = int(device.client_url.rsplit(":", 1)[1])
+async def test_every_listener_refuses_an_oversized_head(
+    signal_port: int, panel: Panel, client_url: str
+) -> None:
     listeners = {
         "signaling": (signal_port, f"http://127.0.0.1:{signal_port}/healthz"),
-        "panel": (device.panel_port, f"http://127.0.0.1:{device.panel_port}/status.json"),
-        "native client": (client_port, device.client_url + "/"),
+        "panel": (port_of(panel.url), f"{panel.url}/status.json"),
+        "native client": (port_of(client_url), client_url + "/"),
     }
     async with aiohttp.ClientSession() as http:
         for name, (port, url) in listeners.items():
