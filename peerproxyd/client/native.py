@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HEAD_TIMEOUT = 10.0
+"""Seconds a local client has to send a whole request head (from connecting, or from the end
+of its previous response) before the connection is closed: a slowloris sender cannot hold it."""
 RESET_STATUS = {
     ErrorCode.REFUSED_STREAM: 503,
     ErrorCode.HEADERS_TOO_LARGE: 431,
@@ -107,7 +110,9 @@ class NativeClient:
         logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp's keep-alive timer also runs while a request head is incomplete.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=HEAD_TIMEOUT)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.listen[0], self.listen[1])
         await site.start()

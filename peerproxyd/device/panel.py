@@ -70,6 +70,9 @@ class PanelSource(Protocol):
         ...
 
 
+HEAD_TIMEOUT = 10.0
+"""Seconds a client has to send a whole request head (from connecting, or from the end of its
+previous response) before the connection is closed: a slowloris sender cannot hold it."""
 CROSS_SITE = frozenset({"cross-site", "same-site"})
 """`Sec-Fetch-Site` values of a request another site's page made."""
 SOURCE = web.AppKey("panel_source", PanelSource)
@@ -82,7 +85,9 @@ async def serve_panel(
 ) -> AsyncIterator[None]:
     """Serve the panel of `source` (the daemon) on `listen` (HOST:PORT) while the block runs."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(build_panel_app(source, allow), access_log=None)
+    # aiohttp's keep-alive timer also runs while a request head is incomplete.
+    runner = web.AppRunner(build_panel_app(source, allow), access_log=None,
+                           keepalive_timeout=HEAD_TIMEOUT)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from peerproxyd.config import ServiceSettings
-from peerproxyd.device.websocket_upstream import serve_websocket
+from peerproxyd.device.websocket_upstream import refuse_websocket_redirects, serve_websocket
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
 from peerproxyd.protocol.http_headers import (
@@ -40,6 +40,7 @@ def new_upstream_session() -> aiohttp.ClientSession:
         auto_decompress=False,
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=256),
         cookie_jar=aiohttp.DummyCookieJar(),
+        middlewares=(refuse_websocket_redirects,),
     )
 
 

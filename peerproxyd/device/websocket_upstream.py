@@ -33,6 +33,28 @@ logger = logging.getLogger(__name__)
 access_log = logging.getLogger("peerproxyd.access")
 
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+async def refuse_websocket_redirects(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware of the upstream session: a WebSocket handshake answered with a
+    redirect fails with that status. `ws_connect` has no `allow_redirects` and would follow
+    it, to any host the upstream names: a viewer could reach hosts that are no upstream
+    through an open redirect in the app (SSRF). Browsers do not follow it either."""
+    response = await handler(request)
+    if response.status in REDIRECTS and "Upgrade" in request.headers:
+        location = response.headers.get("Location", "")
+        logger.warning("upstream %s redirected a websocket handshake to %r: not followed",
+                       request.url.origin(), location[:200])
+        response.release()
+        raise aiohttp.WSServerHandshakeError(
+            response.request_info, (), status=response.status,
+            message=f"redirect to {location[:200]!r} not followed", headers=response.headers)
+    return response
+
+
 def requested_protocols(head: RequestHead) -> list[str]:
     """The subprotocols of `sec-websocket-protocol` (comma-separated, possibly repeated)."""
     return [

@@ -66,6 +66,12 @@ class SignalLimits(_Table):
     burst: int = Field(default=100, ge=1)
     """Messages a connection may send at once above `rate`. **Default:** 100."""
 
+    head_timeout: float = Field(default=20.0, gt=0)
+    """Seconds a client has to send a whole HTTP request head, from connecting or from its
+    previous response; then the connection is closed (slowloris). Idle keep-alive connections
+    close after as long: a reverse proxy in front should close its idle ones sooner.
+    **Default:** 20.0."""
+
 
 class SignalIceSettings(_Table):
     """`[ice]`: the STUN/TURN servers every browser is told about in its hello."""
@@ -130,6 +136,7 @@ class SignalSettings(_Table):
             "max_message_size": self.limits.max_message_size,
             "rate": self.limits.rate,
             "burst": self.limits.burst,
+            "head_timeout": self.limits.head_timeout,
         }
         if self.server.webclient_dir is not None:
             kwargs["webclient_dir"] = self.server.webclient_dir

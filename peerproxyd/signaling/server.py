@@ -61,6 +61,9 @@ MAX_OUTBOX = 256
 MAX_REMOTE_PARTNERS = 1024
 MAX_FRAMES = 1 << 62
 """Bound of a connection's receive loop (never reached: the rate limit comes first)."""
+HEAD_TIMEOUT = 20.0
+"""Seconds a client has to send a whole request head, from connecting or from the end of its
+previous response (slowloris); an idle keep-alive connection is closed after as long."""
 _END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
@@ -586,11 +589,15 @@ def build_signaling_app(
 
 
 async def run_signaling(
-    host: str = "127.0.0.1", port: int = 8765, *, redis_url: str | None = None, **kwargs: Any
+    host: str = "127.0.0.1", port: int = 8765, *, redis_url: str | None = None,
+    head_timeout: float = HEAD_TIMEOUT, **kwargs: Any
 ) -> None:
-    """Serve build_signaling_app(redis_url=..., **kwargs) on host:port until cancelled."""
+    """Serve build_signaling_app(redis_url=..., **kwargs) on host:port until cancelled; a
+    connection that has not sent a whole request head within `head_timeout` is closed."""
+    # aiohttp's keep-alive timer runs from the connection's start (and from each response's
+    # end) until a whole head has arrived: the only bound on a head sent a byte at a time.
     runner = web.AppRunner(build_signaling_app(redis_url=redis_url, **kwargs),
-                           shutdown_timeout=5.0)
+                           shutdown_timeout=5.0, keepalive_timeout=head_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -598,7 +605,8 @@ async def run_signaling(
         for address in runner.addresses:
             bound_host, bound_port = address[0], address[1]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            logger.info("signaling server listening on http://%s:%s", shown, bound_port)
+            logger.info("signaling server listening on http://%s:%s (request heads within "
+                        "%g s)", shown, bound_port, head_timeout)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
