@@ -125,6 +125,22 @@ def setup_logging(verbose: bool) -> None:
     if not debug:
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_quiet_bad_heads)
+
+
+def _quiet_bad_heads(record: logging.LogRecord) -> bool:
+    """aiohttp logs every malformed or oversized request head as an ERROR with a traceback,
+    after answering it with 400: anyone who can reach a listener could fill the log. Such a
+    record becomes one DEBUG line (shown with --verbose only)."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    error = record.exc_info[1] if record.exc_info else None
+    if not isinstance(error, HttpProcessingError):
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    record.msg, record.args = "%s: %d %s", (record.getMessage(), error.code, error.message)
+    record.exc_info = record.exc_text = None
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

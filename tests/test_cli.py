@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from peerproxyd.trust import identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +138,48 @@ def test_share_viewers_revoke(tmp_path):
 def test_connect_refuses_a_bad_link():
     result = run("connect", "https://example.net/#v=1")
     assert (result.returncode, result.stderr) == (2, "link: link lacks d, s, n, t, f\n")
+
+
+BAD_HEAD_SERVER = """
+import asyncio, logging, sys
+from aiohttp import web
+import peerproxyd.cli as cli
+
+cli.setup_logging(sys.argv[1] == "verbose")
+
+async def main():
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    for head in (b"GET / HTTP/1.1\\r\\nBad Header\\r\\n\\r\\n",
+                 b"GET / HTTP/1.1\\r\\nX: " + b"a" * 20000 + b"\\r\\n\\r\\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        print((await asyncio.wait_for(reader.readline(), 10)).decode().strip())
+        writer.close()
+    logging.getLogger("aiohttp.server").error("other errors still show")
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_bad_request_heads_do_not_flood_the_log(verbose: bool) -> None:
+    """Each malformed or oversized head gets its 400 and at most one DEBUG line, never an ERROR
+    with a traceback: anyone who reaches a listener could otherwise fill the journal."""
+    out = subprocess.run(
+        [sys.executable, "-c", BAD_HEAD_SERVER, "verbose" if verbose else "quiet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.stdout.splitlines() == ["HTTP/1.0 400 Bad Request"] * 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "other errors still show" in out.stderr
+    lines = [line for line in out.stderr.splitlines() if "Error handling request" in line]
+    if verbose:
+        assert len(lines) == 2 and all("DEBUG aiohttp.server" in line for line in lines)
+        assert "400 Invalid header token" in lines[0] and "400 Got more than" in lines[1]
+    else:
+        assert lines == []
