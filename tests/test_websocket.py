@@ -268,8 +268,15 @@ async def test_a_stopping_daemon_closes_open_websockets_with_1001(tmp_path):
                 msg = await ws.receive(timeout=30)
                 assert (msg.type, msg.data, msg.extra) == (
                     aiohttp.WSMsgType.CLOSE, 1001, "device is shutting down")
-            async with http.get(f"{upstream}/stats") as r:
-                assert [1001, "device is shutting down"] in (await r.json())["ws_closes"]
+            # The upstream records the close when its handshake completes: a moment later.
+            closes: list[object] = []
+            for _ in range(200):
+                async with http.get(f"{upstream}/stats") as r:
+                    closes = (await r.json())["ws_closes"]
+                if closes:
+                    break
+                await asyncio.sleep(0.05)
+            assert [1001, "device is shutting down"] in closes
         assert await asyncio.to_thread(daemon.popen.wait, 30) == 0
         log = daemon.log()
         assert "drained: no open requests left" in log
