@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +207,62 @@ async def test_the_dashboard_asks_only_for_metrics_that_exist(
     used = {name for q in queries for name in re.findall(r"\bpeerproxyd_[a-z_]+", q)}
     assert used and used <= exposed, used - exposed
     assert "peerproxyd_signal_redis_up" in used and "peerproxyd_requests_total" in used
+
+
+LOCAL_NAME_PEERS = """
+import asyncio, json, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
+subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"], check=True)
+import aioice.ice, aioice.mdns
+from peerproxyd.appliance import mdns
+from peerproxyd.config import IceSettings
+from peerproxyd.device.metrics import path_of
+from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, configure_ice
+from peerproxyd.rtc.transport import new_transport
+
+ICE = IceSettings(host_addresses=["127.0.0.1"])
+
+async def main(backend):
+    configure_ice(ICE)
+    viewer, device = new_transport(ICE, backend="aiortc"), new_transport(ICE, backend=backend)
+    connected = asyncio.Event()
+    device.on_state(lambda state: state == "connected" and connected.set())
+    device.on_channel(lambda channel: None)
+    viewer.create_channel(CHANNEL_LABEL)
+    offer = await viewer.offer()
+    # The viewer's host address behind a `.local` name, as browsers offer it.
+    name = aioice.mdns.create_mdns_hostname()
+    await (await aioice.ice.get_or_create_mdns_protocol(viewer)).publish(name, "127.0.0.1")
+    offer = offer.replace(" 127.0.0.1 ", f" {name} ")
+    await viewer.set_answer(await device.answer(offer))
+    await asyncio.wait_for(connected.wait(), 20)
+    report = await device.report()
+    print(json.dumps({"report": report.as_dict(), "path": path_of(report)}), flush=True)
+    await viewer.close()
+    await device.close()
+    await mdns.release(viewer)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["aiortc", "native"])
+def test_both_backends_report_a_remote_local_name_as_the_mdns_path(backend: str):
+    """A viewer whose host candidate is a `.local` name (a browser's) is on the path "mdns",
+    whichever backend the device runs; in a network namespace of its own, loopback only."""
+    from peerproxyd.rtc.transport import native_available
+
+    if backend == "native" and not native_available():
+        pytest.skip("libdatachannel-py not importable (`make test-native`)")
+    if not os.path.exists("/proc/self/ns/net") or os.geteuid() != 0:
+        pytest.skip("needs root for a namespace")
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", LOCAL_NAME_PEERS, backend],
+        capture_output=True, text=True, timeout=90, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.splitlines()[-1])
+    assert measured["report"]["backend"] == backend
+    assert measured["report"]["remote_mdns"] is True, measured
+    assert measured["path"] == "mdns"
