@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.signaling.test_server import D, ClientFactory, connect, make_app, recv, register, send
+from tests.signaling.test_server import ClientFactory, D, connect, make_app, recv, register, send
 
 NAMES = {
     "peerproxyd_signal_devices", "peerproxyd_signal_peers", "peerproxyd_signal_sessions",
