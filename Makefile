@@ -17,7 +17,7 @@ VENV_NATIVE ?= .venv313
 NATIVE_TESTS := tests/rtc/test_transport.py tests/test_native_end_to_end.py \
 	tests/test_end_to_end.py tests/test_browser.py tests/test_browser_trust.py \
 	tests/trust/test_trust.py tests/test_limits.py tests/test_websocket.py \
-	tests/test_browser_websocket.py \
+	tests/test_browser_websocket.py tests/device/test_metrics.py \
 	tests/appliance/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device \
 	tests/test_nat.py::test_lan_viewer_connects_host_to_host
 NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")

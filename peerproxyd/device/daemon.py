@@ -29,6 +29,7 @@ from peerproxyd import __version__
 from peerproxyd.appliance import mdns, netwatch
 from peerproxyd.appliance.notify import Notifier
 from peerproxyd.config import ServiceSettings, Settings, load
+from peerproxyd.device.metrics import DaemonMetrics
 from peerproxyd.device.panel import PeerRow, serve_panel
 from peerproxyd.device.peer import PeerSession
 from peerproxyd.device.router import Router, new_upstream_session
@@ -67,9 +68,10 @@ class DrainingRouter(Router):
     """The Router, counting requests in flight, and answering 503 once draining."""
 
     def __init__(
-        self, services: dict[str, ServiceSettings], session: aiohttp.ClientSession
+        self, services: dict[str, ServiceSettings], session: aiohttp.ClientSession,
+        metrics: DaemonMetrics,
     ) -> None:
-        super().__init__(services, session)
+        super().__init__(services, session, metrics)
         self.in_flight = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -92,7 +94,10 @@ class DrainingRouter(Router):
         address: str | None = None,
     ) -> None:
         if self.draining:
+            started = time.monotonic()
+            self.metrics.error("shutting_down")
             await _refuse(stream)
+            self.account(stream, head, 503, started)
             logger.info("%s %s %s 503 (shutting down) peer=%s",
                         head.service, head.method, head.target, peer)
             return
@@ -142,6 +147,8 @@ class Daemon:
         self.config_path = Path(config_path) if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier()
         self.sessions: dict[str, PeerSession] = {}
+        self.metrics = DaemonMetrics(lambda: list(self.sessions.values()),
+                                     version=__version__, backend=self.backend)
         self.signaling = SignalingClient(
             settings.signaling.url,
             identity=self.identity,
@@ -184,10 +191,11 @@ class Daemon:
 
     async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:
         daemon = self.settings.daemon
-        panel = (serve_panel(DaemonPanelSource(self), daemon.panel, daemon.panel_allow)
+        panel = (serve_panel(DaemonPanelSource(self), daemon.panel, daemon.panel_allow,
+                             metrics=self.metrics.registry)
                  if daemon.panel else contextlib.nullcontext())
         async with new_upstream_session() as http, advertisement, panel:
-            self._router = DrainingRouter(self.settings.services, http)
+            self._router = DrainingRouter(self.settings.services, http, self.metrics)
             signaling = asyncio.create_task(
                 self.signaling.run(self._on_message, self._on_signaling_state)
             )

@@ -4,6 +4,8 @@
 may load it (Home Assistant's Ingress proxy is 172.30.32.2). It shows the tunnel state, the
 services and the connected viewers, and it is the one place besides the command line where
 an owner shares a service: a form mints a share link and shows it with its QR code.
+`GET /metrics` is the daemon's Prometheus exposition (device/metrics.py), behind the same
+allow list.
 
 Every URL in the page is relative, so it works under Ingress's path prefix; redirects use
 the `X-Ingress-Path` header Home Assistant sends. The panel reads the daemon through the
@@ -23,6 +25,8 @@ from typing import Any, Protocol
 
 import segno
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from peerproxyd.config import parse_listen
 
@@ -81,12 +85,13 @@ ALLOW = web.AppKey("panel_allow", tuple)
 
 @asynccontextmanager
 async def serve_panel(
-    source: PanelSource, listen: str, allow: Sequence[str]
+    source: PanelSource, listen: str, allow: Sequence[str],
+    metrics: CollectorRegistry | None = None,
 ) -> AsyncIterator[None]:
     """Serve the panel of `source` (the daemon) on `listen` (HOST:PORT) while the block runs."""
     host, port = parse_listen(listen)
     # aiohttp's keep-alive timer also runs while a request head is incomplete.
-    runner = web.AppRunner(build_panel_app(source, allow), access_log=None,
+    runner = web.AppRunner(build_panel_app(source, allow, metrics), access_log=None,
                            keepalive_timeout=HEAD_TIMEOUT)
     await runner.setup()
     try:
@@ -99,8 +104,11 @@ async def serve_panel(
         await runner.cleanup()
 
 
-def build_panel_app(source: PanelSource, allow: Sequence[str]) -> web.Application:
-    """The panel as an aiohttp application; `allow` lists addresses or networks."""
+def build_panel_app(
+    source: PanelSource, allow: Sequence[str], metrics: CollectorRegistry | None = None
+) -> web.Application:
+    """The panel as an aiohttp application; `allow` lists addresses or networks. With
+    `metrics`, `GET /metrics` serves that registry (device/metrics.py) as Prometheus text."""
     app = web.Application(middlewares=[_only_allowed])
     app[SOURCE] = source
     app[ALLOW] = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
@@ -108,6 +116,8 @@ def build_panel_app(source: PanelSource, allow: Sequence[str]) -> web.Applicatio
     app.router.add_get("/status.json", _status)
     app.router.add_post("/share", _share)
     app.router.add_post("/revoke", _revoke)
+    if metrics is not None:
+        app.router.add_get("/metrics", make_aiohttp_handler(metrics))
     return app
 
 

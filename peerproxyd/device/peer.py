@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from peerproxyd.appliance import mdns
 from peerproxyd.config import Settings
+from peerproxyd.device.metrics import path_of
 from peerproxyd.device.router import Router
 from peerproxyd.errors import AuthError
 from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
@@ -88,6 +89,8 @@ class PeerSession:
         self.ice_restarts = 0  # ICE restarts completed on this connection
         self.viewer_address: str | None = None
         """The viewer's IP address on the selected pair, once known (X-Forwarded-For)."""
+        self.path: str | None = None
+        """The selected pair's path for the metrics (device/metrics.py), once known."""
         self._ice_restarted = asyncio.Event()
         self._viewer_offer = ""  # the offer that began the session
         self._viewer_ufrag: str | None = None  # the viewer's ICE ufrag in use
@@ -160,6 +163,7 @@ class PeerSession:
             return  # the old pair carries on; the viewer renegotiates if it is gone
         self._viewer_ufrag = ufrag
         self.ice_restarts += 1
+        self._router.metrics.ice_restarts.inc()
         self._ice_restarted.set()
         await self._log_report()
 
@@ -193,6 +197,7 @@ class PeerSession:
         report = await self.report()
         if report is not None:
             self.viewer_address = report.remote_ip or None  # new after an ICE restart
+            self.path = path_of(report)
             logger.info("%r: connected via %s", self, report)
 
     # ----- authentication (docs/security.md 1.5)
@@ -236,6 +241,7 @@ class PeerSession:
                 )
         except AuthError as exc:
             logger.warning("%r: viewer refused: %s", self, exc)
+            self._router.metrics.error("auth_refused")
             self._refuse(exc)
             return
         assert record is not None and self._channel is not None
@@ -304,7 +310,8 @@ class PeerSession:
             ),
         )
         self._link = ChannelLink(
-            channel, conn, on_request=self._on_request, on_text=self._on_text, name=repr(self)
+            channel, conn, on_request=self._on_request, on_text=self._on_text,
+            on_error=self._router.metrics.error, name=repr(self),
         )
         if self._channel_closed.is_set():
             self._link.close()
@@ -341,8 +348,11 @@ class PeerSession:
 
     async def _forbidden(self, stream: ChannelStream, head: RequestHead) -> None:
         assert self.granted is not None
+        started = time.monotonic()
+        self._router.metrics.error("forbidden")
         await reply_quietly(stream, 403, f"viewer {self.granted.viewer} may use service "
                             f"{self.granted.service} only, not {head.service}")
+        self._router.account(stream, head, 403, started)
         access_log.info("%s %s %s 403 %dB peer=%s", head.service, head.method, head.target,
                         stream.bytes_out, self.label)
 

@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from peerproxyd.config import ServiceSettings
+from peerproxyd.device.metrics import OTHER_SERVICE, DaemonMetrics
 from peerproxyd.device.websocket_upstream import refuse_websocket_redirects, serve_websocket
 from peerproxyd.errors import PeerGoneError, StreamResetError
 from peerproxyd.protocol import ErrorCode, RequestHead, ResponseHead
@@ -46,10 +47,12 @@ def new_upstream_session() -> aiohttp.ClientSession:
 
 class Router:
     def __init__(
-        self, services: dict[str, ServiceSettings], session: aiohttp.ClientSession
+        self, services: dict[str, ServiceSettings], session: aiohttp.ClientSession,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self.services = services
         self.session = session
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.websockets: set[WebSocketRelay] = set()
         """The open WebSockets."""
 
@@ -59,24 +62,32 @@ class Router:
     ) -> None:
         """Serve one request; never raises (errors become responses or a stream reset).
         `peer` names the viewer in logs; `address` is its IP address, if known."""
-        if head.websocket and (service := self.services.get(head.service)):
-            await serve_websocket(self.session, service, stream, head, peer=peer,
-                                  address=address, live=self.websockets)
-            return
         started = time.monotonic()
         status = 0
+        if head.websocket and (service := self.services.get(head.service)):
+            try:
+                status = await serve_websocket(
+                    self.session, service, stream, head, peer=peer, address=address,
+                    live=self.websockets, on_error=self.metrics.error)
+            finally:
+                self.account(stream, head, status, started)
+            return
         try:
             status = await self._forward(stream, head, end_stream, address)
         except (StreamResetError, PeerGoneError) as exc:
             logger.debug("stream %d abandoned by the viewer: %s", stream.id, exc)
             status = 499
+            self.metrics.error("peer_gone")
         except asyncio.CancelledError:  # the peer session closed
             status = 499
+            self.metrics.error("peer_gone")
             raise
         except Exception:  # a bug: keep serving everyone else
             logger.exception("stream %d failed", stream.id)
+            self.metrics.error("internal")
             stream.reset(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
+            self.account(stream, head, status, started)
             # The response is complete but the request body may still be arriving (an error
             # reply, or an upstream that answered early): tell the viewer to stop sending.
             if stream.is_open:
@@ -92,11 +103,20 @@ class Router:
                 peer,
             )
 
+    def account(self, stream: ChannelStream, head: RequestHead, status: int,
+                started: float) -> None:
+        """Count one finished request in the metrics (`started`: time.monotonic())."""
+        service = head.service if head.service in self.services else OTHER_SERVICE
+        head_at = stream.head_sent_at
+        self.metrics.request(service, status, received=stream.bytes_in, sent=stream.bytes_out,
+                             head_seconds=None if head_at is None else head_at - started)
+
     async def _forward(
         self, stream: ChannelStream, head: RequestHead, end_stream: bool, address: str | None
     ) -> int:
         service = self.services.get(head.service)
         if service is None:
+            self.metrics.error("unknown_service")
             return await reply(stream, 404, f"unknown service {head.service!r}")
         try:
             checked = check_request(head, max_body=service.max_request_body)
@@ -105,6 +125,7 @@ class Router:
                 counter.end()
         except BadRequest as exc:
             logger.info("stream %d refused (%d): %s", stream.id, exc.status, exc)
+            self.metrics.error("bad_request")
             return await reply(stream, exc.status, str(exc))
         # The service's base URL and an origin-form target that cannot leave its path: the
         # only URLs this daemon ever requests.
@@ -154,6 +175,7 @@ class Router:
                 # before any offending byte was written.
                 error = counter.error
                 logger.info("stream %d refused (%d): %s", stream.id, error.status, error)
+                self.metrics.error("bad_request")
                 if head_sent:
                     stream.reset(ErrorCode.CANCEL, str(error))
                     return error.status
@@ -161,12 +183,15 @@ class Router:
             if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)):
                 if head_sent:
                     raise
+                self.metrics.error("upstream_down")
                 return await reply(stream, 502, f"upstream {head.service} unreachable: {exc}")
             if isinstance(exc, TimeoutError):
+                self.metrics.error("upstream_timeout")
                 if head_sent:
                     stream.reset(ErrorCode.UPSTREAM_ERROR, "upstream timed out")
                     return 504
                 return await reply(stream, 504, f"upstream {head.service} timed out {exc}".strip())
+            self.metrics.error("upstream_error")
             if head_sent:
                 stream.reset(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc}")
                 return 502

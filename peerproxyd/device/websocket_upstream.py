@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from yarl import URL
@@ -86,14 +87,17 @@ async def serve_websocket(
     address: str | None = None,
     max_message: int = MAX_MESSAGE,
     live: set[WebSocketRelay] | None = None,
-) -> None:
+    on_error: Callable[[str], None] = lambda kind: None,
+) -> int:
     """Serve one WebSocket stream; never raises except CancelledError. While it is open
-    its relay is in `live` (so a draining daemon can close it with 1001)."""
+    its relay is in `live` (so a draining daemon can close it with 1001). Returns the
+    status (101 once upgraded); `on_error(kind)` hears each error (device/metrics.py)."""
     started = time.monotonic()
     status, code = 0, None
     relay: WebSocketRelay | None = None
     try:
-        status, relay = await _open(session, service, stream, head, address, max_message)
+        status, relay = await _open(session, service, stream, head, address, max_message,
+                                    on_error)
         if relay is not None:
             if live is not None:
                 live.add(relay)
@@ -106,11 +110,13 @@ async def serve_websocket(
     except (StreamResetError, PeerGoneError) as exc:
         logger.debug("websocket stream %d abandoned by the viewer: %s", stream.id, exc)
         status = status or 499
+        on_error("peer_gone")
     except asyncio.CancelledError:
         status = status or 499
         raise
     except Exception:  # a bug: keep serving everyone else
         logger.exception("websocket stream %d failed", stream.id)
+        on_error("internal")
         stream.reset(ErrorCode.INTERNAL_ERROR, "internal error")
     finally:
         if stream.is_open and relay is None:
@@ -125,6 +131,7 @@ async def serve_websocket(
             f" code={code}" if code is not None else "",
             peer,
         )
+    return status
 
 
 async def _open(
@@ -134,11 +141,13 @@ async def _open(
     head: RequestHead,
     address: str | None,
     max_message: int,
+    on_error: Callable[[str], None],
 ) -> tuple[int, WebSocketRelay | None]:
     try:  # the same policy as every request: no path escape, no smuggled headers
         target = check_request(head).target
     except BadRequest as exc:
         logger.info("websocket stream %d refused (%d): %s", stream.id, exc.status, exc)
+        on_error("bad_request")
         return exc.status, await _refuse(stream, exc.status, str(exc))
     url = URL(service.upstream + target, encoded=True)
     try:
@@ -158,10 +167,13 @@ async def _open(
         return status, await _refuse(stream, status, f"upstream {head.service} refused the "
                                      f"websocket: {exc.status} {exc.message}")
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        on_error("upstream_down")
         return 502, await _refuse(stream, 502, f"upstream {head.service} unreachable: {exc}")
     except TimeoutError:
+        on_error("upstream_timeout")
         return 504, await _refuse(stream, 504, f"upstream {head.service} timed out")
     except aiohttp.ClientError as exc:
+        on_error("upstream_error")
         return 502, await _refuse(stream, 502, f"upstream {head.service} failed: {exc}")
 
     # The 101's own headers (a Set-Cookie, say): aiohttp keeps that response only privately.

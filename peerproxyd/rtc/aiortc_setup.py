@@ -100,6 +100,9 @@ class ConnectionReport:
     remote_ip: str = ""
     """The remote candidate's IP address (an mDNS name resolved); for a relay pair the
     TURN server's relayed address."""
+    remote_mdns: bool = False
+    """Whether the remote candidate came as an mDNS `.local` name (browsers hide their host
+    addresses so)."""
 
     def __str__(self) -> str:
         rtt = f"{self.rtt_ms:.1f} ms" if self.rtt_ms is not None else "unknown"
@@ -170,6 +173,7 @@ async def connection_report(
         remote_type=remote.type,
         remote=_address(remote.host, remote._network_host, remote.port),
         remote_ip=remote._network_host,
+        remote_mdns=remote.host != remote._network_host,
         rtt_ms=rtt,
         backend="aiortc",
     )

@@ -239,6 +239,7 @@ class NativeTransport:
         self._resolving: set[asyncio.Task[None]] = set()
         self._resolved_into: dict[str, str] | None = None
         self._used_mdns = False
+        self._mdns_addresses: set[str] = set()  # what the viewer's `.local` names resolved to
         post = _poster(self._loop, self)
         complete = rtc.PeerConnection.GatheringState.Complete
         self.pc.on_state_change(lambda state: post("_set_state", _STATES[state]))
@@ -342,6 +343,7 @@ class NativeTransport:
             logger.debug("%s did not resolve", name)
             return
         logger.debug("%s is %s", name, address)
+        self._mdns_addresses.add(address)
         if self._resolved_into is not None:  # still building the SDP: it goes in there
             self._resolved_into[name] = address
         else:
@@ -363,6 +365,7 @@ class NativeTransport:
             remote_type=ends[1].type,
             remote=f"{ends[1].host}:{ends[1].port}",
             remote_ip=ends[1].host,
+            remote_mdns=ends[1].host in self._mdns_addresses,
             rtt_ms=rtt.total_seconds() * 1000 if rtt is not None else None,
             backend="native",
         )

@@ -1,12 +1,18 @@
 """Counters of one signaling instance, served at `GET /metrics`.
 
-Prometheus text by default; JSON with `?format=json`. Counters only grow; gauges (devices,
-peers, sessions, Redis up) are read from the live state when /metrics is asked.
+Prometheus exposition (prometheus-client, one CollectorRegistry per app: tests run several
+instances in one process) by default; JSON with `?format=json`. Counters only grow; gauges
+(devices, peers, sessions, Redis up) are read from the live state when /metrics is asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "peerproxyd_signal_"
 
@@ -49,22 +55,38 @@ class SignalMetrics:
         return asdict(self)
 
 
+Gauges = Callable[[], tuple[dict[str, float], str]]
+"""Reads the live gauges (name -> value) and the instance name, at scrape time."""
+
+
 def render_json(
     metrics: SignalMetrics, gauges: dict[str, float], instance: str
 ) -> dict[str, object]:
     return {"instance": instance, **gauges, **metrics.as_dict()}
 
 
-def render_prometheus(metrics: SignalMetrics, gauges: dict[str, float], instance: str) -> str:
-    """The Prometheus text exposition format (version 0.0.4)."""
-    label = '{instance="%s"}' % instance.replace("\\", "\\\\").replace('"', '\\"')
-    lines: list[str] = []
-    for name, value in gauges.items():
-        full = PREFIX + name
-        lines += [f"# HELP {full} {_GAUGE_HELP.get(name, name)}", f"# TYPE {full} gauge",
-                  f"{full}{label} {value:g}"]
-    for name, count in metrics.as_dict().items():
-        full = f"{PREFIX}{name}_total"
-        lines += [f"# HELP {full} {_HELP[name]}", f"# TYPE {full} counter",
-                  f"{full}{label} {count}"]
-    return "\n".join(lines) + "\n"
+class SignalCollector(Collector):
+    """The counters of `metrics` and the gauges `gauges()` reads, labelled by instance."""
+
+    def __init__(self, metrics: SignalMetrics, gauges: Gauges) -> None:
+        self.metrics = metrics
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        gauges, instance = self.gauges()
+        for name, value in gauges.items():
+            gauge = GaugeMetricFamily(PREFIX + name, _GAUGE_HELP.get(name, name),
+                                      labels=["instance"])
+            gauge.add_metric([instance], value)
+            yield gauge
+        for name, count in self.metrics.as_dict().items():
+            counter = CounterMetricFamily(PREFIX + name, _HELP[name], labels=["instance"])
+            counter.add_metric([instance], count)
+            yield counter
+
+
+def new_registry(metrics: SignalMetrics, gauges: Gauges) -> CollectorRegistry:
+    """A registry of its own for one signaling app (never prometheus-client's global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SignalCollector(metrics, gauges))
+    return registry

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from peerproxyd.errors import RegistrationError, SignalingError
 from peerproxyd.signaling import turn_credentials
@@ -40,7 +42,7 @@ from peerproxyd.signaling.messages import (
     parse_message,
     valid_device_id,
 )
-from peerproxyd.signaling.metrics import SignalMetrics, render_json, render_prometheus
+from peerproxyd.signaling.metrics import SignalMetrics, new_registry, render_json
 from peerproxyd.signaling.web import add_webclient_routes
 from peerproxyd.trust import identity
 
@@ -263,6 +265,7 @@ class Registry:
 
 REGISTRY = web.AppKey("signaling_registry", Registry)
 LIMITS = web.AppKey("signaling_limits", Limits)
+PROMETHEUS = web.AppKey("signaling_prometheus", CollectorRegistry)
 
 
 @dataclass(frozen=True)
@@ -502,23 +505,27 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
+def _gauges(registry: Registry) -> tuple[dict[str, float], str]:
+    """The live gauges and the instance name, read when /metrics is asked."""
     cluster = registry.cluster
     gauges: dict[str, float] = {
         "devices": len(registry.devices),
         "peers": len(registry.peers),
         "sessions": registry.sessions(),
     }
-    instance = "local"
-    if cluster is not None:
-        gauges["redis_up"] = 1 if cluster.up else 0
-        instance = cluster.instance
+    if cluster is None:
+        return gauges, "local"
+    gauges["redis_up"] = 1 if cluster.up else 0
+    return gauges, cluster.instance
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
     if request.query.get("format") == "json":
-        return web.json_response(render_json(registry.metrics, gauges, instance))
-    return web.Response(text=render_prometheus(registry.metrics, gauges, instance),
-                        content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "no-store"})
+        registry = request.app[REGISTRY]
+        return web.json_response(render_json(registry.metrics, *_gauges(registry)))
+    response = await make_aiohttp_handler(request.app[PROMETHEUS])(request)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -573,7 +580,8 @@ def build_signaling_app(
         options = redis_options if redis_options is not None else RedisOptions()
         cluster = RedisCluster(redis_url, options, rate=rate, burst=burst, metrics=metrics)
         app.cleanup_ctx.append(_cluster_ctx)
-    app[REGISTRY] = Registry(cluster, metrics)
+    registry = app[REGISTRY] = Registry(cluster, metrics)
+    app[PROMETHEUS] = new_registry(metrics, lambda: _gauges(registry))
     app[LIMITS] = limits
     app[ICE] = IceOffer(tuple(ice_urls), turn_secret, turn_ttl)
     if stun is not None:

@@ -83,6 +83,8 @@ class ChannelStream:
         )
         self.bytes_in = 0
         self.bytes_out = 0
+        self.head_sent_at: float | None = None
+        """When the response head was sent (time.monotonic()), for the latency metric."""
 
     # ----- fed by the link
     def _feed(self, data: bytes, end: bool) -> None:
@@ -130,6 +132,7 @@ class ChannelStream:
         if self._error is not None:
             raise self._error
         self._link.conn.send_response(self.id, head, end_stream=end_stream)
+        self.head_sent_at = time.monotonic()
         self._link.flush()
         if end_stream:
             self._link.release_if_done(self.id)
@@ -149,6 +152,7 @@ class ChannelStream:
                 except TimeoutError:
                     reason = f"stalled: no window for {self._link.stall_timeout:g} s"
                     logger.warning("%s: stream %d %s", self._link.name, self.id, reason)
+                    self._link.on_error("stalled")
                     self.reset(ErrorCode.CANCEL, reason)
                 continue
             step = bytes(view[: min(window, MAX_WRITE)])
@@ -179,7 +183,9 @@ class ChannelLink:
 
     `on_request(stream, head, end_stream)` is called for each new request (server role);
     `on_text(message)` for each text message (without it they are dropped: the protocol is
-    binary). `last_activity` is when a message other than a heartbeat last arrived.
+    binary); `on_error(kind)` for each error this side detects (metrics: too_many_streams,
+    bad_frame, stalled, slow_peer, peer_silent). `last_activity` is when a message other than
+    a heartbeat last arrived.
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class ChannelLink:
         *,
         on_request: Callable[[ChannelStream, RequestHead, bool], None] | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] = lambda kind: None,
         name: str = "",
         stall_timeout: float = STALL_TIMEOUT,
         max_buffered: int = MAX_BUFFERED,
@@ -201,6 +208,7 @@ class ChannelLink:
         self.streams: dict[int, ChannelStream] = {}
         self._on_request = on_request
         self._on_text = on_text
+        self.on_error = on_error
         self._low = asyncio.Event()
         self._low.set()
         self._closed = asyncio.Event()
@@ -254,6 +262,9 @@ class ChannelLink:
             case StreamReset(stream_id=sid, code=code, reason=reason, remote=remote):
                 log = logger.debug if code in (ErrorCode.CANCEL, ErrorCode.NO_ERROR) else logger.warning
                 log("%s: stream %d reset (%s): %s", self.name, sid, code, reason)
+                if not remote:  # the protocol refused the viewer's stream
+                    self.on_error("too_many_streams" if code == ErrorCode.REFUSED_STREAM
+                                  else "bad_frame")
                 if stream := self.streams.pop(sid, None):
                     stream._fail(StreamResetError(sid, code, reason, remote=remote))
             case WindowUpdated(stream_id=sid):
@@ -266,6 +277,7 @@ class ChannelLink:
             case MessageDropped(reason=reason):
                 self.dropped += 1
                 logger.warning("%s: dropped a message: %s", self.name, reason)
+                self.on_error("bad_frame")
 
     def release_if_done(self, stream_id: int) -> None:
         """Stop routing events to a stream the connection has finished with (both ways)."""
@@ -332,6 +344,7 @@ class ChannelLink:
             silent = time.monotonic() - self.last_received
             if silent > timeout:
                 logger.warning("%s: peer silent for %.1f s, closing", self.name, silent)
+                self.on_error("peer_silent")
                 return
             seq = self.conn.heartbeat()
             self._heartbeat_sent = {seq: time.monotonic()}
@@ -352,6 +365,7 @@ class ChannelLink:
         """Give up on a peer that misbehaves at the channel level: close the channel (the
         session notices) and fail every stream."""
         logger.warning("%s: closing: %s", self.name, reason)
+        self.on_error("slow_peer")
         self.channel.close()
         self.close()
 

@@ -520,6 +520,7 @@ async def test_chromium_and_aiortc_resolve_each_others_local_names(tmp_path):
         measured, selected = chromium_meets_aiortc(net, fixed=True)
         assert measured["report"]["type"] == "host"
         assert ".local (192.168.50.20)" in measured["report"]["remote"]
+        assert measured["report"]["remote_mdns"] is True  # the metrics' path "mdns"
         # Chromium keeps a resolved mDNS address out of its stats ("" here); a pair it had
         # only learnt from our checks would show as "prflx" with the address.
         assert selected["type"] == "host" and selected["address"] in ("", DEV), selected

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from peerproxyd.errors import SignalingError
 from peerproxyd.signaling.client import SignalingClient
@@ -259,9 +260,11 @@ async def test_offer_and_answer_across_instances(cluster: Cluster) -> None:
     assert metrics_a["messages_routed_in"] == 2 and metrics_a["messages_routed_out"] == 1
     assert metrics_b["messages_routed_out"] == 2 and metrics_b["messages_routed_in"] == 1
     assert metrics_b["redis_up"] == 1 and metrics_b["peers"] == 1
-    prometheus = await b.get("/metrics")
-    assert f'peerproxyd_signal_messages_routed_out_total{{instance="{metrics_b["instance"]}"}} 2' \
-        in prometheus
+    samples = {(s.name, s.labels["instance"]): s.value
+               for f in text_string_to_metric_families(await b.get("/metrics"))
+               for s in f.samples}
+    assert samples[("peerproxyd_signal_messages_routed_out_total", metrics_b["instance"])] == 2
+    assert samples[("peerproxyd_signal_redis_up", metrics_b["instance"])] == 1
 
     # The viewer leaves: the device, on the other instance, hears "bye".
     viewer_id = viewer.client.id
