@@ -86,7 +86,7 @@ bench: install
 
 # Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
 # 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/
-# (merge the ones that add coverage into tests/fuzz/corpus/ with -merge=1), crashes to .fuzz/.
+# (docs/reliability.md says how to minimize them into tests/fuzz/corpus/), crashes to .fuzz/.
 FUZZ_SECONDS ?= 600
 fuzz: install
 	PEERPROXYD_FUZZ_PROFILE=long $(BIN)/pytest -q tests/fuzz/test_targets.py
