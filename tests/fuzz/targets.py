@@ -44,6 +44,7 @@ from peerproxyd.protocol.http_headers import (
     upstream_request_headers,
 )
 from peerproxyd.protocol.websocket import RecordDecoder, RecordError, encode
+from peerproxyd.signaling.messages import MAX_MESSAGE_SIZE as MAX_SIGNAL_SIZE
 from peerproxyd.signaling.messages import check_inbound, parse_message
 from peerproxyd.signaling.messages import encode as encode_message
 from peerproxyd.trust import viewer_auth as va
@@ -140,11 +141,11 @@ def head_seeds() -> list[bytes]:
 # ----- signaling messages
 
 
-def check_signaling(text: str) -> None:
+def check_signaling(text: str, max_size: int = MAX_SIGNAL_SIZE) -> None:
     """parse_message() returns a Message or raises SignalingError; check_inbound() only
     SignalingError; every parsed message can be sent on (encoded) and reads back the same."""
     try:
-        message = parse_message(text)
+        message = parse_message(text, max_size)
     except SignalingError as exc:
         assert exc.code in ("too-large", "bad-message") and exc.message
         return
