@@ -179,9 +179,14 @@ STORE = {"alice": _record("alice"), "bob": _record("bob", revoked=True),
 
 
 def true_mac(name: str, viewer_fp: bytes = VIEWER_FP, device_fp: bytes = DEVICE_FP) -> bytes:
-    """The MAC a viewer holding `name`'s token sends, computed here from docs/security.md 1.5."""
+    """The MAC a viewer holding `name`'s token sends."""
+    return token_mac(TOKENS[name], viewer_fp, device_fp)
+
+
+def token_mac(token: str, viewer_fp: bytes = VIEWER_FP, device_fp: bytes = DEVICE_FP) -> bytes:
+    """The MAC made with `token`, computed here from docs/security.md 1.5."""
     text = f"peerproxyd-auth-v1\n{_sdp_form(viewer_fp)}\n{_sdp_form(device_fp)}"
-    key = hashlib.sha256(TOKENS[name].encode()).digest()
+    key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
@@ -206,6 +211,7 @@ def check_auth(message: str | bytes) -> None:
         if not right or record is None:
             assert exc.code == va.AuthCode.UNAUTHORIZED, exc
         else:
+            assert auth.viewer != "alice", f"right proof refused: {exc}"
             assert exc.code == {"bob": "revoked", "carol": "expired"}[auth.viewer], exc
         return
     assert right and auth.viewer == "alice", f"forged proof accepted: {message!r}"

@@ -186,6 +186,7 @@ forged_macs = st.one_of(
     st.builds(targets.true_mac, st.sampled_from(list(targets.TOKENS)),  # another connection's
               st.just(targets.DEVICE_FP), st.just(targets.VIEWER_FP)),
     st.builds(_flip, st.builds(targets.true_mac, st.just("alice")), st.integers(0, 255)),
+    st.builds(targets.token_mac, mutated_text([targets.TOKENS["alice"]])),  # a near token
     st.binary(min_size=32, max_size=32),
 )
 right_texts = [_auth_text(name, targets.true_mac(name)) for name in targets.TOKENS]
