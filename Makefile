@@ -89,7 +89,7 @@ bench: install
 # (docs/reliability.md says how to minimize them into tests/fuzz/corpus/), crashes to .fuzz/.
 FUZZ_SECONDS ?= 600
 fuzz: install
-	PEERPROXYD_FUZZ_PROFILE=long $(BIN)/pytest -q tests/fuzz/test_targets.py
+	PEERPROXYD_FUZZ_PROFILE=long $(BIN)/pytest -q --timeout=0 tests/fuzz/test_targets.py
 	@for t in frames heads; do mkdir -p .fuzz/$$t && PYTHONPATH=. $(BIN)/python \
 		tests/fuzz/atheris_$$t.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=.fuzz/$$t- .fuzz/$$t tests/fuzz/corpus/$$t || exit 1; done
