@@ -27,7 +27,7 @@ NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or p
 # (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
 APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
 
-.PHONY: run test test-native test-apps apps-deps install system-deps bench lock clean
+.PHONY: run test test-native test-apps apps-deps install system-deps bench fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,16 @@ bench: install
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
 
+# Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
+# 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/
+# (docs/reliability.md says how to minimize them into tests/fuzz/corpus/), crashes to .fuzz/.
+FUZZ_SECONDS ?= 600
+fuzz: install
+	PEERPROXYD_FUZZ_PROFILE=long $(BIN)/pytest -q --timeout=0 tests/fuzz/test_targets.py
+	@for t in frames heads; do mkdir -p .fuzz/$$t && PYTHONPATH=. $(BIN)/python \
+		tests/fuzz/atheris_$$t.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		-artifact_prefix=.fuzz/$$t- .fuzz/$$t tests/fuzz/corpus/$$t || exit 1; done
+
 # Re-pin after changing dependencies in pyproject.toml (uses throwaway venvs). The native
 # extra is resolved with PYTHON_NATIVE and appended with NATIVE_MARKER, so Python 3.11 and
 # armv7 skip it.
@@ -100,4 +110,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) $(VENV_NATIVE) .apps .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_NATIVE) .apps .pytest_cache .hypothesis .fuzz

@@ -9,6 +9,7 @@ server (server.py) and the client (client.py) move the text.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -75,6 +76,14 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; 1e999 would read as inf, which encode() cannot write back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def parse_message(text: str, max_size: int = MAX_MESSAGE_SIZE) -> Message:
     """Parse one text frame. Raise SignalingError "too-large" or "bad-message"."""
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
@@ -83,7 +92,7 @@ def parse_message(text: str, max_size: int = MAX_MESSAGE_SIZE) -> Message:
             "too-large", f"message of {size} bytes exceeds the limit of {max_size} bytes"
         )
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         _bad(f"message is not valid JSON: {exc.msg} at position {exc.pos}")
     except ValueError as exc:
