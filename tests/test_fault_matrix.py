@@ -348,3 +348,58 @@ async def test_address_change_ice_restart_fails_new_session(net: NetStack, recor
     check(outcomes)
     client.wait_for_log(rf"connected to {net.device_id()}/camera", count=2, timeout=10)
     assert len(re.findall(r": answered \(", daemon.log())) == 2
+
+
+# ----- Chromium vanishes
+
+
+@pytest.mark.netns
+async def test_chromium_vanishes(tmp_path: Path, record):
+    """SIGKILL of Chromium mid-download: the daemon ends that viewer's upstream request within
+    its heartbeat timeout and keeps serving a native client's transfers to completion; a
+    relaunched browser opening the link is connected again."""
+    from tests.browser.harness import (
+        SERVICE,
+        SIGNAL_PORT,
+        Agent,
+        BrowserWorld,
+    )
+    from tests.browser.harness import unavailable_reason as no_browser
+
+    if reason := no_browser():
+        pytest.skip(reason)
+    world = BrowserWorld(tmp_path, services={SERVICE: 8081, "files": 8082})
+    try:
+        await asyncio.to_thread(world.up)
+        world.start("files", "-m", "tests.support.upstream_app", "--port", "8082")
+        client = world.start("client", "-m", "peerproxyd", "connect", world.links["viewer-files"],
+                             "--signal", f"ws://127.0.0.1:{SIGNAL_PORT}/ws",
+                             "--listen", "127.0.0.1:9000", "--host-address", "127.0.0.1")
+        client.wait_for_log("is at http", timeout=40)
+        url, prefix = "http://127.0.0.1:9000", ("ip", "netns", "exec", world.ns)
+        await asyncio.to_thread(world.open, "/")
+        assert world.agent is not None
+        # A long download, read in the page and counted, never awaited by this call.
+        world.agent.app.evaluate("""() => { window.got = 0; fetch('/download?size=500000000')
+            .then(async r => { const reader = r.body.getReader();
+                for (;;) { const {value, done} = await reader.read(); if (done) break;
+                           window.got += value.length; } }); }""")
+        world.agent.app.wait_for_function("() => window.got > 1000000", timeout=30_000)
+        bystander = Transfers("transfers", url, tmp_path, prefix=prefix)
+        bystander.wait_in_flight()
+        os.kill(world.agent.chromium_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.to_thread(world.procs["daemon"].wait_for_log,
+                                r"camera GET /download\?size=500000000 499", timeout=30)
+        freed = time.monotonic() - killed
+        outcomes = await bystander.outcomes()
+        world.agent.quit()
+        world.agent = await asyncio.to_thread(Agent, world.ns, tmp_path)
+        opened = time.monotonic()
+        await asyncio.to_thread(world.open, "/", timeout=30.0)
+        again = {"recovery_s": round(time.monotonic() - opened, 2), "probe_started_s": 0.0}
+        record("viewer vanishes (SIGKILL of Chromium)", again, outcomes,
+               upstream_freed_within_s=round(freed, 2))
+        check(outcomes, "complete")
+    finally:
+        await asyncio.to_thread(world.down)
