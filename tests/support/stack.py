@@ -39,8 +39,9 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def upstream(self, name: str) -> str:
-        port = free_port()
+    def upstream(self, name: str, port: int | None = None) -> str:
+        """Start the upstream `name` (on `port`: again, after it went)."""
+        port = port or free_port()
         self._start(
             f"upstream-{name}",
             python("-m", "tests.support.upstream_app", "--port", str(port), "--name", name),
@@ -49,9 +50,11 @@ class Stack:
         self.upstream_ports[name] = port
         return f"http://127.0.0.1:{port}"
 
-    def signal(self) -> Proc:
+    def signal(self, *options: str) -> Proc:
+        """The signaling server on `signal_port`; `options`: more `peerproxyd signal` flags."""
         proc = self._start(
-            "signal", python("-m", "peerproxyd", "signal", "--port", str(self.signal_port))
+            "signal",
+            python("-m", "peerproxyd", "signal", "--port", str(self.signal_port), *options),
         )
         wait_http(f"http://127.0.0.1:{self.signal_port}/healthz")
         return proc
@@ -87,7 +90,10 @@ class Stack:
 
     def client(self, service: str, backend: str | None = None) -> tuple[Proc, str]:
         port = free_port()
-        proc = self._start(f"client-{service}", self.connect_args(service, port, backend))
+        name = f"client-{service}"
+        if name in self.procs:  # a second client of the service: a log of its own
+            name += f"-{len(self.procs)}"
+        proc = self._start(name, self.connect_args(service, port, backend))
         proc.wait_for_log("is at http")
         return proc, f"http://127.0.0.1:{port}"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import random
 
 from aiohttp import WSMsgType, web
 
@@ -21,6 +22,12 @@ def pattern(size: int) -> bytes:
     block = hashlib.sha256(b"peerproxyd").digest() * (CHUNK // 32)
     out = block * (size // CHUNK + 1)
     return out[:size]
+
+
+def random_body(seed: int, size: int) -> bytes:
+    """Pseudo-random bytes from `seed`: unlike pattern(), no repeating block hides a chunk
+    lost, doubled or swapped on the way."""
+    return random.Random(seed).randbytes(size)
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -58,6 +65,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         return response
     stats["active"] += 1
+    seed = request.query.get("seed")  # random_body(seed, size), else pattern(size)
+    body = random_body(int(seed), size) if seed is not None else None
     block = pattern(CHUNK)
     sent = 0
     rate = int(request.query.get("rate", "0"))  # bytes a second at most (0: no limit)
@@ -65,7 +74,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     try:
         while sent < size:
             n = min(CHUNK, size - sent)
-            await response.write(block[:n])
+            await response.write(block[:n] if body is None else body[sent:sent + n])
             sent += n
             if rate:  # a download that lasts at least size / rate seconds
                 ahead = sent / rate - (asyncio.get_running_loop().time() - started)
