@@ -30,11 +30,22 @@ from peerproxyd.config import (
 )
 from peerproxyd.device.daemon import Daemon
 from peerproxyd.device.peer import PeerSession
-from peerproxyd.protocol import HEADER_SIZE, Flag, parse_frame, split_message
-from peerproxyd.rtc.aiortc_setup import configure_ice
+from peerproxyd.protocol import (
+    HEADER_SIZE,
+    Flag,
+    ProxyConnection,
+    RequestHead,
+    ResponseHead,
+    Role,
+    parse_frame,
+    split_message,
+)
+from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, configure_ice, new_peer_connection
+from peerproxyd.rtc.patches import aioice_tuning
 from peerproxyd.signaling.server import build_signaling_app
 from peerproxyd.trust.viewer_auth import ShareLink
 from peerproxyd.trust.viewers import ViewerStore
+from peerproxyd.tunnel.channel import ChannelLink, ChannelStream
 
 ICE = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
 KILO = bytes(i % 251 for i in range(1024))
@@ -240,3 +251,56 @@ async def test_a_new_viewer_with_an_old_daemon_is_unpacked(old_device: Device) -
         assert [frames_of(m, packed=False)[0][1] for m in from_daemon] == [H | E, F]
     finally:
         await stop_client(task)
+
+
+async def test_a_packed_message_that_ends_a_stream_early_loses_nothing() -> None:
+    """Two body frames and FINAL in one message: the stream is finished in the protocol once
+    the message is split, yet the link still delivers every frame's bytes to it."""
+    aioice_tuning.configure(host_addresses=["127.0.0.1"])
+    viewer_pc, server_pc = new_peer_connection(ICE), new_peer_connection(ICE)
+    served: asyncio.Future[ChannelLink] = asyncio.get_running_loop().create_future()
+
+    def on_request(stream: ChannelStream, head: RequestHead, end_stream: bool) -> None:
+        conn = stream._link.conn  # queue the frames within this turn: one packed message
+        stream.send_response(ResponseHead(status=200, headers=()))
+        conn.send_body(stream.id, b"first ")
+        conn.send_body(stream.id, b"second", end_stream=True)
+        stream._link.flush()
+
+    @server_pc.on("datachannel")
+    def on_channel(channel: Any) -> None:
+        conn = ProxyConnection(Role.SERVER, packed=True)
+        served.set_result(ChannelLink(channel, conn, on_request=on_request, name="server"))
+
+    channel = viewer_pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    received: list[bytes] = []
+    channel.on("message", lambda m: received.append(m) if isinstance(m, bytes) else None)
+    try:
+        await viewer_pc.setLocalDescription(await viewer_pc.createOffer())
+        await server_pc.setRemoteDescription(viewer_pc.localDescription)
+        await server_pc.setLocalDescription(await server_pc.createAnswer())
+        await viewer_pc.setRemoteDescription(server_pc.localDescription)
+        async with asyncio.timeout(20):
+            await opened.wait()
+            server = await served
+        viewer = ChannelLink(channel, ProxyConnection(Role.CLIENT, packed=True), name="viewer")
+        stream = viewer.open_stream(RequestHead(method="GET", target="/", service="web"),
+                                    end_stream=True)
+        async with asyncio.timeout(10):
+            head, ended = await stream.response
+            chunks = [chunk async for chunk in _chunks(stream)]
+        assert (head.status, ended, b"".join(chunks)) == (200, False, b"first second")
+        assert len(received) == 1  # it was one message
+        assert [f.flags for f in map(parse_frame, split_message(received[0]))] == [H | E, 0, F]
+        viewer.close()
+        server.close()
+    finally:
+        await viewer_pc.close()
+        await server_pc.close()
+
+
+async def _chunks(stream: ChannelStream) -> AsyncIterator[bytes]:
+    while chunk := await stream.read():
+        yield chunk

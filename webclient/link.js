@@ -138,7 +138,12 @@ export class PeerLink {
       return;
     }
     this.bytesIn += data.byteLength;
-    for (const event of this.conn.receiveMessage(data)) this._dispatch(event);
+    const events = this.conn.receiveMessage(data);
+    for (const event of events) this._dispatch(event);
+    // Only now: a packed message may finish a stream in its first frames' events already.
+    for (const event of events) {
+      if (event.type === "ResponseReceived" || event.type === "DataReceived") this._releaseIfDone(event.streamId);
+    }
     this.flush();
   }
 
@@ -150,14 +155,12 @@ export class PeerLink {
           stream.head = event.head;
           stream.ended = event.endStream;
           stream.onHead(event.head, event.endStream);
-          this._releaseIfDone(event.streamId);
         }
         break;
       case "DataReceived":
         if (stream) {
           stream.ended = event.endStream;
           stream.onData(event.data, event.endStream);
-          this._releaseIfDone(event.streamId);
         }
         break;
       case "StreamReset":

@@ -231,8 +231,13 @@ class ChannelLink:
             return
         if not _is_heartbeat(message):
             self.last_activity = self.last_received
-        for event in self.conn.receive_message(message):
+        events = self.conn.receive_message(message)
+        for event in events:
             self._dispatch(event)
+        # Only now: a packed message may finish a stream in its first frames' events already.
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.release_if_done(event.stream_id)
         self.flush()
 
     def _dispatch(self, event: object) -> None:
@@ -240,7 +245,6 @@ class ChannelLink:
             case DataReceived(stream_id=sid, data=data, end_stream=end):
                 if stream := self.streams.get(sid):
                     stream._feed(data, end)
-                    self.release_if_done(sid)
             case RequestReceived(stream_id=sid, head=head, end_stream=end):
                 stream = ChannelStream(self, sid)
                 self.streams[sid] = stream
