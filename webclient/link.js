@@ -142,7 +142,9 @@ export class PeerLink {
     for (const event of events) this._dispatch(event);
     // Only now: a packed message may finish a stream in its first frames' events already.
     for (const event of events) {
-      if (event.type === "ResponseReceived" || event.type === "DataReceived") this._releaseIfDone(event.streamId);
+      if (event.type === "ResponseReceived" || event.type === "DataReceived") {
+        this._releaseIfDone(event.streamId);
+      }
     }
     this.flush();
   }
