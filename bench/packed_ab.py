@@ -3,8 +3,8 @@
 Two whole stacks (upstream, signaling server, daemon, `peerproxyd connect`; bench/_procs.py),
 one running the code of `--before` and one that of `--after` (each process started with
 `python -P` and PYTHONPATH set to its tree), plus the direct path to the upstream. Blocks of
-sequential 1 KB GETs (keep-alive) go to direct, before and after in turn, the order rotating
-from block to block, so the machine's noise hits all three alike.
+sequential GETs of `--size` bytes (1 KB; keep-alive) go to direct, before and after in turn,
+the order rotating from block to block, so the machine's noise hits all three alike.
 
     python bench/packed_ab.py                       # before /work/main, after this tree
     python bench/packed_ab.py --blocks 12 --count 150
@@ -42,7 +42,6 @@ from bench._procs import ROOT, ProxyStack  # noqa: E402
 from bench.core import udp_datagrams  # noqa: E402
 from tests.support.procs import Proc  # noqa: E402
 
-SIZE = 1024
 
 
 class TreeStack(ProxyStack):
@@ -59,19 +58,19 @@ class TreeStack(ProxyStack):
         return proc
 
 
-async def series(http: aiohttp.ClientSession, url: str, count: int) -> list[float]:
+async def series(http: aiohttp.ClientSession, url: str, count: int, size: int) -> list[float]:
     times = []
     for _ in range(count):
         started = time.perf_counter()
-        async with http.get(f"{url}/download?size={SIZE}") as response:
+        async with http.get(f"{url}/download?size={size}") as response:
             body = await response.read()
         times.append(time.perf_counter() - started)
-        assert response.status == 200 and len(body) == SIZE
+        assert response.status == 200 and len(body) == size
     return times
 
 
 async def measure(urls: dict[str, str], stacks: dict[str, TreeStack], blocks: int,
-                  count: int) -> dict[str, Any]:
+                  count: int, size: int) -> dict[str, Any]:
     names = list(urls)
     results: dict[str, dict[str, Any]] = {
         n: {"latencies": [], "block_p50": [], "datagrams": 0, "cpu": {}} for n in names
@@ -79,7 +78,7 @@ async def measure(urls: dict[str, str], stacks: dict[str, TreeStack], blocks: in
     busy = []
     async with aiohttp.ClientSession(auto_decompress=False) as http:
         for url in urls.values():  # warm up: connections, first requests
-            await series(http, url, 20)
+            await series(http, url, 20, size)
         for block in range(blocks):
             order = names[block % len(names):] + names[: block % len(names)]
             for name in order:
@@ -87,7 +86,7 @@ async def measure(urls: dict[str, str], stacks: dict[str, TreeStack], blocks: in
                 cpu = {p: cpu_seconds(pid) for p, pid in pids.items()}
                 dgrams, machine = udp_datagrams(), machine_busy()
                 started = time.perf_counter()
-                times = await series(http, urls[name], count)
+                times = await series(http, urls[name], count, size)
                 elapsed = time.perf_counter() - started
                 result = results[name]
                 result["datagrams"] += udp_datagrams() - dgrams
@@ -125,6 +124,7 @@ def main() -> int:
     parser.add_argument("--after", type=Path, default=ROOT)
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--size", type=int, default=1024, help="response body bytes (1024)")
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"packed-ab-{stamp}"
@@ -138,15 +138,17 @@ def main() -> int:
             progress(f"{name}: {tree}, backend {backend}")
         urls = {"direct": stacks["after"].upstream_url,
                 "before": stacks["before"].proxy_url, "after": stacks["after"].proxy_url}
-        summary = asyncio.run(measure(urls, stacks, args.blocks, args.count))
+        summary = asyncio.run(measure(urls, stacks, args.blocks, args.count, args.size))
     finally:
         for stack in stacks.values():
             stack.stop()
     summary |= {"backend": backend, "python": sys.version.split()[0], "blocks": args.blocks,
-                "count": args.count, "before_tree": str(args.before), "after_tree": str(args.after)}
+                "count": args.count, "size": args.size, "before_tree": str(args.before),
+                "after_tree": str(args.after)}
     (out.parent / f"packed-ab-{stamp}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"backend {backend}, Python {summary['python']}, {args.blocks} blocks x {args.count}"
-          f" 1 KB GETs; other load: {summary['cores_busy_median']:.2f} cores busy (median)")
+          f" GETs of {args.size} B; other load: {summary['cores_busy_median']:.2f} cores busy"
+          " (median)")
     print("| path | p50 ms (all) | p90 ms | median of block p50s | added | UDP dgrams/req |"
           " CPU ms/req daemon + connect |")
     print("|---|---|---|---|---|---|---|")
