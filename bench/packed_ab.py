@@ -14,7 +14,9 @@ The backend is the daemon's and the client's default ("auto"): aiortc on Python 
 native one where libdatachannel-py is installed. Per path it prints p50/p90 of all requests,
 the median of the blocks' p50s, the added latency over direct, UDP datagrams per request
 (/proc/net/snmp: the whole namespace) and the CPU of the daemon and `connect` per request.
-The figures go to bench/results/packed-ab-<timestamp>.json, the logs next to it.
+The figures go to bench/results/packed-ab-<timestamp>.json, the logs next to it. With
+`--profile`, py-spy (from the running Python's bin/) samples each daemon and `connect` while
+the blocks run, and the inclusive share of a few functions is printed per process.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -42,6 +47,38 @@ from bench._procs import ROOT, ProxyStack  # noqa: E402
 from bench.core import udp_datagrams  # noqa: E402
 from tests.support.procs import Proc  # noqa: E402
 
+
+
+# Inclusive shares reported with --profile: (label, function, the end of its file's path).
+WATCHED = (
+    ("channel send (native)", "send", "peerproxyd/rtc/transport_native.py"),
+    ("channel send (aiortc)", "send", "aiortc/rtcdatachannel.py"),
+    ("SCTP send chunk (aiortc)", "_send_chunk", "aiortc/rtcsctptransport.py"),
+    ("SCTP receive (aiortc)", "_receive", "aiortc/rtcsctptransport.py"),
+    ("DTLS write (aiortc)", "_write_ssl", "aiortc/rtcdtlstransport.py"),
+    ("ChannelLink send", "send_queued", "peerproxyd/tunnel/channel.py"),
+    ("ChannelLink flush", "flush", "peerproxyd/tunnel/channel.py"),
+    ("ChannelLink receive", "_on_message", "peerproxyd/tunnel/channel.py"),
+    ("protocol receive", "receive_message", "peerproxyd/protocol/connection.py"),
+    ("split_message", "split_message", "peerproxyd/protocol/frames.py"),
+    ("pack_messages", "pack_messages", "peerproxyd/protocol/frames.py"),
+    ("Router.handle", "handle", "peerproxyd/device/router.py"),
+)
+
+
+def inclusive(raw: Path) -> dict[str, float]:
+    """% of samples whose stack holds each WATCHED function (py-spy's raw format)."""
+    counts = dict.fromkeys((label for label, _, _ in WATCHED), 0)
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        frames = [frame.partition(" (") for frame in stack.split(";")]
+        for label, function, path in WATCHED:
+            if any(f.rpartition(".")[2] == function and where.partition(":")[0].endswith(path)
+                   for f, _, where in frames):
+                counts[label] += int(count)
+    return {label: round(100 * n / max(total, 1), 1) for label, n in counts.items() if n}
 
 
 class TreeStack(ProxyStack):
@@ -125,6 +162,7 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--size", type=int, default=1024, help="response body bytes (1024)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the daemons and clients")
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"packed-ab-{stamp}"
@@ -138,7 +176,22 @@ def main() -> int:
             progress(f"{name}: {tree}, backend {backend}")
         urls = {"direct": stacks["after"].upstream_url,
                 "before": stacks["before"].proxy_url, "after": stacks["after"].proxy_url}
+        spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        if args.profile:
+            pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+            for name, stack in stacks.items():
+                for proc in ("daemon", "connect"):
+                    raw = out / f"{name}-{proc}.txt"
+                    spies[f"{name} {proc}"] = (subprocess.Popen(
+                        [pyspy, "record", "-r", "200", "-f", "raw", "-o", str(raw), "--pid",
+                         str(stack.procs[proc].pid)], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL), raw)
+            time.sleep(2)
         summary = asyncio.run(measure(urls, stacks, args.blocks, args.count, args.size))
+        for spy, _ in spies.values():
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        summary["profile"] = {k: inclusive(raw) for k, (_, raw) in spies.items() if raw.exists()}
     finally:
         for stack in stacks.values():
             stack.stop()
@@ -147,8 +200,8 @@ def main() -> int:
                 "after_tree": str(args.after)}
     (out.parent / f"packed-ab-{stamp}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"backend {backend}, Python {summary['python']}, {args.blocks} blocks x {args.count}"
-          f" GETs of {args.size} B; other load: {summary['cores_busy_median']:.2f} cores busy"
-          " (median)")
+          f" GETs of {args.size} B; the machine: {summary['cores_busy_median']:.2f} of"
+          f" {os.cpu_count()} cores busy (median; these processes included)")
     print("| path | p50 ms (all) | p90 ms | median of block p50s | added | UDP dgrams/req |"
           " CPU ms/req daemon + connect |")
     print("|---|---|---|---|---|---|---|")
@@ -159,6 +212,9 @@ def main() -> int:
               f" {'+%.2f' % s['added_ms'] if 'added_ms' in s else '-'} |"
               f" {s['udp_datagrams_per_request']:.1f} |"
               f" {' + '.join(f'{cpu[p]:.2f}' for p in ('daemon', 'connect') if p in cpu) or '-'} |")
+    for process, shares in summary.get("profile", {}).items():
+        print(f"{process} (py-spy, inclusive % of samples): "
+              + ", ".join(f"{label} {share}" for label, share in shares.items()))
     return 0
 
 
