@@ -221,13 +221,16 @@ async def fetch(stream: ChannelStream) -> bytes:
     return b"".join(chunks)
 
 
-async def test_viewer_that_never_grants_window(router: tuple[Router, dict[str, int]]) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
+async def test_viewer_that_never_grants_window(
+    router: tuple[Router, dict[str, int]], packed: bool
+) -> None:
     """Four 200 MB downloads to a viewer that reads the channel but never sends WINDOW: the
     serving side sends one window per stream and stops reading the upstream; after
     stall_timeout each stream is reset and its upstream request closed. Another viewer on the
     same router downloads meanwhile."""
     rtr, stats = router
-    async with PeerPair(rtr, stall_timeout=2.0) as slow, PeerPair(rtr) as other:
+    async with PeerPair(rtr, stall_timeout=2.0, packed=packed) as slow, PeerPair(rtr) as other:
         before = rss_kib()
         streams = [slow.viewer.open_stream(download(200 * MB), end_stream=True)
                    for _ in range(4)]  # never read(): no WINDOW is ever sent
@@ -253,13 +256,14 @@ async def test_viewer_that_never_grants_window(router: tuple[Router, dict[str, i
         assert got == pattern(100_000)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
 async def test_viewer_that_stops_reading_the_channel(
-    router: tuple[Router, dict[str, int]],
+    router: tuple[Router, dict[str, int]], packed: bool
 ) -> None:
     """A viewer whose SCTP discards everything: writers stop at HIGH_WATER, and once the
     channel has not drained for stall_timeout the whole peer is closed."""
     rtr, stats = router
-    async with PeerPair(rtr, stall_timeout=2.0) as pair, PeerPair(rtr) as other:
+    async with PeerPair(rtr, stall_timeout=2.0, packed=packed) as pair, PeerPair(rtr) as other:
         pair.viewer_stops_reading()
         for _ in range(3):
             pair.viewer.open_stream(download(200 * MB), end_stream=True)
@@ -275,14 +279,15 @@ async def test_viewer_that_stops_reading_the_channel(
         assert got == pattern(2 * MB)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
 async def test_flood_of_replies_to_a_viewer_that_does_not_read(
-    router: tuple[Router, dict[str, int]],
+    router: tuple[Router, dict[str, int]], packed: bool
 ) -> None:
     """Messages that need no window (here RESETs quoting a 16 KB bad method) cannot pile up:
     past max_buffered queued bytes the peer is closed."""
     rtr, _ = router
     cap = 2 * MB
-    async with PeerPair(rtr, max_buffered=cap) as pair, PeerPair(rtr) as other:
+    async with PeerPair(rtr, max_buffered=cap, packed=packed) as pair, PeerPair(rtr) as other:
         pair.viewer_stops_reading()
         junk = json.dumps({"method": "X " * 8000, "target": "/", "headers": [],
                            "service": "camera"}).encode()

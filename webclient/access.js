@@ -166,8 +166,9 @@ export async function loadCredential(linkHref, target) {
 }
 
 /**
- * The auth exchange on a just-opened channel: send `auth` (the first message, text) and
- * resolve with the device's auth-ok ({viewer, service, expires}); reject with its AuthError,
+ * The auth exchange on a just-opened channel: send `auth` (the first message, text; it asks
+ * for packed messages) and resolve with the device's auth-ok ({viewer, service, expires,
+ * packed}); reject with its AuthError,
  * or an Error if the channel closes or stays silent for `timeout` ms. Settles before the next
  * message is dispatched, so a PeerLink attached right after sees every later message.
  */
@@ -193,6 +194,6 @@ export function authenticate(channel, credential, timeout) {
     );
     channel.addEventListener("message", onMessage);
     channel.addEventListener("close", onClose);
-    channel.send(encodeAuth(credential.name, credential.mac));
+    channel.send(encodeAuth(credential.name, credential.mac, { packed: true }));
   });
 }

@@ -4,6 +4,9 @@
 //
 // Backpressure has two levels, as in the daemon: per stream the device's WINDOW credit, per
 // channel the data channel's bufferedAmount (writers wait for "bufferedamountlow").
+//
+// With packed messages (docs/protocol.md §1.1) what is written within one task goes out
+// together, packed, from one microtask: no timer, so no added latency.
 
 import { ErrorCode, ProxyConnection, Role } from "./protocol.js";
 
@@ -93,14 +96,19 @@ export class PeerLink {
    * `channel`: an open RTCDataChannel, past the viewer's auth (access.js). `onClose(reason)`
    * is called once, when the channel closes or the device stays silent past `heartbeatTimeout`
    * ms. `onText(text)` gets the device's text messages (an auth-error when it ends the session).
+   * `packed`: the device agreed to packed messages (its auth-ok said so).
    */
   constructor(
     channel,
-    { heartbeatInterval = 2000, heartbeatTimeout = 10000, onClose = () => {}, onText = null } = {},
+    {
+      heartbeatInterval = 2000, heartbeatTimeout = 10000, onClose = () => {}, onText = null,
+      packed = false,
+    } = {},
   ) {
     this.channel = channel;
     this.onText = onText;
-    this.conn = new ProxyConnection(Role.CLIENT);
+    this.conn = new ProxyConnection(Role.CLIENT, {}, { packed });
+    this._sendSoon = false;
     this.streams = new Map();
     this.onClose = onClose;
     this.closed = false;
@@ -130,7 +138,14 @@ export class PeerLink {
       return;
     }
     this.bytesIn += data.byteLength;
-    for (const event of this.conn.receiveMessage(data)) this._dispatch(event);
+    const events = this.conn.receiveMessage(data);
+    for (const event of events) this._dispatch(event);
+    // Only now: a packed message may finish a stream in its first frames' events already.
+    for (const event of events) {
+      if (event.type === "ResponseReceived" || event.type === "DataReceived") {
+        this._releaseIfDone(event.streamId);
+      }
+    }
     this.flush();
   }
 
@@ -142,14 +157,12 @@ export class PeerLink {
           stream.head = event.head;
           stream.ended = event.endStream;
           stream.onHead(event.head, event.endStream);
-          this._releaseIfDone(event.streamId);
         }
         break;
       case "DataReceived":
         if (stream) {
           stream.ended = event.endStream;
           stream.onData(event.data, event.endStream);
-          this._releaseIfDone(event.streamId);
         }
         break;
       case "StreamReset":
@@ -187,7 +200,18 @@ export class PeerLink {
   }
 
   // ----- outbound
+  /** Send what the protocol queued: at once, or (packed) from one microtask per task. */
   flush() {
+    if (!this.conn.packed) {
+      this.sendQueued();
+    } else if (!this._sendSoon) {
+      this._sendSoon = true;
+      queueMicrotask(() => this.sendQueued());
+    }
+  }
+
+  sendQueued() {
+    this._sendSoon = false;
     const messages = this.conn.dataToSend();
     if (this.closed || this.channel.readyState !== "open") return;
     for (const m of messages) {

@@ -555,7 +555,9 @@ async function run() {
         }
       }
     };
-    const link = new PeerLink(channel, { onClose: (reason) => lost(reason), onText });
+    const link = new PeerLink(channel, {
+      onClose: (reason) => lost(reason), onText, packed: granted.packed,
+    });
     // ICE restart (docs/network.md): when the device asks, or when our ICE loses its path.
     // One at a time; a restart that fails ends the connection (the loop makes a new one).
     let restarting = null;

@@ -158,18 +158,13 @@ function hex4(n) {
 export function parseFrame(data) {
   const bytes = bytesOf(data);
   const n = bytes.length;
-  if (n < HEADER_SIZE) {
-    throw new RemoteProtocolError(`message length ${n} is less than the 12-byte header`);
-  }
+  checkSize(bytes);
   const view = new DataView(bytes.buffer, bytes.byteOffset, n);
   const streamId = view.getUint32(0);
   const length = view.getUint16(4);
   const seq = view.getUint32(6);
   const flags = view.getUint16(10);
   const fail = (message) => new RemoteProtocolError(message, { streamId });
-  if (n > MAX_MESSAGE_SIZE) {
-    throw fail(`message length ${n} exceeds the maximum of ${MAX_MESSAGE_SIZE}`);
-  }
   if (length !== n - HEADER_SIZE) {
     throw fail(
       `payload length field ${length} does not match the ${n - HEADER_SIZE} payload bytes present`,
@@ -180,6 +175,70 @@ export function parseFrame(data) {
   const problem = combinationProblem(frame);
   if (problem) throw fail(problem);
   return frame;
+}
+
+/** Checks 1 and 2 of docs/protocol.md §2.1, on a whole message. */
+function checkSize(bytes) {
+  const n = bytes.length;
+  if (n < HEADER_SIZE) {
+    throw new RemoteProtocolError(`message length ${n} is less than the 12-byte header`);
+  }
+  if (n > MAX_MESSAGE_SIZE) {
+    const streamId = new DataView(bytes.buffer, bytes.byteOffset, n).getUint32(0);
+    throw new RemoteProtocolError(`message length ${n} exceeds the maximum of ${MAX_MESSAGE_SIZE}`, { streamId });
+  }
+}
+
+/**
+ * Encoded frames (Uint8Array) joined, in order, into packed messages: a new message whenever
+ * the next frame would take the current one past MAX_MESSAGE_SIZE (docs/protocol.md §1.1).
+ */
+export function packMessages(frames) {
+  const messages = [];
+  let batch = [];
+  let size = 0;
+  const close = () => messages.push(batch.length === 1 ? batch[0] : concat(batch, size));
+  for (const frame of frames) {
+    if (batch.length && size + frame.length > MAX_MESSAGE_SIZE) {
+      close();
+      batch = [];
+      size = 0;
+    }
+    batch.push(frame);
+    size += frame.length;
+  }
+  if (batch.length) close();
+  return messages;
+}
+
+/**
+ * The frames of a packed message, in order, each for parseFrame. Where the rest of the message
+ * cannot be read, throws RemoteProtocolError after yielding the frames before it. The last
+ * frame is a view of the message's buffer (relay.js may transfer that buffer); frames before
+ * it are copies, so a transfer cannot take their bytes away.
+ */
+export function* splitMessage(data) {
+  const bytes = bytesOf(data);
+  const n = bytes.length;
+  checkSize(bytes);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, n);
+  let offset = 0;
+  while (offset < n) {
+    const left = n - offset;
+    if (left < HEADER_SIZE) {
+      throw new RemoteProtocolError(`frame at offset ${offset}: ${left} bytes are less than the 12-byte header`);
+    }
+    const length = view.getUint16(offset + 4);
+    if (HEADER_SIZE + length > left) {
+      throw new RemoteProtocolError(
+        `frame at offset ${offset}: payload length field ${length} runs past the end of the ${n}-byte message`,
+        { streamId: view.getUint32(offset) },
+      );
+    }
+    const end = offset + HEADER_SIZE + length;
+    yield end === n ? bytes.subarray(offset) : bytes.slice(offset, end);
+    offset = end;
+  }
 }
 
 function combinationProblem(frame) {
@@ -446,9 +505,11 @@ function concat(parts, total) {
  * increment}, {type: "HeartbeatAcked", seq}, {type: "MessageDropped", reason}.
  */
 export class ProxyConnection {
-  constructor(role = Role.CLIENT, limits = {}) {
+  /** `packed`: both ends agreed to packed messages (docs/protocol.md §1.1). */
+  constructor(role = Role.CLIENT, limits = {}, { packed = false } = {}) {
     this.role = role;
     this.limits = { ...DEFAULT_LIMITS, ...limits };
+    this.packed = packed;
     this._streams = new Map();
     this._outbox = [];
     this._nextId = 1;
@@ -471,16 +532,30 @@ export class ProxyConnection {
     return this._streams.get(streamId)?.sendWindow ?? 0;
   }
 
-  /** Messages to send, one data-channel message each (Uint8Array with its own buffer). */
+  /** Messages to send, one data-channel message each (Uint8Array with its own buffer): one
+   * frame each, or packed frames if `packed`. */
   dataToSend() {
     const out = this._outbox;
     this._outbox = [];
-    return out;
+    return this.packed && out.length > 1 ? packMessages(out) : out;
   }
 
   // ----- receiving
-  /** Process one message; never throws for bad input. */
+  /** Process one message; never throws for bad input. A packed message's frames are processed
+   * in order, each as its own message; an unreadable rest is reported after them. */
   receiveMessage(data) {
+    if (!this.packed) return this._receiveOne(data);
+    const events = [];
+    try {
+      for (const frame of splitMessage(data)) events.push(...this._receiveOne(frame));
+    } catch (exc) {
+      if (!(exc instanceof RemoteProtocolError)) throw exc;
+      events.push(...this._failStream(exc));
+    }
+    return events;
+  }
+
+  _receiveOne(data) {
     try {
       return this._receiveFrame(parseFrame(data));
     } catch (exc) {

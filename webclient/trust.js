@@ -216,12 +216,14 @@ export async function authMac(token, viewerFp, deviceFp) {
 
 // ----- messages (1.5 steps 2 and 3)
 
-export function encodeAuth(viewer, mac) {
-  return JSON.stringify({ type: "auth", v: 1, viewer, mac });
+/** `packed`: ask for packed messages (docs/protocol.md §1.1; the key is written only when true). */
+export function encodeAuth(viewer, mac, { packed = false } = {}) {
+  return JSON.stringify({ type: "auth", v: 1, viewer, mac, ...(packed ? { packed: true } : {}) });
 }
 
 /**
- * The device's answer to our auth: {viewer, service, expires: Date | null} for auth-ok; throws
+ * The device's answer to our auth: {viewer, service, expires: Date | null, packed} for auth-ok
+ * (`packed`: the device agreed to packed messages); throws
  * the AuthError of an auth-error, or AuthError `bad-auth` for anything else.
  */
 export function parseAuthReply(message) {
@@ -254,7 +256,7 @@ export function parseAuthReply(message) {
       throw bad(`auth-ok expires is not an ISO 8601 time: ${pyRepr(obj.expires)}`);
     }
   }
-  return { viewer: obj.viewer, service: obj.service, expires };
+  return { viewer: obj.viewer, service: obj.service, expires, packed: obj.packed === true };
 }
 
 // ----- what the page says about each refusal

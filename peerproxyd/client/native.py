@@ -75,9 +75,11 @@ class NativeClient:
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 20.0,
         backoff_max: float = 10.0,
+        packed: bool = True,
     ) -> None:
         """`backend`: the WebRTC stack, "auto", "aiortc" or "native" (transport.py);
-        ValueError if "native" cannot run here."""
+        ValueError if "native" cannot run here. `packed`: ask the device for packed messages
+        (docs/protocol.md §1.1; False behaves as a client before them)."""
         self.share = link
         self.device = link.device
         self.service = link.service
@@ -88,6 +90,7 @@ class NativeClient:
         self.request_wait = request_wait
         self.heartbeat = (heartbeat_interval, heartbeat_timeout)
         self.backoff_max = backoff_max
+        self.packed = packed
         self.signaling = SignalingClient(signal_url or link.signal_url, backoff_max=backoff_max)
         self.link: ChannelLink | None = None
         self.connections = 0  # peer connections made so far
@@ -208,9 +211,9 @@ class NativeClient:
             except AuthError as exc:
                 result.set_exception(exc)
                 return
+            conn = ProxyConnection(Role.CLIENT, packed=self.packed and self.granted.packed)
             result.set_result(
-                ChannelLink(channel, ProxyConnection(Role.CLIENT), on_text=self._on_text,
-                            name=f"{self.device}")
+                ChannelLink(channel, conn, on_text=self._on_text, name=f"{self.device}")
             )
 
         def on_close() -> None:
@@ -221,11 +224,12 @@ class NativeClient:
         channel.on("close", on_close)
         mac = auth_mac(self.share.key, fingerprint_from_sdp(offer),
                        self.share.fingerprint)
-        channel.send(encode_auth(self.share.name, mac))
+        channel.send(encode_auth(self.share.name, mac, packed=self.packed))
         link = await result
         assert self.granted is not None
-        logger.info("authenticated as %s for %s (expires %s)", self.granted.viewer,
-                    self.granted.service, format_time(self.granted.expires) or "never")
+        logger.info("authenticated as %s for %s (expires %s%s)", self.granted.viewer,
+                    self.granted.service, format_time(self.granted.expires) or "never",
+                    "; packed messages" if self.granted.packed else "")
         return link
 
     def _on_text(self, message: str) -> None:
@@ -391,9 +395,12 @@ class NativeClient:
 
     async def _upload(self, request: web.Request, stream: Any) -> None:
         try:
-            while chunk := await request.content.readany():
-                await stream.write(chunk)
-            await stream.end()
+            ended = False  # FINAL rides on the last chunk when the body is known complete
+            while not ended and (chunk := await request.content.readany()):
+                ended = request.content.at_eof()
+                await stream.write(chunk, end=ended)
+            if not ended:
+                await stream.end()
         except (StreamResetError, PeerGoneError):
             pass  # the daemon answered early or the stream is gone: the response says why
 

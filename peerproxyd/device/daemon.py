@@ -127,11 +127,14 @@ class Daemon:
         notifier: Notifier | None = None,
         identity: Identity | None = None,
         viewers: ViewerStore | None = None,
+        packing: bool = True,
     ) -> None:
         """`identity` defaults to the one in `[device] state_dir` (created if there is
         none); IdentityError if it cannot be read. `viewers` defaults to the viewer store in
-        the same directory. ConfigError if `[transport] backend` cannot run here."""
+        the same directory. ConfigError if `[transport] backend` cannot run here. `packing`
+        False: never agree to packed messages, as a daemon before them (tests)."""
         self.settings = settings
+        self.packing = packing
         try:
             self.backend, self.backend_reason = choose_backend(settings.transport.backend,
                                                                settings.ice)
@@ -443,6 +446,7 @@ class Daemon:
         session = PeerSession(
             peer, self.settings, self._router, self._forget, backend=self.backend,
             viewers=self.viewers, refresh_viewers=self._refresh_viewers, admit=self._admit,
+            packing=self.packing,
         )
         self.sessions[peer] = session
         try:

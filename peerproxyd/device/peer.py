@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,10 @@ class PeerSession:
         viewers: ViewerStore,
         refresh_viewers: Callable[[], None] = lambda: None,
         admit: Callable[[], bool] = lambda: True,
+        packing: bool = True,
     ) -> None:
+        """`packing`: agree to packed messages when the viewer asks (docs/protocol.md §1.1);
+        False answers as a daemon from before packing did (tests)."""
         self.peer_id = peer_id
         self._settings = settings
         self._router = router
@@ -74,6 +78,7 @@ class PeerSession:
         self._viewers = viewers
         self._refresh_viewers = refresh_viewers
         self._admit = admit
+        self._packing = packing
         self._pc: Transport = new_transport(settings.ice, backend=backend)
         self._channel: Any = None  # the data channel (peerproxyd.tunnel.channel.DataChannel)
         self._channel_closed = asyncio.Event()
@@ -245,14 +250,16 @@ class PeerSession:
             self._refuse(exc)
             return
         assert record is not None and self._channel is not None
+        granted = replace(granted, packed=auth.packed and self._packing)
         self.granted, self._key = granted, record.key
         if self._deadline is not None:
             self._deadline.cancel()
         self._channel.remove_listener("message", self._on_auth_message)
         self._channel.send(encode_auth_ok(granted))
         logger.info(
-            "%r: viewer %s authenticated for %s (expires %s)",
+            "%r: viewer %s authenticated for %s (expires %s%s)",
             self, granted.viewer, granted.service, format_time(granted.expires) or "never",
+            "; packed messages" if granted.packed else "",
         )
         self._start_link(self._channel)
 
@@ -263,6 +270,8 @@ class PeerSession:
         self._refusing = True
         channel = self._channel
         if channel is not None and channel.readyState == "open":
+            if self._link is not None:
+                self._link.send_queued()  # what was written before the refusal goes first
             channel.send(encode_auth_error(error))
         self._spawn(self._close_after_refusal())
 
@@ -308,6 +317,7 @@ class PeerSession:
                 max_streams=limits.max_streams_per_peer,
                 max_header_bytes=limits.max_header_bytes,
             ),
+            packed=self.granted is not None and self.granted.packed,
         )
         self._link = ChannelLink(
             channel, conn, on_request=self._on_request, on_text=self._on_text,

@@ -19,7 +19,9 @@ from peerproxyd.protocol.frames import (
     ErrorCode,
     Flag,
     Frame,
+    pack_messages,
     parse_frame,
+    split_message,
 )
 from peerproxyd.protocol.heads import RequestHead, ResponseHead
 
@@ -44,5 +46,7 @@ __all__ = [
     "Role",
     "StreamReset",
     "WindowUpdated",
+    "pack_messages",
     "parse_frame",
+    "split_message",
 ]

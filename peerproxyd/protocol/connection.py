@@ -1,7 +1,9 @@
 """ProxyConnection: the protocol state of one data channel, with no IO.
 
 Feed each received message to `receive_message()`, act on the events it returns, and send
-what `data_to_send()` returns, one data-channel message per item (see h11/h2).
+what `data_to_send()` returns, one data-channel message per item (see h11/h2). With `packed`
+(both ends agreed in the auth exchange, docs/protocol.md §1.1) a message carries one or more
+frames: `data_to_send()` packs what was queued, `receive_message()` splits.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from peerproxyd.protocol.frames import (
     Flag,
     Frame,
     Kind,
+    pack_messages,
     parse_frame,
+    split_message,
 )
 from peerproxyd.protocol.heads import HeadError, RequestHead, ResponseHead
 from peerproxyd.protocol.state import HalfState, Input, next_state
@@ -83,9 +87,10 @@ def _inputs(frame: Frame) -> list[Input]:
 
 
 class ProxyConnection:
-    def __init__(self, role: Role, limits: Limits | None = None) -> None:
+    def __init__(self, role: Role, limits: Limits | None = None, *, packed: bool = False) -> None:
         self.role = role
         self.limits = limits or Limits()
+        self.packed = packed
         self._streams: dict[int, _Stream] = {}
         self._outbox: list[bytes] = []
         self._next_id = 1  # client: next stream id to allocate
@@ -108,13 +113,27 @@ class ProxyConnection:
         return stream.send_window if stream else 0
 
     def data_to_send(self) -> list[bytes]:
+        """The messages to send, in order: one frame each, or packed frames if `packed`."""
         out, self._outbox = self._outbox, []
-        return out
+        return pack_messages(out) if self.packed and len(out) > 1 else out
 
     # ----- receiving
     def receive_message(self, data: bytes) -> list[Event]:
         """Process one data-channel message. Never raises for bad input: a broken stream is
-        reset (StreamReset with remote=False), a message with no stream to blame is dropped."""
+        reset (StreamReset with remote=False), a message with no stream to blame is dropped.
+        A packed message's frames are processed in order, each as its own message; where the
+        rest of it cannot be split into frames, that is reported after the frames before."""
+        if not self.packed:
+            return self._receive_one(data)
+        events: list[Event] = []
+        try:
+            for frame in split_message(data):
+                events += self._receive_one(frame)
+        except RemoteProtocolError as exc:
+            events += self._fail_stream(exc)
+        return events
+
+    def _receive_one(self, data: bytes | memoryview) -> list[Event]:
         try:
             frame = parse_frame(data)
             return self._receive_frame(frame)

@@ -1,14 +1,17 @@
-"""Wire format of one data-channel message: a 12-byte header and a payload.
+"""Wire format of one frame: a 12-byte header and a payload.
 
     stream id u32 | payload length u16 | sequence number u32 | flags u16 | payload
 
-All integers are in network byte order. See docs/protocol.md for the rules checked here.
+All integers are in network byte order. A data-channel message is one frame, or, once both
+ends agreed to packing, several frames back to back (`pack_messages`, `split_message`). See
+docs/protocol.md for the rules checked here.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from peerproxyd.errors import RemoteProtocolError
@@ -107,21 +110,33 @@ class Frame:
         return int(increment)
 
 
-def parse_frame(data: bytes) -> Frame:
-    """Decode and check one whole data-channel message; raise RemoteProtocolError if invalid.
+def _check_size(data: bytes | memoryview) -> int:
+    """The stream id of a message of acceptable size (checks 1 and 2 of docs/protocol.md)."""
+    if len(data) < HEADER_SIZE:
+        raise RemoteProtocolError(f"message length {len(data)} is less than the 12-byte header")
+    (stream_id,) = struct.unpack_from("!I", data)
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise RemoteProtocolError(
+            f"message length {len(data)} exceeds the maximum of {MAX_MESSAGE_SIZE}",
+            code=ErrorCode.PROTOCOL_ERROR,
+            stream_id=stream_id,
+        )
+    return int(stream_id)
+
+
+def parse_frame(data: bytes | memoryview) -> Frame:
+    """Decode and check one whole frame (an unpacked message); raise RemoteProtocolError if
+    invalid.
 
     Errors carry the stream id whenever the header could be read, so the caller can reset
     just that stream.
     """
-    if len(data) < HEADER_SIZE:
-        raise RemoteProtocolError(f"message length {len(data)} is less than the 12-byte header")
+    _check_size(data)
     stream_id, length, seq, raw_flags = HEADER.unpack_from(data)
 
     def fail(message: str) -> RemoteProtocolError:
         return RemoteProtocolError(message, code=ErrorCode.PROTOCOL_ERROR, stream_id=stream_id)
 
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise fail(f"message length {len(data)} exceeds the maximum of {MAX_MESSAGE_SIZE}")
     if length != len(data) - HEADER_SIZE:
         raise fail(
             f"payload length field {length} does not match the {len(data) - HEADER_SIZE}"
@@ -135,6 +150,49 @@ def parse_frame(data: bytes) -> Frame:
     if problem:
         raise fail(problem)
     return frame
+
+
+def pack_messages(frames: Iterable[bytes]) -> list[bytes]:
+    """Encoded frames joined, in order, into packed messages: a new message whenever the next
+    frame would take the current one past MAX_MESSAGE_SIZE (docs/protocol.md §1.1)."""
+    messages: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if batch and size + len(frame) > MAX_MESSAGE_SIZE:
+            messages.append(batch[0] if len(batch) == 1 else b"".join(batch))
+            batch, size = [], 0
+        batch.append(frame)
+        size += len(frame)
+    if batch:
+        messages.append(batch[0] if len(batch) == 1 else b"".join(batch))
+    return messages
+
+
+def split_message(data: bytes) -> Iterator[memoryview]:
+    """The frames of a packed message, in order, each for `parse_frame`. Where the rest of
+    the message cannot be read, raises RemoteProtocolError after yielding the frames before
+    it (with the stream id of that frame's header, if it could be read)."""
+    _check_size(data)
+    view = memoryview(data)
+    offset = 0
+    while offset < len(data):
+        left = len(data) - offset
+        if left < HEADER_SIZE:
+            raise RemoteProtocolError(
+                f"frame at offset {offset}: {left} bytes are less than the 12-byte header"
+            )
+        stream_id, length = struct.unpack_from("!IH", data, offset)
+        if HEADER_SIZE + length > left:
+            raise RemoteProtocolError(
+                f"frame at offset {offset}: payload length field {length} runs past the end"
+                f" of the {len(data)}-byte message",
+                code=ErrorCode.PROTOCOL_ERROR,
+                stream_id=stream_id,
+            )
+        end = offset + HEADER_SIZE + length
+        yield view[offset:end]
+        offset = end
 
 
 def _combination_problem(frame: Frame) -> str | None:

@@ -257,6 +257,8 @@ def _is_dns_name(host: str) -> bool:
 class AuthMessage:
     viewer: str
     mac: bytes
+    packed: bool = False
+    """The viewer asks for packed messages (docs/protocol.md §1.1)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,15 +268,20 @@ class Granted:
     viewer: str
     service: str
     expires: datetime | None
+    packed: bool = False
+    """Both ends send packed messages from now on (the viewer asked, the daemon agreed)."""
 
 
-def encode_auth(viewer: str, mac: bytes) -> str:
-    return _json({"type": "auth", "v": 1, "viewer": viewer, "mac": b64u.encode(mac)})
+def encode_auth(viewer: str, mac: bytes, *, packed: bool = False) -> str:
+    """`packed`: ask for packed messages (the key is written only when true)."""
+    obj: dict[str, Any] = {"type": "auth", "v": 1, "viewer": viewer, "mac": b64u.encode(mac)}
+    return _json(obj | {"packed": True} if packed else obj)
 
 
 def encode_auth_ok(granted: Granted) -> str:
-    return _json({"type": "auth-ok", "viewer": granted.viewer, "service": granted.service,
-                  "expires": format_time(granted.expires)})
+    obj = {"type": "auth-ok", "viewer": granted.viewer, "service": granted.service,
+           "expires": format_time(granted.expires)}
+    return _json(obj | {"packed": True} if granted.packed else obj)
 
 
 def encode_auth_error(error: AuthError) -> str:
@@ -299,7 +306,7 @@ def parse_auth(message: str | bytes) -> AuthMessage:
     mac = _decode_exact(mac_text, 32) if isinstance(mac_text, str) else None
     if mac is None:
         raise _bad("mac must be base64url of 32 bytes")
-    return AuthMessage(viewer=viewer, mac=mac)
+    return AuthMessage(viewer=viewer, mac=mac, packed=obj.get("packed") is True)
 
 
 def parse_auth_reply(message: str | bytes) -> Granted:
@@ -325,7 +332,7 @@ def parse_auth_reply(message: str | bytes) -> Granted:
             when = parse_time(expires if isinstance(expires, str) else "")
         except ValueError:
             raise _bad(f"auth-ok expires is not an ISO 8601 time: {_short(expires)}") from None
-    return Granted(viewer=viewer, service=service, expires=when)
+    return Granted(viewer=viewer, service=service, expires=when, packed=obj.get("packed") is True)
 
 
 def _object(message: str) -> dict[str, Any]:

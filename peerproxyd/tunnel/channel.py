@@ -5,6 +5,10 @@ routed to `ChannelStream`s; whatever the connection wants to send goes out on th
 Backpressure has two levels: per stream, the peer's WINDOW credit; per channel, the data
 channel's bufferedAmount (writers wait for "bufferedamountlow").
 
+With packed messages (docs/protocol.md §1.1) what is written within one turn of the event loop
+goes out together, packed: a response head, its small body and FINAL become one message
+(and one SCTP packet). Every write step yields to the loop, so that outbox stays small.
+
 Slow-reader protection: a peer that never grants window or never reads the channel cannot make
 this side buffer without bound. A writer waits for window at most `stall_timeout` seconds,
 then its stream is reset (CANCEL); a channel above HIGH_WATER that drains nothing for
@@ -216,6 +220,7 @@ class ChannelLink:
         self.last_activity = self.last_received
         self.rtt: float | None = None
         self._heartbeat_sent: dict[int, float] = {}
+        self._send_soon: asyncio.Handle | None = None
         self.dropped = 0
         channel.bufferedAmountLowThreshold = LOW_WATER
         channel.on("message", self._on_message)
@@ -234,8 +239,13 @@ class ChannelLink:
             return
         if not _is_heartbeat(message):
             self.last_activity = self.last_received
-        for event in self.conn.receive_message(message):
+        events = self.conn.receive_message(message)
+        for event in events:
             self._dispatch(event)
+        # Only now: a packed message may finish a stream in its first frames' events already.
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.release_if_done(event.stream_id)
         self.flush()
 
     def _dispatch(self, event: object) -> None:
@@ -243,7 +253,6 @@ class ChannelLink:
             case DataReceived(stream_id=sid, data=data, end_stream=end):
                 if stream := self.streams.get(sid):
                     stream._feed(data, end)
-                    self.release_if_done(sid)
             case RequestReceived(stream_id=sid, head=head, end_stream=end):
                 stream = ChannelStream(self, sid)
                 self.streams[sid] = stream
@@ -286,7 +295,18 @@ class ChannelLink:
 
     # ----- outbound
     def flush(self) -> None:
-        """Send everything the connection has queued."""
+        """Send everything the connection has queued: at once, or with packing at the end of
+        this turn of the event loop (one deferred send, whatever else is written meanwhile)."""
+        if not self.conn.packed:
+            self.send_queued()
+        elif self._send_soon is None:
+            self._send_soon = asyncio.get_running_loop().call_soon(self.send_queued)
+
+    def send_queued(self) -> None:
+        """Send what the connection has queued now."""
+        if self._send_soon is not None:
+            self._send_soon.cancel()
+            self._send_soon = None
         if self.channel.readyState != "open":
             self.conn.data_to_send()
             return
@@ -381,9 +401,11 @@ class ChannelLink:
 
 
 def _is_heartbeat(message: bytes) -> bool:
-    """A well-formed HEARTBEAT or HEARTBEAT|ACK (12 bytes, stream 0, the HEARTBEAT flag)."""
-    return len(message) == HEADER_SIZE and message[:4] == b"\0\0\0\0" and bool(
-        message[11] & Flag.HEARTBEAT
+    """HEARTBEATs or HEARTBEAT|ACKs only (12 bytes each, stream 0, the HEARTBEAT flag): one,
+    or several packed."""
+    return bool(message) and len(message) % HEADER_SIZE == 0 and all(
+        message[i : i + 6] == bytes(6) and message[i + 11] & Flag.HEARTBEAT
+        for i in range(0, len(message), HEADER_SIZE)
     )
 
 

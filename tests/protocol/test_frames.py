@@ -21,15 +21,18 @@ from peerproxyd.protocol import (
     Frame,
     RequestHead,
     ResponseHead,
+    pack_messages,
     parse_frame,
+    split_message,
 )
 
 VECTORS_DIR = Path(__file__).resolve().parents[1] / "vectors"
 VECTORS: list[dict[str, Any]] = json.loads(
     (VECTORS_DIR / "protocol.json").read_text(encoding="utf-8")
 )
-VALID = [v for v in VECTORS if v["valid"]]
-INVALID = [v for v in VECTORS if not v["valid"]]
+FRAMES = [v for v in VECTORS if not v.get("packed")]  # one frame per message
+VALID = [v for v in FRAMES if v["valid"]]
+INVALID = [v for v in FRAMES if not v["valid"]]
 
 
 def load_generator() -> Any:
@@ -159,3 +162,48 @@ def test_control_constructors() -> None:
     assert bytes(Frame.reset(3, ErrorCode.CANCEL, "x")).hex() == (
         "00000003" "0003" "00000000" "0020" "0005" "78"
     )
+
+
+# ----- packed messages (docs/protocol.md §1.1)
+SPLITS = [v for v in VECTORS if v.get("packed") and "frames" in v]
+PACKS = [v for v in VECTORS if v.get("packed") and "pack" in v]
+
+
+@pytest.mark.parametrize("vector", SPLITS, ids=[v["name"] for v in SPLITS])
+def test_split_vector(vector: dict[str, Any]) -> None:
+    frames: list[str] = []
+    data = bytes.fromhex(vector["hex"])
+    if vector["valid"]:
+        frames = [bytes(f).hex() for f in split_message(data)]
+        assert [m.hex() for m in pack_messages(bytes.fromhex(f) for f in frames)] == [
+            vector["hex"]
+        ]
+    else:
+        with pytest.raises(RemoteProtocolError) as info:
+            for f in split_message(data):
+                frames.append(bytes(f).hex())
+        assert (str(info.value), info.value.stream_id) == (
+            vector["error"], vector["error_stream_id"]
+        )
+    assert frames == vector["frames"]
+    for f in frames:
+        roundtrip(bytes.fromhex(f))
+
+
+@pytest.mark.parametrize("vector", PACKS, ids=[v["name"] for v in PACKS])
+def test_pack_vector(vector: dict[str, Any]) -> None:
+    messages = pack_messages(bytes.fromhex(f) for f in vector["pack"])
+    assert [m.hex() for m in messages] == vector["messages"]
+    assert [bytes(f).hex() for m in messages for f in split_message(m)] == vector["pack"]
+
+
+def test_pack_keeps_order_and_size() -> None:
+    sizes = [12, 16384, 12, 100, 16372, 16272, 1, 12]
+    frames = [bytes(Frame(i + 1, 0, Flag(0), bytes(max(n - 12, 0)))) for i, n in enumerate(sizes)]
+    messages = pack_messages(frames)
+    assert all(len(m) <= MAX_MESSAGE_SIZE for m in messages)
+    assert [bytes(f) for m in messages for f in split_message(m)] == frames
+    assert [len(m) for m in messages] == [12, 16384, 112, 16372, 16296]
+    assert pack_messages([]) == []
+    one = frames[1]
+    assert pack_messages([one])[0] is one  # a frame alone is sent as it is, not copied

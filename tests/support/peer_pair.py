@@ -23,8 +23,10 @@ ICE = IceSettings(host_addresses=["127.0.0.1"])
 
 
 class PeerPair:
-    def __init__(self, router: Router, **link_options: Any) -> None:
+    def __init__(self, router: Router, *, packed: bool = False, **link_options: Any) -> None:
+        """`packed`: both connections pack messages (docs/protocol.md §1.1)."""
         self.router = router
+        self.packed = packed
         self.link_options = link_options
         self.tasks: set[asyncio.Task[None]] = set()
         self.server: ChannelLink | None = None
@@ -38,7 +40,7 @@ class PeerPair:
 
         @self.server_pc.on("datachannel")
         def _on_channel(channel: RTCDataChannel) -> None:
-            conn = ProxyConnection(Role.SERVER, Limits())
+            conn = ProxyConnection(Role.SERVER, Limits(), packed=self.packed)
             self.server = ChannelLink(channel, conn, on_request=self._on_request,
                                       name="server", **self.link_options)
             served.set_result(None)
@@ -53,7 +55,8 @@ class PeerPair:
         async with asyncio.timeout(20):
             await opened.wait()
             await served
-        self.viewer = ChannelLink(channel, ProxyConnection(Role.CLIENT), name="viewer")
+        self.viewer = ChannelLink(channel, ProxyConnection(Role.CLIENT, packed=self.packed),
+                                  name="viewer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:

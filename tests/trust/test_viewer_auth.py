@@ -113,6 +113,14 @@ def test_message_vectors_are_what_we_write() -> None:
     assert encode_auth_ok(parse_auth_reply(texts["auth-ok, no expiry"])) == texts[
         "auth-ok, no expiry"
     ]
+    # Packing (docs/protocol.md §1.1): asked for, agreed to; absent means unpacked.
+    asked = parse_auth(texts["auth, packed"])
+    assert asked.packed and not parse_auth(texts["auth"]).packed
+    assert encode_auth("alice", asked.mac, packed=True) == texts["auth, packed"]
+    agreed = parse_auth_reply(texts["auth-ok, packed"])
+    assert agreed.packed and not granted.packed
+    assert encode_auth_ok(agreed) == texts["auth-ok, packed"]
+    assert not parse_auth(texts["auth"][:-1] + ',"packed":1}').packed  # only true asks
     with pytest.raises(AuthError) as info:
         parse_auth_reply(texts["auth-error"])
     assert info.value.code == "revoked"

@@ -15,6 +15,9 @@ Each vector is one whole data-channel message:
 Vectors with a `group` form a sequence: feed them in `index` order to one fresh
 ProxyConnection of role `role`; `expect` lists the events each message yields and `replies`
 the messages (hex) the connection then has to send.
+Vectors with `packed: true` are packed messages (docs/protocol.md §1.1): `frames` (hex) is what
+splitting `hex` yields, then `error` if the rest cannot be read; `pack` + `messages` show
+greedy packing; packed groups run on a ProxyConnection with packing on.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from peerproxyd.protocol import (  # noqa: E402
     Role,
     StreamReset,
     WindowUpdated,
+    pack_messages,
     parse_frame,
+    split_message,
 )
 
 OUTPUT = Path(__file__).resolve().parent / "protocol.json"
@@ -362,13 +367,17 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def group(
-    name: str, role: Role, steps: list[tuple[dict[str, Any], list[dict[str, Any]], list[bytes]]]
+    name: str,
+    role: Role,
+    steps: list[tuple[dict[str, Any], list[dict[str, Any]], list[bytes]]],
+    *,
+    packed: bool = False,
 ) -> list[dict[str, Any]]:
     """Vectors of one sequence. Each step: (vector, expected events, expected replies).
 
     The expectations are written by hand; the script stops if ProxyConnection disagrees.
     """
-    conn = ProxyConnection(role)
+    conn = ProxyConnection(role, packed=packed)
     if role is Role.CLIENT:
         # A client accepts messages only for streams it opened: open as many as the group uses
         # (the JS tests do the same).
@@ -563,11 +572,108 @@ def websocket_sequences() -> list[dict[str, Any]]:
     return v
 
 
+def split(name: str, frames: list[bytes], tail: bytes = b"", error: str | None = None,
+          error_stream_id: int = 0) -> dict[str, Any]:
+    """A packed message: whole frames, then `tail` that cannot be read (`error`)."""
+    data = b"".join(frames) + tail
+    got: list[bytes] = []
+    try:
+        got.extend(bytes(f) for f in split_message(data))
+    except RemoteProtocolError as exc:
+        if (str(exc), exc.stream_id) != (error, error_stream_id):
+            raise SystemExit(f"{name}: split_message says {exc!r}, expected {error!r}") from None
+    else:
+        if error is not None:
+            raise SystemExit(f"{name}: split_message accepted it")
+    if got != frames:
+        raise SystemExit(f"{name}: split_message gave {len(got)} frames, expected {len(frames)}")
+    vector: dict[str, Any] = {"name": name, "packed": True, "valid": error is None,
+                              "hex": data.hex(), "frames": [f.hex() for f in frames]}
+    if error is None:
+        if pack_messages(frames) != [data]:
+            raise SystemExit(f"{name}: pack_messages does not give the message back")
+    else:
+        vector |= {"error": error, "error_stream_id": error_stream_id}
+    return vector
+
+
+def packed_message(frames: list[bytes]) -> dict[str, Any]:
+    """A packed message as a group step (its `stream_id`: the highest of its frames)."""
+    return {"packed": True, "hex": b"".join(frames).hex(),
+            "stream_id": max(int.from_bytes(f[:4], "big") for f in frames)}
+
+
+def packed_vectors() -> list[dict[str, Any]]:
+    """§1.1: splitting, greedy packing, and connections with packing on."""
+    get1 = raw(1, 0, H | E | F, GET.encode())
+    head3, body3 = raw(3, 0, H | E, POST.encode()), raw(3, 1, F, b'{"name":"x"}')
+    ok_head = raw(1, 0, H | E, OK.encode())
+    kilo = bytes(i % 251 for i in range(1024))
+    body_1k = raw(1, 1, F, kilo)
+    hb1, hb2 = raw(0, 1, HB), raw(0, 2, HB)
+    fill = raw(5, 1, 0, bytes(MAX_PAYLOAD - len(get1) - len(hb1)))  # makes exactly 16384
+    v = [
+        split("packed/one-frame", [get1]),
+        split("packed/head-and-1k-body", [ok_head, body_1k]),
+        split("packed/streams-and-control", [get1, head3, body3, hb1,
+                                             raw(3, 0, WIN, struct.pack("!I", 1000)),
+                                             raw(7, 0, RST, b"\x00\x05bye")]),
+        split("packed/empty-payloads", [raw(1, 1, 0), hb1, raw(1, 2, F)]),
+        split("packed/exactly-16384", [get1, hb1, fill]),
+        split("packed/empty", [], b"", "message length 0 is less than the 12-byte header"),
+        split("packed/too-long", [], get1 + hb1 + fill + b"x",
+              "message length 16385 exceeds the maximum of 16384", 1),
+        split("packed/length-past-end", [get1], header(3, 100, 1, 0) + b"hello",
+              f"frame at offset {len(get1)}: payload length field 100 runs past the end of the"
+              f" {len(get1) + 17}-byte message", 3),
+        split("packed/first-length-past-end", [], header(1, 10, 1, 0) + b"hello",
+              "frame at offset 0: payload length field 10 runs past the end of the 17-byte"
+              " message", 1),
+        split("packed/short-tail", [get1, hb1], b"\x00\x00\x00\x03\x00",
+              f"frame at offset {len(get1) + 12}: 5 bytes are less than the 12-byte header"),
+    ]
+    a, b = raw(1, 1, 0, bytes(100)), raw(1, 2, 0, bytes(16200))
+    c, d = raw(1, 3, F, bytes(100)), raw(0, 1, HB)
+    out = [a + b, c + d]  # a+b is 16324 bytes; c would pass 16384
+    if pack_messages([a, b, c, d]) != out:
+        raise SystemExit("pack/greedy: pack_messages disagrees")
+    v.append({"name": "pack/greedy", "packed": True, "pack": [f.hex() for f in (a, b, c, d)],
+              "messages": [m.hex() for m in out]})
+    # Whole messages through connections with packing on: each frame as its own message.
+    bad = raw(1, 0, H | RST, b"\x00\x00")
+    event, rst = reset(1, 1, "conflicting flags 0x0021")
+    v += group("packed-server", Role.SERVER, [
+        (packed_message([get1, head3, body3, hb1, hb2]),
+         [req(1, GET, True), req(3, POST, False), data(3, b'{"name":"x"}', True)],
+         [raw(0, 1, HB | ACK) + raw(0, 2, HB | ACK)]),
+        (packed_message([raw(5, 0, H | E, POST.encode()), bad, raw(7, 0, H | E | F, GET.encode())]),
+         [req(5, POST, False), event, req(7, GET, True)], [rst]),
+    ], packed=True)
+    past = f"frame at offset {len(get1)}: payload length field 100 runs past the end of the" \
+           f" {len(get1) + 17}-byte message"
+    event, rst = reset(3, 1, past)
+    v += group("packed-unreadable-rest", Role.SERVER, [
+        ({"packed": True, "hex": (get1 + header(3, 100, 1, 0) + b"hello").hex()},
+         [req(1, GET, True), event], [rst]),
+        (packed_message([raw(5, 0, H | E | F, GET.encode())]), [req(5, GET, True)], []),
+        (packed_message([raw(0, 3, HB)]) | {"hex": (raw(0, 3, HB) + b"\x00\x00\x00\x07\x00").hex()},
+         [{"event": "MessageDropped", "reason": "frame at offset 12: 5 bytes are less than the"
+           " 12-byte header"}], [raw(0, 3, HB | ACK)]),
+    ], packed=True)
+    v += group("packed-client", Role.CLIENT, [
+        (packed_message([ok_head, body_1k, raw(2, 0, WIN, struct.pack("!I", 1000))]),
+         [{"event": "ResponseReceived", "stream_id": 1, "head": json.loads(OK.encode()),
+           "end_stream": False}, data(1, kilo, True),
+          {"event": "WindowUpdated", "stream_id": 2, "increment": 1000}], []),
+    ], packed=True)
+    return v
+
+
 def build() -> list[dict[str, Any]]:
     for name, value in FLAG_VALUES.items():
         if Flag[name] != value:
             raise SystemExit(f"Flag.{name} is {int(Flag[name]):#06x}, documented {value:#06x}")
-    vectors = frames() + malformed() + sequences()
+    vectors = frames() + malformed() + sequences() + packed_vectors()
     names = [v["name"] for v in vectors]
     if len(names) != len(set(names)):
         raise SystemExit("duplicate vector names")

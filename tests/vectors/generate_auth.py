@@ -26,6 +26,7 @@ Keys of auth.json:
                   as a JSON string), `key_hex`, `mac` (b64u)
   sdp[]           an SDP -> `fingerprint` (SDP form), or `error` (Python's message)
   messages[]      the auth / auth-ok / auth-error texts exactly as peerproxyd writes them
+                  (`packed`: the viewer asks for packed messages, the daemon agrees)
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ def messages() -> list[dict[str, str]]:
         {"name": "auth-ok, no expiry", "text": json.dumps(
             {"type": "auth-ok", "viewer": "alice", "service": "camera", "expires": None},
             separators=(",", ":"))},
+        {"name": "auth, packed", "text": json.dumps(
+            {"type": "auth", "v": 1, "viewer": "alice", "mac": m, "packed": True},
+            separators=(",", ":"))},
+        {"name": "auth-ok, packed", "text": json.dumps(
+            {"type": "auth-ok", "viewer": "alice", "service": "camera", "expires": None,
+             "packed": True}, separators=(",", ":"))},
         {"name": "auth-error", "text": json.dumps(
             {"type": "auth-error", "code": "revoked",
              "message": "viewer alice was revoked at 2030-01-02T03:04:05Z"},

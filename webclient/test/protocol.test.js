@@ -17,8 +17,10 @@ import {
   Role,
   decodeRequestHead,
   decodeResponseHead,
+  packMessages,
   parseFrame,
   pyRepr,
+  splitMessage,
 } from "../protocol.js";
 
 const VECTORS = JSON.parse(
@@ -56,7 +58,9 @@ test("the vectors file has frame vectors and both roles' groups", () => {
   assert.ok(VECTORS.some((v) => v.role === "server"));
 });
 
-for (const v of VECTORS.filter((x) => x.valid)) {
+const FRAMES = VECTORS.filter((x) => !x.packed); // one frame per message
+
+for (const v of FRAMES.filter((x) => x.valid)) {
   test(`valid vector ${v.name}: fields and round trip`, () => {
     const frame = parseFrame(unhex(v.hex));
     assert.equal(frame.streamId, v.stream_id);
@@ -84,7 +88,7 @@ for (const v of VECTORS.filter((x) => x.valid)) {
   });
 }
 
-for (const v of VECTORS.filter((x) => !x.valid)) {
+for (const v of FRAMES.filter((x) => !x.valid)) {
   test(`invalid vector ${v.name}: exact error`, () => {
     assert.throws(
       () => parseFrame(unhex(v.hex)),
@@ -102,7 +106,8 @@ for (const v of VECTORS.filter((x) => x.group)) {
 for (const [name, messages] of groups) {
   test(`group ${name} (${messages[0].role})`, () => {
     messages.sort((a, b) => a.index - b.index);
-    const conn = new ProxyConnection(messages[0].role === "client" ? Role.CLIENT : Role.SERVER);
+    const role = messages[0].role === "client" ? Role.CLIENT : Role.SERVER;
+    const conn = new ProxyConnection(role, {}, { packed: Boolean(messages[0].packed) });
     if (conn.role === Role.CLIENT) {
       // The client only accepts messages for streams it opened: open as many as needed.
       const highest = Math.max(0, ...messages.map((m) => m.stream_id ?? 0));
@@ -118,6 +123,43 @@ for (const [name, messages] of groups) {
     }
   });
 }
+
+// ----- packed messages (docs/protocol.md §1.1)
+
+for (const v of VECTORS.filter((x) => x.packed && x.frames)) {
+  test(`packed vector ${v.name}: split${v.valid ? " and packed back" : ", then the exact error"}`, () => {
+    const frames = [];
+    const split = () => {
+      for (const f of splitMessage(unhex(v.hex))) frames.push(hex(f));
+    };
+    if (v.valid) {
+      split();
+      assert.deepEqual(packMessages(frames.map(unhex)).map(hex), [v.hex]);
+    } else {
+      assert.throws(split, (exc) => exc instanceof RemoteProtocolError && exc.message === v.error &&
+        exc.streamId === v.error_stream_id);
+    }
+    assert.deepEqual(frames, v.frames);
+    for (const f of frames) assert.equal(hex(parseFrame(unhex(f)).encode()), f);
+  });
+}
+
+for (const v of VECTORS.filter((x) => x.packed && x.pack)) {
+  test(`pack vector ${v.name}`, () => {
+    const messages = packMessages(v.pack.map(unhex));
+    assert.deepEqual(messages.map(hex), v.messages);
+    assert.deepEqual(messages.flatMap((m) => [...splitMessage(m)].map(hex)), v.pack);
+  });
+}
+
+test("a packed message's frames before the last are copies: transferring its buffer spares them", () => {
+  const v = VECTORS.find((x) => x.name === "packed/head-and-1k-body");
+  const message = unhex(v.hex);
+  const [head, body] = splitMessage(message);
+  assert.notEqual(head.buffer, message.buffer);
+  assert.equal(body.buffer, message.buffer);
+  assert.equal(body.byteOffset + body.byteLength, message.buffer.byteLength);
+});
 
 test("the client side of the worked example (docs/protocol.md §10)", () => {
   const conn = new ProxyConnection(Role.CLIENT);

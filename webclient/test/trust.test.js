@@ -75,9 +75,17 @@ test("vectors: the auth message as the daemon expects it; auth-ok and auth-error
   const mac = VECTORS.macs[0];
   assert.equal(encodeAuth("alice", await authMac(mac.token, mac.viewer_fp, mac.device_fp)), byName.auth);
   assert.deepEqual(parseAuthReply(byName["auth-ok"]), {
-    viewer: "alice", service: "camera", expires: new Date("2030-01-02T03:04:05Z"),
+    viewer: "alice", service: "camera", expires: new Date("2030-01-02T03:04:05Z"), packed: false,
   });
-  assert.deepEqual(parseAuthReply(byName["auth-ok, no expiry"]), { viewer: "alice", service: "camera", expires: null });
+  assert.deepEqual(parseAuthReply(byName["auth-ok, no expiry"]), {
+    viewer: "alice", service: "camera", expires: null, packed: false,
+  });
+  // Packing (docs/protocol.md §1.1): asked for, agreed to.
+  const signed = await authMac(mac.token, mac.viewer_fp, mac.device_fp);
+  assert.equal(encodeAuth("alice", signed, { packed: true }), byName["auth, packed"]);
+  assert.deepEqual(parseAuthReply(byName["auth-ok, packed"]), {
+    viewer: "alice", service: "camera", expires: null, packed: true,
+  });
   assert.throws(
     () => parseAuthReply(byName["auth-error"]),
     (e) => e instanceof AuthError && e.code === "revoked" &&
