@@ -33,6 +33,7 @@ import yaml
 
 from tests.support.procs import Proc, daemon_config, free_port, python
 from tests.support.stack import Stack
+from tests.test_appliance import bashio_stub
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "image" / "ha-addon"
@@ -279,14 +280,7 @@ def test_addon_image_runs_the_daemon_non_root_on_the_native_backend(engine, tmp_
                    "services": [{"name": "camera",
                                  "url": f"http://127.0.0.1:{stack.upstream_ports['camera']}"}]}
         (data / "options.json").write_text(json.dumps(options))
-        stub = tmp_path / "bashio"
-        stub.mkdir()
-        (stub / "bashio").write_text(
-            "#!/bin/bash\n"
-            'bashio::log.info() { echo "[info] $*"; }\n'
-            'bashio::log.fatal() { echo "[fatal] $*"; }\n'
-            '# shellcheck disable=SC1090\nsource "$1"\n')
-        (stub / "bashio").chmod(0o755)
+        stub = bashio_stub(tmp_path)  # its bin/bashio; the rest of it is for the host
         container = Container(engine, "peerproxyd-addon-test", "localhost/peerproxyd-addon", [
             "-v", f"{data}:/data", "-v", f"{stub}:/stub:ro",
             # Supervisor gives an add-on the host's network; here the ICE candidates and the
