@@ -81,7 +81,7 @@ test-native: system-deps
 		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
 	fi
 
-# Both images built (buildah) FROM a debootstrap trixie base and run (podman): about 10
+# Both images built (buildah) FROM a debootstrap trixie base and run (podman): 7-9
 # minutes, root, Debian's mirror and PyPI (tests/test_containers.py, docs/deploy.md).
 test-containers: install system-deps
 	$(BIN)/pytest -q tests/test_containers.py

@@ -8,7 +8,7 @@ backend), a GET through `peerproxyd connect` reaches the upstream, and a stop (S
 an in-flight request finish before the container exits 0.
 
 Needs root, debootstrap, buildah, podman and runc (`make test-containers` installs them) and
-the network to Debian's mirror and PyPI; about 10 minutes (docs/deploy.md). Everything
+the network to Debian's mirror and PyPI; 7-9 minutes (docs/deploy.md). Everything
 (image store included) lives under the test's tmp dir and is removed at the end.
 """
 
