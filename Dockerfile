@@ -13,24 +13,27 @@
 # --network host: ICE offers the host's own addresses (LAN viewers connect directly) and
 # the upstreams on 127.0.0.1 are the host's. See docs/deploy.md.
 
-# Python 3.13: requirements.lock's libdatachannel-py (the native WebRTC backend, [transport]
-# backend = "auto" picks it) has wheels for it on amd64 and arm64; arm/v7 skips it by its
-# marker and runs on aiortc.
-ARG PYTHON_IMAGE=python:3.13-slim-bookworm
+# The base: Debian trixie, whose python3 is 3.13 (glibc): requirements.lock's
+# libdatachannel-py (the native WebRTC backend, [transport] backend = "auto" picks it) has
+# wheels for it on amd64 and arm64; arm/v7 skips it by its marker and runs on aiortc.
+# BUILD_FROM (the Home Assistant add-on's name for it) takes any image of that release, e.g.
+# one imported from a debootstrap root where no registry is reachable (docs/deploy.md).
+ARG BUILD_FROM=debian:trixie-slim
 
 # ---- build: a venv at /opt/peerproxyd from the pinned requirements
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_FROM} AS build
 ARG TARGETARCH
 # linux/arm/v7 has no wheels for cffi, pylibsrtp, uvloop and google-crc32c: build them.
 # (amd64 and arm64 install from wheels only; see docs/deploy.md for what was checked.)
-RUN if [ "$TARGETARCH" = "arm" ]; then \
-        apt-get update \
-        && apt-get install -y --no-install-recommends \
-            build-essential pkg-config libffi-dev libssl-dev libsrtp2-dev \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && if [ "$TARGETARCH" = "arm" ]; then \
+        apt-get install -y --no-install-recommends \
+            build-essential pkg-config python3-dev libffi-dev libssl-dev libsrtp2-dev; \
+    fi \
+    && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/peerproxyd
+RUN python3 -m venv /opt/peerproxyd
 COPY requirements.lock /tmp/requirements.lock
 RUN /opt/peerproxyd/bin/pip install -r /tmp/requirements.lock
 COPY pyproject.toml README.md /src/
@@ -43,10 +46,11 @@ RUN ln -s /opt/peerproxyd/webclient \
         "$(/opt/peerproxyd/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/webclient"
 
 # ---- runtime
-FROM ${PYTHON_IMAGE}
-# tini: PID 1 that forwards signals and reaps; libsrtp2-1: pylibsrtp built on armv7 links it.
+FROM ${BUILD_FROM}
+# python3: the venv's interpreter (the same path as in the build stage); tini: PID 1 that
+# forwards signals and reaps; libsrtp2-1: pylibsrtp built on armv7 links it.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini libsrtp2-1 \
+    && apt-get install -y --no-install-recommends python3 tini libsrtp2-1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/peerproxyd \
         --create-home --shell /usr/sbin/nologin peerproxyd \

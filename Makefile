@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests use (root on the test machines; skipped if already present).
-APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor
+APT_PACKAGES := iproute2 iptables coturn redis-server chromium shellcheck debootstrap tini apparmor \
+	buildah podman runc
 
 # The native backend (libdatachannel-py, Python >= 3.12 on x86_64/aarch64; requirements*.lock
 # pin it with that marker): `make test-native` runs the end-to-end suites with every daemon,
@@ -27,7 +28,7 @@ NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or p
 # (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
 APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
 
-.PHONY: run test test-native test-apps apps-deps install system-deps bench fuzz lock clean
+.PHONY: run test test-native test-apps test-containers apps-deps install system-deps bench fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +62,7 @@ run: install
 test: install system-deps apps-deps
 	node --test webclient/test/
 	bash tests/apps/soak.sh start $(BIN)/pytest
-	$(BIN)/pytest -q --ignore=tests/apps
+	$(BIN)/pytest -q --ignore=tests/apps --ignore=tests/test_containers.py
 	$(MAKE) --no-print-directory test-native
 	$(MAKE) --no-print-directory test-apps APPS_PYTEST_ARGS="--deselect $$(bash tests/apps/soak.sh id)"
 	bash tests/apps/soak.sh wait
@@ -79,6 +80,11 @@ test-native: system-deps
 		$(MAKE) --no-print-directory $(VENV_NATIVE)/.installed && \
 		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
 	fi
+
+# Both images built (buildah) FROM a debootstrap trixie base and run (podman): 7-9
+# minutes, root, Debian's mirror and PyPI (tests/test_containers.py, docs/deploy.md).
+test-containers: install system-deps
+	$(BIN)/pytest -q tests/test_containers.py
 
 bench: install
 	$(BIN)/python bench/core.py

@@ -255,8 +255,8 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_init():
     steps = dockerfile_instructions(ROOT / "Dockerfile")
     froms = [args for op, args in steps if op == "FROM"]
-    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
-    assert ("ARG", "PYTHON_IMAGE=python:3.13-slim-bookworm") in steps  # the native backend
+    assert froms == ["${BUILD_FROM} AS build", "${BUILD_FROM}"]
+    assert ("ARG", "BUILD_FROM=debian:trixie-slim") in steps  # Python 3.13: the native backend
     runtime = steps[[op for op, _ in steps].index("FROM", 3) + 1:]
     assert ("USER", "peerproxyd:peerproxyd") in runtime
     user_at = runtime.index(("USER", "peerproxyd:peerproxyd"))
@@ -403,10 +403,11 @@ def test_addon_follows_current_conventions():
     assert all(t["name"] and t["description"] for t in translations["configuration"].values())
     assert not (ADDON / "build.yaml").exists() and not (ADDON / "build.json").exists()
     steps = dockerfile_instructions(ADDON / "Dockerfile")
-    assert steps[0] == ("ARG", "BUILD_FROM=ghcr.io/home-assistant/base:3.23")
+    # glibc (Debian trixie, Python 3.13): the whole lock, libdatachannel-py included
+    assert steps[0] == ("ARG", "BUILD_FROM=ghcr.io/home-assistant/base-debian:trixie")
     assert steps[1] == ("FROM", "${BUILD_FROM}")
-    # no musllinux wheel of libdatachannel-py, and no marker for musl: the add-on leaves it out
-    assert "grep -v '^libdatachannel-py' /ctx/dist/requirements.lock" in dict(steps)["RUN"]
+    assert "pip install --no-cache-dir -r /ctx/dist/requirements.lock" in dict(steps)["RUN"]
+    assert '"peerproxyd[native]==${PEERPROXYD_VERSION}"' in dict(steps)["RUN"]
     for name in ("DOCS.md", "CHANGELOG.md", "apparmor.txt"):
         assert (ADDON / name).read_text().strip(), name
     assert f"## {config['version']}" in (ADDON / "CHANGELOG.md").read_text()
@@ -558,14 +559,13 @@ def _glibc(arch: str, newest: int) -> list[str]:
 
 
 PLATFORMS = {
-    # name: (python version, platform_machine, pip --platform tags); glibc: bookworm 2.36,
-    # trixie 2.41
-    "linux/amd64": ("3.13", "x86_64", _glibc("x86_64", 36)),
-    "linux/arm64": ("3.13", "aarch64", _glibc("aarch64", 36)),
-    "linux/arm/v7": ("3.13", "armv7l", _glibc("armv7l", 36)),
-    "ha-addon aarch64 (Alpine)": ("3.12", "aarch64", ["musllinux_1_1_aarch64",
-                                                      "musllinux_1_2_aarch64"]),
-    "ha-addon amd64 (Alpine)": ("3.12", "x86_64", ["musllinux_1_1_x86_64", "musllinux_1_2_x86_64"]),
+    # name: (python version, platform_machine, pip --platform tags); every image is Debian
+    # trixie: glibc 2.41
+    "linux/amd64": ("3.13", "x86_64", _glibc("x86_64", 41)),
+    "linux/arm64": ("3.13", "aarch64", _glibc("aarch64", 41)),
+    "linux/arm/v7": ("3.13", "armv7l", _glibc("armv7l", 41)),
+    "ha-addon aarch64 (trixie)": ("3.13", "aarch64", _glibc("aarch64", 41)),
+    "ha-addon amd64 (trixie)": ("3.13", "x86_64", _glibc("x86_64", 41)),
     "pi-gen arm64 (trixie)": ("3.13", "aarch64", _glibc("aarch64", 41)),
     "pi-gen armhf (trixie)": ("3.13", "armv7l", _glibc("armv7l", 41)),
 }
@@ -573,12 +573,6 @@ PURE_SDIST = {"sdnotify"}  # no wheel on PyPI at all; pure Python, builds anywhe
 NO_WHEEL = {  # what the Dockerfile's build stage has to compile (docs/deploy.md)
     "linux/arm/v7": {"cffi", "google-crc32c", "pylibsrtp", "uvloop"},
     "pi-gen armhf (trixie)": {"cffi", "google-crc32c", "pylibsrtp", "uvloop"},  # 00-packages
-    "ha-addon aarch64 (Alpine)": {"google-crc32c"},  # falls back to pure Python
-    "ha-addon amd64 (Alpine)": {"google-crc32c"},
-}
-LEFT_OUT = {  # installed elsewhere, left out here by the Dockerfile (no musllinux wheel)
-    "ha-addon aarch64 (Alpine)": {"libdatachannel-py"},
-    "ha-addon amd64 (Alpine)": {"libdatachannel-py"},
 }
 
 
@@ -613,8 +607,6 @@ def test_every_dependency_has_a_wheel_or_is_known_to_build(platform: str, tmp_pa
     version, machine, tags = PLATFORMS[platform]
     missing = set()
     for name, pin in pins(version, machine).items():
-        if name in LEFT_OUT.get(platform, ()):
-            continue
         requirement = f"{name}=={pin}"
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
