@@ -27,7 +27,7 @@ NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or p
 # (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
 APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
 
-.PHONY: run test test-native test-apps apps-deps install system-deps bench lock clean
+.PHONY: run test test-native test-apps test-image apps-deps install system-deps bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,13 @@ test-native: system-deps
 		$(MAKE) --no-print-directory $(VENV_NATIVE)/.installed && \
 		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
 	fi
+
+# The Pi image (image/pi-gen) built for arm64 and booted with qemu-system-aarch64, TCG only:
+# tests/test_pi_boot.py, docs/deploy.md "Pi image under emulation" (its phase times).
+IMAGE_APT_PACKAGES := qemu-system-arm qemu-user-static binfmt-support e2fsprogs
+test-image: install
+	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) $(IMAGE_APT_PACKAGES)"
+	PEERPROXYD_TEST_IMAGE=1 $(BIN)/pytest -q -s tests/test_pi_boot.py
 
 bench: install
 	$(BIN)/python bench/core.py

@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PIGEN = ROOT / "image" / "pi-gen"
 MIRROR = os.environ.get("PEERPROXYD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-RELEASE = re.search(r"^RELEASE=(\w+)", (PIGEN / "config").read_text(), re.M)[1]  # type: ignore[index]
+RELEASE = re.search(r"^RELEASE=(\w+)", (PIGEN / "config").read_text(), re.M)[1]  # type: ignore
+
 
 # pi-gen's on_chroot runs `chroot ROOTFS_DIR /bin/bash` with what it reads on stdin; ours
 # clears the host's environment, but keeps its CA bundle for pip (a proxy's CA, if any).
@@ -103,7 +104,8 @@ def debootstrap(rootfs: Path, *, arch: str | None = None, include: str = "system
         run(args, timeout=timeout)
         return
     with open(log, "w") as out:
-        code = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        code = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout).returncode
     assert code == 0, f"debootstrap failed ({code}): see {log}\n{log.read_text()[-2000:]}"
 
 
