@@ -160,3 +160,20 @@ def test_first_boot_stores_owner_links_that_open_the_services(tmp_path: Path):
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                            text=True, timeout=60)
     assert "first boot is done" in again.stdout
+
+
+def test_first_boot_tells_why_a_service_has_no_owner_link(tmp_path: Path):
+    """A signaling URL with an IP address gives no share link (browsers need a DNS name):
+    the console says so instead of pointing at a link that is not there (the emulated Pi
+    found it, tests/test_pi_boot.py)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = (ROOT / "config/camera.toml").read_text()
+    (etc / "lan.toml").write_text(config.replace("signal.example.net", "192.0.2.7"))
+    env = {**os.environ, "PEERPROXYD_ETC": str(etc), "PEERPROXYD_STATE_ROOT": str(tmp_path / "s")}
+    script = PIGEN / "stage-peerproxyd/00-peerproxyd/files/peerproxyd-firstboot.py"
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "  camera: no owner link: base URL host must be a DNS name" in first.stdout
+    assert "owner link in" not in first.stdout
