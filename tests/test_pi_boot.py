@@ -39,7 +39,9 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Namespace
-from tests.support.pigen import ROOT, assemble_stage, chroot, debootstrap, mounted, run, run_stage
+from tests.support.pigen import (
+    ROOT, assemble_stage, chroot, debootstrap, mounted, remove_tree, run, run_stage,
+)
 from tests.support.procs import TEST_BACKEND, Proc
 
 pytestmark = [
@@ -294,11 +296,11 @@ def test_pi_image_boots_registers_and_serves_through_the_native_client():
         build_root(work / "rootfs", work, token, phases)
         with phases("disk"):
             make_disk(work / "rootfs", work / "disk.img")
-        shutil.rmtree(work / "rootfs")
+        remove_tree(work / "rootfs")
         boot_and_get(work, token, phases)
     except BaseException as exc:
         print(f"phases: {phases.summary()}")
         raise AssertionError(f"{exc}\nlogs kept in {work} (console.log: the guest's console "
                              f"and journal; debootstrap.log, stage.log, *.log)") from exc
     print(f"phases: {phases.summary()}")
-    shutil.rmtree(work)
+    remove_tree(work)

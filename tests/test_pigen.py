@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pigen import (
-    PIGEN, ROOT, assemble_stage, chroot, debootstrap, mounted, run_stage,
+    PIGEN, ROOT, assemble_stage, chroot, debootstrap, mounted, remove_tree, run_stage,
 )
 from tests.support.procs import Proc, free_port, python, wait_http
 
@@ -46,7 +46,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         with mounted(rootfs):
             yield rootfs
     finally:
-        shutil.rmtree(rootfs.parent, ignore_errors=True)
+        remove_tree(rootfs.parent)
 
 
 def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, tmp_path):

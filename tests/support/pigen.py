@@ -131,6 +131,16 @@ def mounted(rootfs: Path) -> Iterator[Path]:
         ca.unlink(missing_ok=True)
 
 
+def remove_tree(path: Path) -> None:
+    """rm -rf `path`, a directory holding a root, unless something is still mounted below it
+    (a bind mount of /dev would take the host's device nodes with it)."""
+    below = str(path.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    still = [m for m in mounts if m.startswith(below)]
+    assert not still, f"not removing {path}: still mounted there: {still}"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def assemble_stage(dest: Path) -> Path:
     """Our stage as pi-gen reads it (build.sh --stage-only): the stage plus the wheel,
     requirements.lock, units and example configurations in files/."""
