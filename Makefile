@@ -28,7 +28,7 @@ NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or p
 # (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
 APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
 
-.PHONY: run test test-native test-apps test-containers apps-deps install system-deps bench fuzz lock clean
+.PHONY: run test test-native test-apps test-containers test-image apps-deps install system-deps bench fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,13 @@ test-native: system-deps
 # minutes, root, Debian's mirror and PyPI (tests/test_containers.py, docs/deploy.md).
 test-containers: install system-deps
 	$(BIN)/pytest -q tests/test_containers.py
+
+# The Pi image (image/pi-gen) built for arm64 and booted with qemu-system-aarch64, TCG only:
+# tests/test_pi_boot.py, docs/deploy.md "Pi image under emulation" (its phase times).
+IMAGE_APT_PACKAGES := qemu-system-arm qemu-user-static binfmt-support e2fsprogs
+test-image: install
+	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) $(IMAGE_APT_PACKAGES)"
+	PEERPROXYD_TEST_IMAGE=1 $(BIN)/pytest -q -s tests/test_pi_boot.py
 
 bench: install
 	$(BIN)/python bench/core.py

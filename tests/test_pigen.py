@@ -1,6 +1,6 @@
 """The pi-gen stage, run for real: a Debian root of the config's RELEASE (trixie, Python
 3.13) made with debootstrap stands in
-for pi-gen's stage2, and the stage's steps run the way pi-gen runs them (the packages of
+for pi-gen's stage2, and the stage's steps run the way pi-gen runs them (tests/support/pigen.py:
 00-packages installed in the chroot, 01-run.sh on the host with ROOTFS_DIR and on_chroot).
 Then the installed daemon is started inside the chroot and registers with a signaling
 server on 127.0.0.1.
@@ -13,7 +13,6 @@ host's (amd64 here), not a Pi's: the stage's scripts are the same, the wheels ar
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,12 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pigen import (
+    PIGEN, ROOT, assemble_stage, chroot, debootstrap, mounted, remove_tree, run_stage,
+)
 from tests.support.procs import Proc, free_port, python, wait_http
-
-ROOT = Path(__file__).resolve().parents[1]
-PIGEN = ROOT / "image" / "pi-gen"
-MIRROR = os.environ.get("PEERPROXYD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-RELEASE = re.search(r"^RELEASE=(\w+)", (PIGEN / "config").read_text(), re.M)[1]  # type: ignore[index]
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,79 +34,32 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-# pi-gen's on_chroot runs `chroot ROOTFS_DIR /bin/bash` with what it reads on stdin; ours
-# clears the host's environment, but keeps its CA bundle for pip (a proxy's CA, if any).
-ON_CHROOT = r"""
-on_chroot() {
-    chroot "$ROOTFS_DIR" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        PIP_CERT=/etc/ssl/certs/build-host-ca.crt /bin/bash -e "$@"
-}
-export -f on_chroot
-"""
-
-
-def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, capture_output=True, text=True, **kwargs)  # type: ignore
-    assert result.returncode == 0, \
-        f"{args}: {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def chroot(rootfs: Path, script: str) -> subprocess.CompletedProcess[str]:
-    return run(["bash", "-c", ON_CHROOT + 'on_chroot <<"SCRIPT"\n' + script + "\nSCRIPT\n"],
-               env={**os.environ, "ROOTFS_DIR": str(rootfs)})
-
 
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """stage2 stand-in: Debian RELEASE with systemd, /proc /sys /dev mounted as pi-gen does."""
     rootfs = tmp_path_factory.mktemp("pigen") / "rootfs"
     started = time.monotonic()
-    run(["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv",
-         RELEASE, str(rootfs), MIRROR], timeout=900)
+    debootstrap(rootfs, timeout=900)
     print(f"debootstrap: {time.monotonic() - started:.0f} s")
-    mounts = [("proc", ["-t", "proc", "proc"]), ("sys", ["-t", "sysfs", "sys"]),
-              ("dev", ["--bind", "/dev"])]
-    mounted: list[Path] = []
     try:
-        for name, how in mounts:
-            run(["mount", *how, str(rootfs / name)])
-            mounted.append(rootfs / name)
-        shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
-        bundle = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
-        (rootfs / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
-        shutil.copy(bundle, rootfs / "etc/ssl/certs/build-host-ca.crt")
-        yield rootfs
+        with mounted(rootfs):
+            yield rootfs
     finally:
-        for path in reversed(mounted):
-            subprocess.run(["umount", "-l", str(path)], check=False)
-        shutil.rmtree(rootfs.parent, ignore_errors=True)
+        remove_tree(rootfs.parent)
 
 
 def test_stage_installs_peerproxyd_and_first_boot_gives_it_an_identity(rootfs, tmp_path):
     # build.sh --stage-only assembles what pi-gen would read: our stage plus the wheel,
     # requirements.lock, units and example configurations in files/.
-    stage = tmp_path / "stage-peerproxyd"
-    run(["bash", str(PIGEN / "build.sh"), "--stage-only", str(stage)],
-        env={**os.environ, "PYTHON": sys.executable})
+    stage = assemble_stage(tmp_path / "stage-peerproxyd")
     substage = stage / "00-peerproxyd"
     assert sorted(p.name for p in (substage / "files" / "dist").iterdir()) == [
         "peerproxyd-0.1.0-py3-none-any.whl", "requirements.lock"]
 
-    timings = {}
     started = time.monotonic()
-    packages = " ".join((substage / "00-packages").read_text().split())
-    chroot(rootfs, "export DEBIAN_FRONTEND=noninteractive\napt-get update -qq\n"
-                   f"apt-get install -y -qq --no-install-recommends {packages}")
-    timings["00-packages"] = time.monotonic() - started
-
-    started = time.monotonic()
-    env = {**os.environ, "ROOTFS_DIR": str(rootfs)}
-    run(["bash", "-c", ON_CHROOT + "./prerun.sh"], cwd=stage, env=env)  # ROOTFS_DIR exists: no-op
-    run(["bash", "-c", ON_CHROOT + "./01-run.sh"], cwd=substage, env=env, timeout=900)
-    timings["01-run.sh"] = time.monotonic() - started
-    print("timings:", {k: f"{v:.0f} s" for k, v in timings.items()})
+    run_stage(stage, rootfs, timeout=900)  # 00-packages, then 01-run.sh, as pi-gen does
+    print(f"stage: {time.monotonic() - started:.0f} s")
 
     # What 01-run.sh installed.
     version = chroot(rootfs, "/opt/peerproxyd/bin/peerproxyd --version").stdout
@@ -210,3 +160,20 @@ def test_first_boot_stores_owner_links_that_open_the_services(tmp_path: Path):
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                            text=True, timeout=60)
     assert "first boot is done" in again.stdout
+
+
+def test_first_boot_tells_why_a_service_has_no_owner_link(tmp_path: Path):
+    """A signaling URL with an IP address gives no share link (browsers need a DNS name):
+    the console says so instead of pointing at a link that is not there (the emulated Pi
+    found it, tests/test_pi_boot.py)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = (ROOT / "config/camera.toml").read_text()
+    (etc / "lan.toml").write_text(config.replace("signal.example.net", "192.0.2.7"))
+    env = {**os.environ, "PEERPROXYD_ETC": str(etc), "PEERPROXYD_STATE_ROOT": str(tmp_path / "s")}
+    script = PIGEN / "stage-peerproxyd/00-peerproxyd/files/peerproxyd-firstboot.py"
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "  camera: no owner link: base URL host must be a DNS name" in first.stdout
+    assert "owner link in" not in first.stdout

@@ -92,10 +92,10 @@ def share_details(path: Path, identity: Identity, state_dir: Path) -> list[str]:
 
 
 def without_links(text: str) -> str:
-    """`text` with every link replaced by where to find it."""
+    """`text` with every link replaced by where to find it (a reason for having none stays)."""
     return "".join(
         line.split(LINK_MARK, 1)[0] + "owner link in /etc/peerproxyd/share.txt (root only)\n"
-        if LINK_MARK in line else line
+        if LINK_MARK + "http" in line else line
         for line in text.splitlines(keepends=True)
     )
 
