@@ -309,6 +309,7 @@ class RedisCluster:
         self._stopping = True
         tasks = [t for t in (self._listener, self._heartbeat_task, self._flusher,
                              *self._fetches.values()) if t is not None]
+        self._listener = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -493,14 +494,21 @@ class RedisCluster:
         self._listener = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
+        # A replaced listener must stop even when its cancel is lost: redis-py 8.1 can
+        # swallow a CancelledError while its pubsub reconnects by itself, and the stale
+        # listener then handled every envelope a second time (pings counted twice,
+        # routed messages delivered twice).
+        me = asyncio.current_task()
         delay = RETRY_MIN
-        while True:
+        while self._listener is me:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await self.call(pubsub.subscribe(self._channel(self.tag)), probe=True)
                 self._subscribed.set()
                 delay = RETRY_MIN
                 async for item in pubsub.listen():
+                    if self._listener is not me:
+                        break
                     if item.get("type") == "message":
                         try:
                             self._on_envelope(item["data"])

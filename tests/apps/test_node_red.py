@@ -62,8 +62,17 @@ def log_in(app: Any, password: str = node_red.PASSWORD) -> None:
 
 
 def wait_editor(app: Any) -> None:
+    """Wait for the palette and for the deployed flows drawn on the workspace.
+
+    The palette shows before GET /flows is answered; a node dropped meanwhile would be
+    counted together with the earlier tests' nodes drawn a moment later.
+    """
     app.wait_for_selector(".red-ui-palette-node[data-palette-type=inject]", timeout=60_000)
     app.wait_for_selector("#red-ui-header-button-deploy", timeout=60_000)
+    app.wait_for_function(
+        f"""() => RED.nodes.version() && RED.workspaces.active() &&
+            RED.nodes.filterNodes({{z: RED.workspaces.active()}}).length ===
+            document.querySelectorAll('{NODES}').length""", timeout=60_000)
 
 
 @pytest.fixture
