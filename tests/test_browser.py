@@ -228,6 +228,60 @@ def test_the_card_leaves_when_a_never_ending_document_shows(world: BrowserWorld)
     assert world.agent.app.evaluate("document.readyState") == "loading"
 
 
+def _versioned(world: BrowserWorld, name: str) -> list[str]:
+    """`if-none-match status` of each GET the app answered for /versioned/<name>."""
+    return re.findall(rf"^VERSIONED {name} (.*)$", world.procs["app"].log(), re.M)
+
+
+def _fetch_text(world: BrowserWorld, url: str, init: str = "{}") -> dict[str, object]:
+    return world.agent.app.evaluate(
+        f"fetch({url!r}, {init}).then(async r => ({{status: r.status, text: await r.text()}}))")
+
+
+def _wait_stored(world: BrowserWorld, url: str, etag: str) -> None:
+    """Until the worker's copy of `url` (Cache Storage, which the manager page shares) has `etag`."""
+    world.agent.page.wait_for_function(
+        """([url, etag]) => caches.open('peerproxy-http-1').then(c => c.match(url))
+               .then(r => !!r && r.headers.get('etag') === etag)""",
+        arg=[world.origin() + url, etag], timeout=10_000)
+
+
+def test_a_reload_revalidates_the_apps_files_in_the_worker(world: BrowserWorld) -> None:
+    """A file with a validator is kept by the worker (webclient/http-cache.js): asked again, it
+    goes with If-None-Match and the app's 304 is answered from the copy, whole; a new version
+    on the app replaces it."""
+    world.open("/")
+    first = _fetch_text(world, "/versioned/a")
+    assert first["status"] == 200 and str(first["text"]).startswith("a version 1\n")
+    _wait_stored(world, "/versioned/a", '"a-1"')
+    again = _fetch_text(world, "/versioned/a")
+    assert again == first
+    assert _versioned(world, "a") == ["- 200", '"a-1" 304']
+    world.agent.app.evaluate("fetch('/versioned/a', {method: 'POST'}).then(r => r.status)")
+    # The POST dropped the copy (RFC 9111 4.4): the next GET is not conditional.
+    third = _fetch_text(world, "/versioned/a")
+    assert str(third["text"]).startswith("a version 2\n")
+    assert _versioned(world, "a")[2:] == ["- 200"]
+    # What the app asks as conditional or with no-store is left to it.
+    own = _fetch_text(world, "/versioned/a", "{headers: {'If-None-Match': '\"a-2\"'}}")
+    assert own["status"] == 304
+    _fetch_text(world, "/versioned/a", "{cache: 'no-store'}")
+    assert _versioned(world, "a")[3:] == ['"a-2" 304', "- 200"]
+
+
+def test_fresh_files_come_from_the_worker_without_a_request(world: BrowserWorld) -> None:
+    """Fresh by Cache-Control max-age, a kept file is answered by the worker alone, as the
+    browser's own cache would; `no-cache` still revalidates it."""
+    world.open("/")
+    url = "/versioned/b?max_age=600"
+    first = _fetch_text(world, url)
+    _wait_stored(world, url, '"b-1"')
+    assert _fetch_text(world, url) == first
+    assert _versioned(world, "b") == ["- 200"]
+    assert _fetch_text(world, url, "{cache: 'no-cache'}") == first
+    assert _versioned(world, "b") == ["- 200", '"b-1" 304']
+
+
 def test_event_source_reconnects_with_last_event_id(world: BrowserWorld) -> None:
     """Chromium's reconnection request reaches the worker without its Last-Event-ID: the
     worker adds the id of the stream it passed on (webclient/event-stream.js)."""

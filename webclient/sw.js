@@ -5,10 +5,13 @@
 // network: top-level navigations (the manager at any path) and /__peerproxy/.
 //
 // The worker <-> page message protocol is described in relay.js.
-/* global PeerproxyCookies, PeerproxyWsInject, PeerproxyEventStream */
+/* global PeerproxyCookies, PeerproxyWsInject, PeerproxyEventStream, PeerproxyHttpCache */
 "use strict";
 
-importScripts("/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js", "/__peerproxy/event-stream.js");
+importScripts(
+  "/__peerproxy/cookies.js", "/__peerproxy/ws-inject.js", "/__peerproxy/event-stream.js",
+  "/__peerproxy/http-cache.js",
+);
 
 const PREFIX = "/__peerproxy/";
 const MAX_PIECE = 256 * 1024; // request-body bytes per message to the page (its credit: 1 MiB)
@@ -24,6 +27,7 @@ const ACCEPT_WAIT = 5_000;
 const SIGN_IN_WAIT = 240_000;
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 const DECODABLE = new Set(["gzip", "deflate"]);
+const httpCache = new PeerproxyHttpCache.HttpCache(); // the app's files (http-cache.js)
 
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
@@ -201,6 +205,21 @@ async function proxy(event) {
     if (blob.size) body = blob;
   }
   const frame = request.mode === "navigate";
+  // The worker's HTTP cache (http-cache.js): a fresh copy answers at once; a stale one makes
+  // the request conditional, and a 304 is answered from it.
+  const cacheMode = PeerproxyHttpCache.mode(request);
+  let copy = null;
+  if (cacheMode !== "bypass" && cacheMode !== "reload") {
+    try {
+      const found = await httpCache.lookup(request.url);
+      if (found && (cacheMode === "force" || (cacheMode === "default" && found.fresh))) {
+        return PeerproxyHttpCache.forApp(found.response);
+      }
+      copy = found?.response ?? null;
+    } catch (exc) {
+      console.warn("peerproxy: HTTP cache unavailable:", exc);
+    }
+  }
   // HTTP Basic auth, as a browser does it (basicauth.js): the page adds this tab's credentials
   // for the path; a 401 with a Basic challenge asks the page (its sign-in dialog) and the
   // request goes again with what the user gave. Not for requests without credentials, nor
@@ -223,6 +242,7 @@ async function proxy(event) {
       }
     }
     if (authorization) headers.push(["authorization", authorization]);
+    if (copy) headers.push(...PeerproxyHttpCache.conditions(copy.headers));
     const msg = {
       type: "fetch",
       method: request.method,
@@ -254,6 +274,16 @@ async function proxy(event) {
     authorization = reply.authorization;
   }
   event.waitUntil(exchange.finished);
+  if (PeerproxyHttpCache.UNSAFE.has(request.method) && answer.status < 400) {
+    event.waitUntil(httpCache.invalidate(request.url).catch(() => {}));
+  }
+  if (copy && answer.status === 304) {
+    exchange.stream.cancel().catch(() => {});
+    const fresher = responseHeaders(answer.headers, { frame: false, decode: false });
+    const { response, kept } = await httpCache.revalidated(request.url, copy, fresher);
+    event.waitUntil(kept);
+    return response;
+  }
 
   const encoding = (answer.headers.find(([n]) => n.toLowerCase() === "content-encoding")?.[1] || "")
     .trim().toLowerCase();
@@ -286,6 +316,11 @@ async function proxy(event) {
   if (frame && (decode || !encoding)) {
     // The app's documents get the WebSocket shim as their first script (ws-inject.js).
     bodyStream = PeerproxyWsInject.injectShim(init.headers, bodyStream, self.location.origin);
+  }
+  if (cacheMode !== "bypass" && PeerproxyHttpCache.storable(status, init.headers)) {
+    const [toApp, toCache] = bodyStream.tee();
+    bodyStream = toApp;
+    event.waitUntil(httpCache.store(request.url, status, init.headers, toCache).catch(() => {}));
   }
   return new Response(bodyStream, init);
 }

@@ -1,9 +1,11 @@
 """A small multi-page web app for the browser tests, run behind the daemon as service "camera".
 
 Pages with CSS, JS and an image; a JSON API; a form with a 303 redirect; a multipart upload
-hashed as it streams in; a deterministic download; a cookie-session login; a page that looks for the viewer's secret in the page that frames it
-(/peek); an area behind HTTP Basic auth (/basic/, each answer logged as a `BASIC` line). What it received (upload hashes, logins) is printed as `STATE {json}` lines, and every
-request as a `REQUEST METHOD /path` line, for the tests to read from its log.
+hashed as it streams in; a deterministic download; a cookie-session login; a page that looks for
+the viewer's secret in the page that frames it (/peek); an area behind HTTP Basic auth (/basic/,
+each answer logged as a `BASIC` line); files with an ETag (/versioned/, each GET logged as a
+`VERSIONED` line). What it received (upload hashes, logins) is printed as `STATE {json}` lines,
+and every request as a `REQUEST METHOD /path` line, for the tests to read from its log.
 
 Run: python -m tests.browser.app --port 8081
 """
@@ -30,6 +32,7 @@ from tests.support.upstream_app import CHUNK, pattern
 STATE = web.AppKey("state", dict)
 SESSIONS = web.AppKey("sessions", dict)
 FLAKY = web.AppKey("flaky", dict)  # /events/flaky: connections so far, per key
+VERSIONS = web.AppKey("versions", dict)  # /versioned/{name}: its current version
 STATIC = Path(__file__).parent / "static"
 LOGO_RGB = (20, 120, 220)
 USERS = {"alice": "wonderland"}
@@ -138,6 +141,28 @@ async def static(request: web.Request) -> web.StreamResponse:
     response = web.Response(body=path.read_bytes(), content_type=types.get(path.suffix, "text/plain"))
     response.enable_compression()  # gzip when the client accepts it: the worker decodes
     return response
+
+
+async def versioned(request: web.Request) -> web.Response:
+    """A file with a validator (ETag), as apps serve theirs: `?max_age=N` adds Cache-Control
+    max-age, a matching If-None-Match gets a 304, and a POST makes a new version. Each GET is
+    logged as `VERSIONED name if-none-match status`."""
+    name = request.match_info["name"]
+    versions = request.app[VERSIONS]
+    if request.method == "POST":
+        versions[name] = versions.get(name, 1) + 1
+        return web.Response(status=204)
+    etag = f'"{name}-{versions.setdefault(name, 1)}"'
+    headers = {"ETag": etag}
+    if "max_age" in request.query:
+        headers["Cache-Control"] = f"max-age={int(request.query['max_age'])}"
+    sent = request.headers.get("If-None-Match")
+    status = 304 if sent == etag else 200
+    print(f"VERSIONED {name} {sent or '-'} {status}", flush=True)
+    if status == 304:
+        return web.Response(status=304, headers=headers)
+    body = f"{name} version {versions[name]}\n".encode() + pattern(100_000)
+    return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -469,12 +494,15 @@ def build_app() -> web.Application:
     app[STATE] = {}
     app[SESSIONS] = {}
     app[FLAKY] = {}
+    app[VERSIONS] = {}
     app.router.add_get("/", index)
     app.router.add_get("/page2", page2)
     app.router.add_post("/form", form)
     app.router.add_get("/done", done)
     app.router.add_get("/static/{name}", static)
     app.router.add_route("*", "/api/echo", echo)
+    app.router.add_get("/versioned/{name}", versioned)
+    app.router.add_post("/versioned/{name}", versioned)
     app.router.add_get("/api/whoami", whoami)
     app.router.add_post("/api/sink", sink)
     app.router.add_get("/upload", upload_form)
