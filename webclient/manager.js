@@ -134,6 +134,11 @@ function setPhase(phase, message = "", detail = "") {
 
 // ----- service worker
 
+/** A User Timing mark of the connection's progress ("peerproxy:<what>"; bench/apps.py reads them). */
+function mark(what) {
+  performance.mark(`peerproxy:${what}`);
+}
+
 async function startWorker(relay, signIn) {
   if (!("serviceWorker" in navigator)) {
     throw new Error("This browser has no service workers (or this page is not a secure context).");
@@ -143,6 +148,7 @@ async function startWorker(relay, signIn) {
     updateViaCache: "none",
   });
   await navigator.serviceWorker.ready;
+  mark("worker-ready");
   const worker = () => registration.active;
   const offerPort = () => {
     const channel = new MessageChannel();
@@ -196,6 +202,7 @@ function failure(kind, message, detail) {
 async function connectOnce(target, signaling, config, credential) {
   step("signaling");
   await signaling.ready();
+  mark("signaling-ready");
   // ICE servers: the signaling server's (its hello), else config.json's, else none.
   const iceServers = signaling.iceServers ?? config.iceServers ?? [];
   // Always this visit's certificate: the precomputed MAC covers its fingerprint (access.js).
@@ -219,7 +226,9 @@ async function connectOnce(target, signaling, config, credential) {
     }
     const answered = signaling.waitAnswer(target.device, ANSWER_TIMEOUT);
     signaling.send({ type: "offer", to: target.device, payload: { sdp: pc.localDescription.sdp, type: "offer" } });
+    mark("offer-sent");
     const answer = await answered;
+    mark("answer");
     // The device's identity, before the answer is used at all: a wrong fingerprint means the
     // signaling server (or the network) answered in the device's place.
     step("identity");
@@ -261,6 +270,7 @@ async function connectOnce(target, signaling, config, credential) {
     });
     // ms since this page's navigation started (performance.timeOrigin): the setup time.
     state.channelOpenAt = performance.now();
+    mark("channel-open");
     step("access");
     const granted = await authenticate(channel, credential, AUTH_TIMEOUT);
     if (granted.service !== target.service) {
@@ -444,19 +454,6 @@ async function run() {
   ui.heading.textContent = state.label;
   document.title = state.label;
 
-  let credential;
-  try {
-    credential = await loadCredential(linkHref, target);
-  } catch (exc) {
-    if (!(exc instanceof NoCredential)) {
-      setPhase("failed", "This browser cannot run the viewer.", exc.message);
-      return;
-    }
-    showNoCredential(exc, target);
-    return;
-  }
-  if (!credential) return; // reloading without the link's fragment (access.js)
-
   const relay = new Relay(target.service, {
     describeOutage: () => `not connected to ${target.device}: ${state.lastError || state.phase}`,
     onResponse: (info) => {
@@ -477,15 +474,44 @@ async function run() {
   state.signIn = signIn;
   startWebSocketBridge(relay);
   startDownloadNotices();
+  // What does not need the credential (IndexedDB) starts beside it: the worker, the ICE
+  // config, then the signaling connection. On a reload each is a round trip or more.
+  const workerStarted = startWorker(relay, signIn);
+  workerStarted.catch(() => {}); // awaited below
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const early = iceConfig().then((config) => {
+    mark("config");
+    const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
+    signaling.ready().catch(() => {}); // connectOnce waits for it again (and retries)
+    return { config, signaling };
+  });
+  const dropSignaling = () => early.then(({ signaling }) => signaling.close());
+
+  let credential;
   try {
-    await startWorker(relay, signIn);
+    credential = await loadCredential(linkHref, target);
+    mark("credential");
   } catch (exc) {
+    dropSignaling();
+    if (!(exc instanceof NoCredential)) {
+      setPhase("failed", "This browser cannot run the viewer.", exc.message);
+      return;
+    }
+    showNoCredential(exc, target);
+    return;
+  }
+  if (!credential) {
+    dropSignaling();
+    return; // reloading without the link's fragment (access.js)
+  }
+  try {
+    await workerStarted;
+  } catch (exc) {
+    dropSignaling();
     setPhase("failed", "This browser cannot run the viewer.", exc.message);
     return;
   }
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const config = await iceConfig();
-  const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
+  const { config, signaling } = await early;
   let frame = null;
   let delay = BACKOFF_MIN;
   // Refused for good (or an impostor answered): stop connecting, take the app away, say why.
@@ -533,6 +559,7 @@ async function run() {
       delay = Math.min(delay * 2, BACKOFF_MAX);
       continue;
     }
+    mark("granted");
     delay = BACKOFF_MIN;
     state.viewer = granted.viewer;
     state.expires = granted.expires?.toISOString() ?? null;
