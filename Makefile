@@ -65,6 +65,7 @@ test: install system-deps apps-deps
 	$(BIN)/pytest -q --ignore=tests/apps --ignore=tests/test_containers.py
 	$(MAKE) --no-print-directory test-native
 	$(MAKE) --no-print-directory test-apps APPS_PYTEST_ARGS="--deselect $$(bash tests/apps/soak.sh id)"
+	$(MAKE) --no-print-directory test-containers
 	bash tests/apps/soak.sh wait
 
 apps-deps: system-deps
@@ -81,8 +82,9 @@ test-native: system-deps
 		PEERPROXYD_TEST_BACKEND=native $(VENV_NATIVE)/bin/pytest -q $(NATIVE_TESTS); \
 	fi
 
-# Both images built (buildah) FROM a debootstrap trixie base and run (podman): 7-9
-# minutes, root, Debian's mirror and PyPI (tests/test_containers.py, docs/deploy.md).
+# Both images built (buildah) FROM a debootstrap trixie base and run (podman): 6-9
+# minutes, root, Debian's mirror and PyPI (tests/test_containers.py, docs/deploy.md);
+# `make test` runs it after the apps.
 test-containers: install system-deps
 	$(BIN)/pytest -q tests/test_containers.py
 
