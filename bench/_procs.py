@@ -58,6 +58,8 @@ class ProxyStack:
         self.upstream_url = ""
         self.proxy_url = ""
         self.setup_ms: float | None = None
+        self._signal_url = ""
+        self._state_dir = log_dir
 
     def _start(self, name: str, args: list[str]) -> Proc:
         proc = Proc(name, args, self.log_dir)
@@ -100,20 +102,27 @@ class ProxyStack:
         daemon = self._start("daemon", python("-m", "peerproxyd", "serve", "--config", str(config)))
         daemon.wait_for_log("registered as")
 
+        self._signal_url = f"ws://127.0.0.1:{signal_port}/ws"
+        self._state_dir = state_dir
+        self.proxy_url = self.add_viewer("bench", proc_name="connect")
+
+    def add_viewer(self, name: str, *, proc_name: str | None = None) -> str:
+        """One more viewer: its own `peerproxyd connect` (own peer connection); its URL."""
         listen = free_port()
         client = self._start(
-            "connect",
+            proc_name or f"connect-{name}",
             python(
                 "-m", "peerproxyd", "connect",
-                share_link(state_dir, SERVICE, "bench"),
-                "--signal", f"ws://127.0.0.1:{signal_port}/ws",
+                share_link(self._state_dir, SERVICE, name),
+                "--signal", self._signal_url,
                 "--listen", f"127.0.0.1:{listen}", "--host-address", "127.0.0.1",
             ),
         )
         client.wait_for_log("is at http")
         match = client.wait_for_log(r"data channel open in (\d+) ms")
-        self.setup_ms = float(match.group(1))
-        self.proxy_url = f"http://127.0.0.1:{listen}"
+        if self.setup_ms is None:
+            self.setup_ms = float(match.group(1))
+        return f"http://127.0.0.1:{listen}"
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items()}
