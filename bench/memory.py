@@ -11,9 +11,11 @@ serve` with `[transport] backend` set, and `peerproxyd connect --backend` to it.
     signaling     `peerproxyd signal` idle, with its default STUN responder and without
     daemon idle   registered, no viewer
     client idle   `connect` with its data channel open, no request yet
-    + 100 streams daemon and client while 100 slow GETs (each a stream of the tunnel, its
-                  body trickling at RATE) are open at once through the client, minus the
-                  same process's figure before them
+    + 100 streams daemon and client while 100 GETs (each a stream of the tunnel) are open
+                  at once through the client, minus the same process's figure with the
+                  viewer connected before them: first "quiet" streams (the upstream sends
+                  its head and one byte, then nothing), then "trickling" ones (a 256 KiB
+                  body at RATE, in 64 KiB chunks)
 
 Children run with `-X importtime`: the profile part lists, per process, the packages it
 imported, and replays them in that order in a fresh interpreter, reading RSS after each,
@@ -113,10 +115,14 @@ def daemon_config(path: Path, state_dir: Path, signal_port: int, upstream: str,
     return path
 
 
-async def open_streams(proxy: str, upstream: str, count: int, hold: float,
+QUIET = 10.0  # seconds a quiet stream stays open: all are sampled and have ended before the next
+STREAM_PATHS = {"quiet": f"/quiet?s={QUIET}",
+                "trickling": f"/download?size={STREAM_SIZE}&rate={RATE}"}
+
+
+async def open_streams(url: str, upstream: str, count: int, hold: float,
                        measure: Any) -> dict[str, Any]:
-    """`count` slow GETs through the client at once; `measure()` runs while all are open."""
-    url = f"{proxy}/download?size={STREAM_SIZE}&rate={RATE}"
+    """`count` GETs of `url` at once; `measure(hold)` runs while all are open."""
     started = asyncio.Event()
     opened = 0
 
@@ -138,8 +144,10 @@ async def open_streams(proxy: str, upstream: str, count: int, hold: float,
             async with asyncio.timeout(60):
                 await started.wait()
             async with probe.get(f"{upstream}/stats") as r:
-                active = (await r.json())["active"]
+                active = (await r.json())["active"]  # downloads in progress (not /quiet)
             figures = await asyncio.to_thread(measure, hold)
+            async with asyncio.timeout(QUIET + 30):  # let them end: a request cancelled
+                await asyncio.gather(*tasks)         # here frees its stream only later
         finally:
             for task in tasks:
                 task.cancel()
@@ -168,21 +176,27 @@ def run_backend(stack: Stack, backend: str, signal_port: int, upstream: str, set
     client.wait_for_log(r"data channel open in \d+ ms")
     pids = {"daemon": daemon.pid, "client": client.pid}
     before = sample(pids, settle)
-    streams = asyncio.run(open_streams(
-        f"http://127.0.0.1:{listen}", upstream, STREAMS, hold, lambda s: sample(pids, s)))
-    after = streams["rss"]
-    result = {
+    result: dict[str, Any] = {
         "daemon_idle_mb": daemon_idle,
         "daemon_one_viewer_mb": before["daemon"],
         "client_idle_mb": before["client"],
-        "daemon_streams_mb": after["daemon"],
-        "client_streams_mb": after["client"],
-        "daemon_streams_delta_mb": round(after["daemon"] - before["daemon"], 1),
-        "client_streams_delta_mb": round(after["client"] - before["client"], 1),
-        "streams_opened": streams["opened"],
-        "streams_active_upstream": streams["active_upstream"],
+        "streams": {},
         "logs": {"daemon": str(daemon.log_path), "client": str(client.log_path)},
     }
+    for kind, path in STREAM_PATHS.items():  # in this order: RSS does not shrink after
+        streams = asyncio.run(open_streams(f"http://127.0.0.1:{listen}{path}", upstream,
+                                           STREAMS, hold, lambda s: sample(pids, s)))
+        after = streams["rss"]
+        result["streams"][kind] = {
+            "daemon_mb": after["daemon"], "client_mb": after["client"],
+            "daemon_delta_mb": round(after["daemon"] - before["daemon"], 1),
+            "client_delta_mb": round(after["client"] - before["client"], 1),
+            "opened": streams["opened"], "active_upstream": streams["active_upstream"],
+        }
+    result["daemon_streams_delta_mb"] = max(
+        k["daemon_delta_mb"] for k in result["streams"].values())
+    result["client_streams_delta_mb"] = max(
+        k["client_delta_mb"] for k in result["streams"].values())
     stack.stop(client)
     stack.stop(daemon)
     return result
@@ -315,11 +329,12 @@ def summary(report: dict[str, Any]) -> str:
                  report["signaling_nostun_idle_mb"])]
     for backend, f in report["backends"].items():
         lines += [row(f"daemon idle ({backend})", idle, f["daemon_idle_mb"]),
-                  row(f"native client idle ({backend})", idle, f["client_idle_mb"]),
-                  row(f"daemon +{report['streams']} streams ({backend})", streams,
-                      f["daemon_streams_delta_mb"]),
-                  row(f"native client +{report['streams']} streams ({backend})", streams,
-                      f["client_streams_delta_mb"])]
+                  row(f"native client idle ({backend})", idle, f["client_idle_mb"])]
+        for kind, k in f["streams"].items():
+            lines += [row(f"daemon +{report['streams']} {kind} streams ({backend})", streams,
+                          k["daemon_delta_mb"]),
+                      row(f"client +{report['streams']} {kind} streams ({backend})", streams,
+                          k["client_delta_mb"])]
     for name, p in report["profile"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(p["parts_mb"].items())[:8])
         lines.append(f"{name}: {p['rss_mb']} MB = {top}, ...; WebRTC: {p['webrtc']}")
