@@ -44,7 +44,14 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 
-from tests.support.procs import ROOT, Proc, free_port, new_device, share_link, wait_http  # noqa: E402
+from tests.support.procs import (  # noqa: E402
+    ROOT,
+    Proc,
+    free_port,
+    new_device,
+    share_link,
+    wait_http,
+)
 
 BENCH = ROOT / "bench"
 STREAMS = 100
@@ -181,7 +188,8 @@ def run_backend(stack: Stack, backend: str, signal_port: int, upstream: str, set
         "daemon_one_viewer_mb": before["daemon"],
         "client_idle_mb": before["client"],
         "streams": {},
-        "logs": {"daemon": str(daemon.log_path), "client": str(client.log_path)},
+        "logs": {"daemon": str(daemon.log_path.relative_to(ROOT)),
+                 "client": str(client.log_path.relative_to(ROOT))},
     }
     for kind, path in STREAM_PATHS.items():  # in this order: RSS does not shrink after
         streams = asyncio.run(open_streams(f"http://127.0.0.1:{listen}{path}", upstream,
@@ -242,7 +250,7 @@ def profile(python: str, log_path: str, rss: float) -> dict[str, Any]:
     stdlib = set(json.loads(subprocess.run(
         [python, "-c", "import json, sys; print(json.dumps(sorted(sys.stdlib_module_names)))"],
         capture_output=True, text=True, timeout=60, check=True).stdout))
-    modules = [m for m in imported_modules(Path(log_path).read_text(errors="replace"))
+    modules = [m for m in imported_modules((ROOT / log_path).read_text(errors="replace"))
                if m != "__main__"]
     steps = replay(python, modules)
     parts: dict[str, float] = {"(interpreter)": steps[0][1], "(stdlib)": 0.0}
@@ -299,8 +307,8 @@ def main() -> None:
             backend: run_backend(stack, backend, signal_port, upstream, settle, hold)
             for backend in backends
         }
-        report["profile"] = {"signaling": profile(python, str(signal.log_path),
-                                                  report["signaling_idle_mb"])}
+        signal_log = str(signal.log_path.relative_to(ROOT))
+        report["profile"] = {"signaling": profile(python, signal_log, report["signaling_idle_mb"])}
         for backend, figures in report["backends"].items():
             report["profile"][f"daemon-{backend}"] = profile(
                 python, figures["logs"]["daemon"], figures["daemon_idle_mb"])
