@@ -20,7 +20,7 @@ NATIVE_TESTS := tests/rtc/test_transport.py tests/test_native_end_to_end.py \
 	tests/trust/test_trust.py tests/test_limits.py tests/test_websocket.py \
 	tests/test_browser_websocket.py tests/device/test_metrics.py \
 	tests/appliance/test_mdns.py::test_chromium_with_local_names_reaches_a_native_device \
-	tests/test_nat.py::test_lan_viewer_connects_host_to_host
+	tests/test_nat.py::test_lan_viewer_connects_host_to_host tests/test_footprint.py
 NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or platform_machine == "aarch64")
 
 # Real third-party apps (Home Assistant, a camera stream, Node-RED, Syncthing, ...) through the
@@ -98,6 +98,7 @@ test-image: install
 bench: install
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
+	$(BIN)/python bench/memory.py   # children on $(VENV_NATIVE) when it has libdatachannel: both backends
 
 # Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
 # 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/

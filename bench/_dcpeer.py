@@ -6,7 +6,7 @@ native client's own transport (peerproxyd.rtc.transport), on either backend.
 The peer is made as peerproxyd makes it: `aiortc_setup.configure_ice` (the daemon's and `connect`'s
 process-wide ICE settings: candidates on 127.0.0.1 only, a 4 MiB UDP receive buffer, our
 aioice fixes and aiortc speed-ups), then `transport.new_transport(ice, backend=...)`, driven
-as peer.py (answerer: `on_channel`, `answer`, inside `device_certificate` with a device
+as peer.py (answerer: `on_channel`, `answer`, inside `transport.device_identity` with a device
 identity) and client/native.py (offerer: `create_channel`, `offer`, `set_answer`) drive it, through
 the DataChannel interface of peerproxyd.tunnel.channel (`send`, `bufferedAmount`,
 `bufferedAmountLowThreshold`, `on("message"|"bufferedamountlow"|"open")`). uvloop, as `peerproxyd`
@@ -141,15 +141,13 @@ async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 
 async def run(role: str, backend: str, ice: Any) -> None:
-    from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
-    from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
-    from peerproxyd.rtc.transport import new_transport
+    from peerproxyd.rtc.transport import CHANNEL_LABEL, device_identity, new_transport
     from peerproxyd.trust.identity import Identity
 
     reader = await stdin_reader()
     peer = Peer()
     # The daemon (answerer) runs in its identity's certificate context; `connect` does not.
-    context = (device_certificate(Identity.generate()) if role == "answer"
+    context = (device_identity(Identity.generate(), backend) if role == "answer"
                else contextlib.nullcontext())
     with context:
         transport = new_transport(ice, backend=backend)

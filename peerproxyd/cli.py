@@ -153,10 +153,13 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def entry() -> None:
-    """The `peerproxyd` command (and `python -m peerproxyd`)."""
+    """The `peerproxyd` command (and `python -m peerproxyd`). Each command imports what it
+    needs when it runs (issue 15: the signaling server loads no WebRTC stack, a daemon or
+    client only its chosen backend)."""
+    code = main()
     from peerproxyd.rtc.transport import exit_code
 
-    raise SystemExit(exit_code(main()))
+    raise SystemExit(exit_code(code))
 
 
 def main(argv: list[str] | None = None) -> int:

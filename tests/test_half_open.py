@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import new_peer_connection
+from peerproxyd.rtc.transport import CHANNEL_LABEL
 from tests.support.rawpeer import ICE, RawPeer
 from tests.support.tuned_stack import TunedStack
 from tests.test_limits import camera_stack

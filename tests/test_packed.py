@@ -40,7 +40,8 @@ from peerproxyd.protocol import (
     parse_frame,
     split_message,
 )
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, configure_ice, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import configure_ice, new_peer_connection
+from peerproxyd.rtc.transport import CHANNEL_LABEL
 from peerproxyd.rtc.patches import aioice_tuning
 from peerproxyd.signaling.server import build_signaling_app
 from peerproxyd.trust.viewer_auth import ShareLink

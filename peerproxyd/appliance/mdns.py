@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING
 
 import aioice.ice
 import aioice.mdns
-from aiortc import RTCIceCandidate
-from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from aioice import Candidate
 
 if TYPE_CHECKING:  # zeroconf is imported when used: the daemon's start-up does not pay for it
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -66,7 +65,7 @@ async def hide_host_addresses(sdp: str, subscriber: object) -> str:
     impossible here (no multicast route), host candidates are dropped rather than revealed."""
     lines = sdp.splitlines()
     hosts = {
-        c.ip for c in _candidates(lines) if c.type == "host" and is_hidden_address(c.ip)
+        c.host for c in _candidates(lines) if c.type == "host" and is_hidden_address(c.host)
     }
     if not hosts:
         return sdp
@@ -74,14 +73,14 @@ async def hide_host_addresses(sdp: str, subscriber: object) -> str:
     out = []
     for line in lines:
         if line.startswith("a=candidate:"):
-            candidate = candidate_from_sdp(line.removeprefix("a=candidate:"))
-            if candidate.type == "host" and candidate.ip in hosts:
+            candidate = _candidate(line)
+            if candidate.type == "host" and candidate.host in hosts:
                 if names is None:
                     continue
-                candidate.ip = names[candidate.ip]
-            if candidate.relatedAddress in hosts:
-                candidate.relatedAddress, candidate.relatedPort = HIDDEN_ADDRESS, 0
-            line = "a=candidate:" + candidate_to_sdp(candidate)
+                candidate.host = names[candidate.host]
+            if candidate.related_address in hosts:
+                candidate.related_address, candidate.related_port = HIDDEN_ADDRESS, 0
+            line = "a=candidate:" + candidate.to_sdp()
         elif line.startswith("c=IN ") and line.split()[-1] in hosts:
             line = f"c=IN IP4 {HIDDEN_ADDRESS}"
         elif line.startswith("m="):
@@ -129,12 +128,14 @@ async def resolve_name(name: str, subscriber: object, timeout: float = RESOLVE_T
     return await protocol.resolve(name, timeout=timeout)
 
 
-def _candidates(lines: Sequence[str]) -> list[RTCIceCandidate]:
-    return [
-        candidate_from_sdp(line.removeprefix("a=candidate:"))
-        for line in lines
-        if line.startswith("a=candidate:")
-    ]
+def _candidates(lines: Sequence[str]) -> list[Candidate]:
+    return [_candidate(line) for line in lines if line.startswith("a=candidate:")]
+
+
+def _candidate(line: str) -> Candidate:
+    """An `a=candidate:` line, parsed by aioice (aiortc is not needed for this: a daemon on
+    the native backend does not import it)."""
+    return Candidate.from_sdp(line.removeprefix("a=candidate:"))
 
 
 def _discard_port(m_line: str, lines: Sequence[str], hosts: set[str]) -> str:
@@ -142,8 +143,8 @@ def _discard_port(m_line: str, lines: Sequence[str], hosts: set[str]) -> str:
     parts = m_line.split(" ")
     for line in lines:
         if line.startswith("a=candidate:"):
-            first = candidate_from_sdp(line.removeprefix("a=candidate:"))
-            if first.ip in hosts and len(parts) > 1 and parts[1] == str(first.port):
+            first = _candidate(line)
+            if first.host in hosts and len(parts) > 1 and parts[1] == str(first.port):
                 parts[1] = str(DISCARD_PORT)
             break
     return " ".join(parts)

@@ -29,9 +29,15 @@ from peerproxyd.errors import (
 )
 from peerproxyd.protocol import ErrorCode, ProxyConnection, RequestHead, Role
 from peerproxyd.protocol.http_headers import downstream_response_headers, strip_hop_by_hop
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, ConnectionReport, configure_ice
+from peerproxyd.rtc.report import ConnectionReport
 from peerproxyd.rtc.sdp_restart import keep_session
-from peerproxyd.rtc.transport import Transport, choose_backend, new_transport
+from peerproxyd.rtc.transport import (
+    CHANNEL_LABEL,
+    Transport,
+    choose_backend,
+    configure_ice,
+    new_transport,
+)
 from peerproxyd.signaling.client import SignalingClient
 from peerproxyd.signaling.messages import Message
 from peerproxyd.trust.viewer_auth import (
@@ -109,7 +115,7 @@ class NativeClient:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve the local port and keep a connection to the device until cancelled."""
-        configure_ice(self.ice)
+        configure_ice(self.ice, self.backend)
         logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)

@@ -35,9 +35,7 @@ from peerproxyd.device.peer import PeerSession
 from peerproxyd.device.router import Router, new_upstream_session
 from peerproxyd.errors import ConfigError, IceRestartError, ViewerStoreError
 from peerproxyd.protocol import RequestHead
-from peerproxyd.rtc.aiortc_setup import configure_ice
-from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
-from peerproxyd.rtc.transport import choose_backend
+from peerproxyd.rtc.transport import choose_backend, configure_ice, device_identity
 from peerproxyd.signaling.client import HANDSHAKE_TIMEOUT, SignalingClient
 from peerproxyd.signaling.messages import Message
 from peerproxyd.trust import sharing
@@ -177,7 +175,7 @@ class Daemon:
 
     async def run(self) -> None:
         """Serve until cancelled, or until stop() and the drain that follows."""
-        configure_ice(self.settings.ice)
+        configure_ice(self.settings.ice, self.backend)
         logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         self._load_viewers()
         names = ", ".join(f"{n} -> {s.upstream}" for n, s in self.settings.services.items())
@@ -189,7 +187,7 @@ class Daemon:
             if self.settings.ice.mdns
             else contextlib.nullcontext()
         )
-        with device_certificate(self.identity):
+        with device_identity(self.identity, self.backend):
             await self._serve(advertisement)
 
     async def _serve(self, advertisement: contextlib.AbstractAsyncContextManager[Any]) -> None:

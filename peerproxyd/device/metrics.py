@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from peerproxyd.rtc.aiortc_setup import ConnectionReport
+    from peerproxyd.rtc.report import ConnectionReport
 
 ERROR_KINDS = {
     "unknown_service": "a request for a service not configured (404)",

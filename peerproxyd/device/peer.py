@@ -25,8 +25,8 @@ from peerproxyd.device.router import Router
 from peerproxyd.errors import AuthError
 from peerproxyd.protocol import ErrorCode, Limits, ProxyConnection, RequestHead, Role
 from peerproxyd.rtc import sdp_restart
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, ConnectionReport
-from peerproxyd.rtc.transport import Backend, Transport, new_transport
+from peerproxyd.rtc.report import ConnectionReport
+from peerproxyd.rtc.transport import CHANNEL_LABEL, Backend, Transport, new_transport
 from peerproxyd.trust.viewer_auth import (
     AuthCode,
     Granted,

@@ -15,6 +15,10 @@ connection (docs/network.md): offerer `restart_offer` + `finish_restart`, answer
 `restart_answer` (IceRestartError where a backend cannot restart). SDPs are whole strings with
 every local candidate gathered, so signaling and the DTLS fingerprint checks of viewer auth
 (docs/security.md 1.5) read them as before.
+
+Nothing here imports a backend: `configure_ice`, `device_identity` and `new_transport` import
+the chosen one when called, so a process loads only the WebRTC stack it runs on (issue 15:
+the signaling server loads neither, a native daemon or client no aiortc).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from peerproxyd.config import IceSettings
-from peerproxyd.rtc.aiortc_setup import ConnectionReport
+from peerproxyd.rtc.report import ConnectionReport
 from peerproxyd.trust.identity import Identity
 from peerproxyd.tunnel.channel import DataChannel
 
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Backend = Literal["aiortc", "native"]
+
+CHANNEL_LABEL = "peerproxy"
+"""The label of the one data channel a viewer opens to the device."""
 
 
 class Transport(Protocol):
@@ -136,22 +145,59 @@ def choose_backend(wanted: str, ice: IceSettings) -> tuple[Backend, str]:
     return "native", "auto: libdatachannel-py importable"
 
 
+def configure_ice(ice: IceSettings, backend: Backend) -> None:
+    """Apply the process-wide ICE settings for `backend` (the daemon and the native client
+    call this once, before their first connection). aiortc: aiortc_setup.configure_ice, every
+    setting and fix. native: libdatachannel takes its settings per connection; only aioice's
+    host address list and mDNS fix are set, for what mdns.py does with aioice on either
+    backend (our `.local` names, resolving a browser's, the LAN addresses advertised)."""
+    if backend == "aiortc":
+        from peerproxyd.rtc import aiortc_setup
+
+        aiortc_setup.configure_ice(ice)
+        return
+    from peerproxyd.rtc.patches import aioice_mdns, aioice_tuning
+
+    aioice_tuning.configure(
+        host_addresses=ice.host_addresses, receive_buffer=ice.udp_receive_buffer
+    )
+    aioice_mdns.install()
+
+
+_device: ContextVar[Identity | None] = ContextVar("peerproxyd_device_identity", default=None)
+
+
+@contextmanager
+def device_identity(identity: Identity, backend: Backend) -> Iterator[None]:
+    """Every connection made in this context (and in tasks started from it) on `backend`
+    presents the identity's DTLS certificate (viewers pin its fingerprint, docs/security.md
+    1.5): aiortc through aiortc_certificate.device_certificate, native through
+    `new_transport`. The daemon runs inside one."""
+    with ExitStack() as stack:
+        if backend == "aiortc":
+            from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
+
+            stack.enter_context(device_certificate(identity))
+        token = _device.set(identity)
+        stack.callback(_device.reset, token)
+        yield
+
+
 def new_transport(
     ice: IceSettings, *, backend: Backend, identity: Identity | None = None
 ) -> Transport:
     """A transport for one peer connection on `backend` (from `choose_backend`).
     `identity`: the device's DTLS certificate; None: the identity of the enclosing
-    `aiortc_certificate.device_certificate` context (the daemon runs in one), else a fresh
-    certificate per connection (the native client)."""
+    `device_identity` context (the daemon runs in one), else a fresh certificate per
+    connection (the native client)."""
     if backend == "native":
-        from peerproxyd.rtc.patches.aiortc_certificate import current_identity
         from peerproxyd.rtc.transport_native import NativeTransport
 
-        return NativeTransport(ice, identity=identity or current_identity())
+        return NativeTransport(ice, identity=identity or _device.get())
     from peerproxyd.rtc.transport_aiortc import AiortcTransport
 
     return AiortcTransport(ice)
 
 
-__all__ = ["Backend", "DataChannel", "Transport", "choose_backend", "native_available",
-           "new_transport"]
+__all__ = ["CHANNEL_LABEL", "Backend", "DataChannel", "Transport", "choose_backend",
+           "configure_ice", "device_identity", "native_available", "new_transport"]

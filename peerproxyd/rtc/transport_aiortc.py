@@ -15,7 +15,8 @@ from aiortc.sdp import candidate_from_sdp
 from peerproxyd.config import IceSettings
 from peerproxyd.rtc import aiortc_ice_restart
 from peerproxyd.rtc.aiortc_ice_restart import IceRestart
-from peerproxyd.rtc.aiortc_setup import ConnectionReport, connection_report, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import connection_report, new_peer_connection
+from peerproxyd.rtc.report import ConnectionReport
 
 
 class AiortcTransport:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from peerproxyd.appliance import mdns
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import IceRestartError
-from peerproxyd.rtc.aiortc_setup import ConnectionReport, pair_type
+from peerproxyd.rtc.report import ConnectionReport, pair_type
 from peerproxyd.rtc.patches.aioice_ports import PortRangeExhausted, parse_port_range
 from peerproxyd.trust.identity import Identity
 

@@ -218,8 +218,8 @@ import aioice.ice, aioice.mdns
 from peerproxyd.appliance import mdns
 from peerproxyd.config import IceSettings
 from peerproxyd.device.metrics import path_of
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, configure_ice
-from peerproxyd.rtc.transport import new_transport
+from peerproxyd.rtc.aiortc_setup import configure_ice
+from peerproxyd.rtc.transport import CHANNEL_LABEL, new_transport
 
 ICE = IceSettings(host_addresses=["127.0.0.1"])
 

@@ -386,7 +386,7 @@ async def test_cleanup_ctx_runs_with_the_app_and_survives_a_taken_port():
         await runner.cleanup()
 
 
-# ----- the connection report (peerproxyd/rtc/aiortc_setup.py)
+# ----- the connection report (peerproxyd/rtc/report.py, aiortc_setup.py)
 
 
 def candidate(kind: str, host: str) -> aioice.Candidate:
@@ -406,7 +406,7 @@ def candidate(kind: str, host: str) -> aioice.Candidate:
     ],
 )
 def test_pair_type(local, remote, expected):
-    from peerproxyd.rtc.aiortc_setup import pair_type
+    from peerproxyd.rtc.report import pair_type
 
     assert pair_type(candidate(*local), candidate(*remote)) == expected
 

@@ -15,7 +15,8 @@ from aiortc.rtcsctptransport import DataChunk
 from peerproxyd.config import IceSettings
 from peerproxyd.device.router import Router
 from peerproxyd.protocol import Limits, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import new_peer_connection
+from peerproxyd.rtc.transport import CHANNEL_LABEL
 from peerproxyd.rtc.patches import aioice_tuning
 from peerproxyd.tunnel.channel import ChannelLink, ChannelStream
 

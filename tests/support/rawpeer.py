@@ -21,7 +21,7 @@ from peerproxyd.protocol import (
     Role,
     parse_frame,
 )
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
+from peerproxyd.rtc.transport import CHANNEL_LABEL
 from peerproxyd.rtc.patches import aioice_tuning
 from peerproxyd.rtc.transport import choose_backend, new_transport
 from peerproxyd.signaling.client import SignalingClient

@@ -34,7 +34,8 @@ from peerproxyd.config import (
 from peerproxyd.device.daemon import Daemon
 from peerproxyd.errors import AuthError, FingerprintError
 from peerproxyd.protocol import Frame, ProxyConnection, RequestHead, Role
-from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL, configure_ice, new_peer_connection
+from peerproxyd.rtc.aiortc_setup import configure_ice, new_peer_connection
+from peerproxyd.rtc.transport import CHANNEL_LABEL
 from peerproxyd.signaling.client import SignalingClient
 from peerproxyd.signaling.server import build_signaling_app
 from peerproxyd.trust.viewer_auth import (

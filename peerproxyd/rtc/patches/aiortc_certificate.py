@@ -31,7 +31,6 @@ CHECKED = {"aiortc": ("1.16.0",)}
 
 _current: ContextVar[RTCCertificate | None] = ContextVar("peerproxyd_dtls_certificate",
                                                         default=None)
-_identity: ContextVar[Identity | None] = ContextVar("peerproxyd_dtls_identity", default=None)
 _generate_fresh = RTCCertificate.generateCertificate.__func__  # type: ignore[attr-defined]
 
 
@@ -55,18 +54,11 @@ def certificate_of(identity: Identity) -> RTCCertificate:
 @contextmanager
 def device_certificate(identity: Identity) -> Iterator[RTCCertificate]:
     """Every RTCPeerConnection made in this context (and in tasks started from it) uses the
-    identity's certificate for DTLS; so does every native transport (transport.py)."""
+    identity's certificate for DTLS (transport.device_identity enters this one for aiortc)."""
     install()
     certificate = certificate_of(identity)
-    token, identity_token = _current.set(certificate), _identity.set(identity)
+    token = _current.set(certificate)
     try:
         yield certificate
     finally:
         _current.reset(token)
-        _identity.reset(identity_token)
-
-
-def current_identity() -> Identity | None:
-    """The identity of the enclosing `device_certificate` context (the native transport
-    backend takes the certificate from it), or None."""
-    return _identity.get()
