@@ -201,6 +201,16 @@ async def test_client_cancel_mid_download_frees_stream(net: Net, http: aiohttp.C
     net.daemon.wait_for_log(r"camera GET /download\?size=1048576000 499")
 
 
+async def test_a_client_gone_before_the_response_head_frees_its_stream(net: Net):
+    """A local client that gives up on a request the app has not answered yet (a long poll)
+    resets its stream at once: the daemon ends it as 499 long before the app would answer."""
+    with pytest.raises(TimeoutError):
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(0.5):
+                await http.get(f"{net.camera}/slow?s=60")
+    net.daemon.wait_for_log(r"camera GET /slow\?s=60 499", timeout=15)
+
+
 async def test_forwarded_for_sends_the_viewers_ip_address(net: Net):
     """[services.*] forwarded_for = true: X-Forwarded-For and Forwarded carry the viewer's
     address on its ICE pair (loopback here), never its name; host = "upstream"."""

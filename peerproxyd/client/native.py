@@ -119,9 +119,12 @@ class NativeClient:
         logger.info("WebRTC backend: %s (%s)", self.backend, self.backend_reason)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        # aiohttp's keep-alive timer also runs while a request head is incomplete.
+        # aiohttp's keep-alive timer also runs while a request head is incomplete. A local
+        # client that goes away cancels its handler, which resets the stream at once: without
+        # it a request still waiting for its response head (a long poll) held its stream, and
+        # the device's stream limit, until the app answered.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     keepalive_timeout=HEAD_TIMEOUT)
+                                     keepalive_timeout=HEAD_TIMEOUT, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.listen[0], self.listen[1])
         await site.start()
