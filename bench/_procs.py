@@ -341,6 +341,49 @@ def _rawpeer(role: str, burst: bool) -> None:
         uvloop.run(main)
 
 
+# ----------------------------------------------------------------------------- added for bench/loss.py
+class PrefixedRawPair(RawPair):
+    """RawPair whose peers are `prefix + [python, *child, role]` (e.g. `ip netns exec NS` and
+    bench/loss.py's `rawpeer` mode, which runs `rawpeer_as_daemon`)."""
+
+    def __init__(self, log_dir: Path, prefix: list[str], child: list[str]) -> None:
+        super().__init__(log_dir)
+        self.prefix = prefix
+        self.child = child
+
+    async def _spawn(self, role: str) -> asyncio.subprocess.Process:
+        log = open(self.log_dir / f"rawpeer-{role}.log", "ab")
+        self._logs.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            *self.prefix, sys.executable, *self.child, role,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            limit=16 * 1024 * 1024,
+        )
+        self.procs[role] = proc
+        return proc
+
+
+def rawpeer_as_daemon(role: str) -> None:
+    """One bare peer of the "get" protocol above, with the process-wide settings the daemon and
+    `connect` apply (aiortc_setup.configure_ice: our aioice fixes and every aiortc speed-up,
+    candidates on 127.0.0.1): the raw data channel on the daemon's own aiortc."""
+    import logging
+
+    from peerproxyd.config import IceSettings
+    from peerproxyd.rtc.aiortc_setup import configure_ice
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    configure_ice(IceSettings(host_addresses=["127.0.0.1"], mdns=False))
+    main = _offerer() if role == "offer" else _answerer(burst=False)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     role_ok = args[1:2] in (["offer"], ["answer"])
