@@ -100,6 +100,7 @@ bench: install
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
 	$(BIN)/python bench/memory.py   # children on $(VENV_NATIVE) when it has libdatachannel: both backends
 	$(BIN)/python bench/concurrency.py --quick
+	$(BIN)/python bench/loss.py --quick   # root: ip netns
 
 # Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
 # 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/
