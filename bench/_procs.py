@@ -341,7 +341,7 @@ def _rawpeer(role: str, burst: bool) -> None:
         uvloop.run(main)
 
 
-# ----------------------------------------------------------------------------- added for bench/loss.py
+# ----------------------------------------------------------------------------- for bench/loss.py
 class PrefixedRawPair(RawPair):
     """RawPair whose peers are `prefix + [python, *child, role]` (e.g. `ip netns exec NS` and
     bench/loss.py's `rawpeer` mode, which runs `rawpeer_as_daemon`)."""

@@ -55,7 +55,7 @@ from typing import Any  # noqa: E402
 
 BENCH = ROOT / "bench"
 SMALL = 1000
-MSS = 1188  # aiortc's USERDATA_MAX_LENGTH: DATA chunk payload per packet
+MSS = 1160  # aiortc's USERDATA_MAX_LENGTH: DATA chunk payload per packet
 PATHS = ("native", "chromium", "raw")
 NATIVE_PORT = 9000
 QUEUE = 0
@@ -85,7 +85,8 @@ SMALL_JS = """async ({size, count, budget}) => {
     const start = performance.now();
     for (let i = 0; i < count && performance.now() - start < budget; i++) {
         const t = performance.now();
-        const r = await fetch('/download?size=' + size + '&n=' + i + Math.random(), {cache: 'no-store'});
+        const r = await fetch('/download?size=' + size + '&n=' + i + Math.random(),
+                              {cache: 'no-store'});
         const got = await r.arrayBuffer();
         if (!r.ok || got.byteLength !== size) throw new Error('bad answer ' + r.status);
         out.push((performance.now() - t) / 1000);
@@ -324,6 +325,11 @@ def ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
     return x / y if x and y else None
 
 
+def mathis(cell: dict[str, Any]) -> float | None:
+    rate = mathis_mb_s(cell["loss"], cell["rtt_ms"])
+    return None if math.isinf(rate) else rate
+
+
 def table(data: dict[str, Any]) -> str:
     lines = [
         "| loss / RTT | bulk MB | Mathis MB/s | bulk MB/s native / Chromium / raw | "
@@ -336,8 +342,9 @@ def table(data: dict[str, Any]) -> str:
         cut = "".join("*" if x.get("bulk_complete") is False else "" for x in (n, ch, r))
         mb = " / ".join(fmt(x.get("bulk_mb_s"), ".2f") for x in (n, ch, r)) + cut
         lines.append(
-            f"| {label(c)} | {c['bulk_size'] / 1e6:g} | {fmt(None if math.isinf(c['mathis_mb_s']) else c['mathis_mb_s'], '.2f')} "
-            f"| {mb} | {fmt(ratio(n, r, 'bulk_mb_s'), '.2f')} / {fmt(ratio(ch, r, 'bulk_mb_s'), '.2f')} "
+            f"| {label(c)} | {c['bulk_size'] / 1e6:.2f} | {fmt(mathis(c), '.2f')} "
+            f"| {mb} | {fmt(ratio(n, r, 'bulk_mb_s'), '.2f')} / "
+            f"{fmt(ratio(ch, r, 'bulk_mb_s'), '.2f')} "
             f"| {' / '.join(fmt(x.get('p50_ms'), '.1f') for x in (n, ch, r))} "
             f"| {' / '.join(fmt(x.get('p99_ms'), '.0f') for x in (n, ch, r))} |")
     return "\n".join(lines)
@@ -359,10 +366,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
         for ax, key in zip(axes, ("bulk_mb_s", "p50_ms", "p99_ms")):
             ax.bar(xs, [c.get(p, {}).get(key) or 0 for c in cells], width=width,
                    color=colors[p], label=p)
-    mathis = [c["mathis_mb_s"] for c in cells]
-    axes[0].scatter([k for k, m in enumerate(mathis) if not math.isinf(m)],
-                    [m for m in mathis if not math.isinf(m)], marker="_", s=400, color="k",
-                    label="Mathis (MSS 1188 B)", zorder=3)
+    rates = [mathis(c) for c in cells]
+    axes[0].scatter([k for k, m in enumerate(rates) if m], [m for m in rates if m], marker="_",
+                    s=400, color="k", label=f"Mathis (MSS {MSS} B)", zorder=3)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("bulk MB/s (log)")
     axes[1].set_ylabel("1 KB GET p50 ms")
