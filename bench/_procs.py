@@ -384,6 +384,131 @@ def rawpeer_as_daemon(role: str) -> None:
         uvloop.run(main)
 
 
+
+def transport_rawpeer(role: str, backend: str) -> None:
+    """One peer of the "get" protocol above on peerproxyd's own transport
+    (peerproxyd.rtc.transport, `backend` "aiortc" or "native"), made as bench/_dcpeer.py makes
+    it: configure_ice, the device certificate on the answerer, the product's channel label."""
+    import logging
+
+    from peerproxyd.config import IceSettings
+    from peerproxyd.rtc.aiortc_setup import configure_ice
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    ice = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
+    configure_ice(ice)
+    main = _transport_peer(role, backend, ice)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _transport_peer(role: str, backend: str, ice: Any) -> None:
+    import contextlib
+
+    from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
+    from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
+    from peerproxyd.rtc.transport import new_transport
+    from peerproxyd.trust.identity import Identity
+
+    reader = await _stdin_reader()
+    context = (device_certificate(Identity.generate()) if role == "answer"
+               else contextlib.nullcontext())
+    with context:
+        transport = new_transport(ice, backend=backend)  # type: ignore[arg-type]
+        try:
+            if role == "offer":
+                await _transport_offerer(transport, reader, CHANNEL_LABEL)
+            else:
+                await _transport_answerer(transport, reader)
+        finally:
+            await transport.close()
+
+
+async def _transport_offerer(transport: Any, reader: asyncio.StreamReader, label: str) -> None:
+    """As `_offerer`, on a peerproxyd transport's channel."""
+    channel = transport.create_channel(label)
+    opened = asyncio.Event()
+    channel.on("open", opened.set)
+    state: dict[str, Any] = {"expected": 0, "received": 0, "done": None}
+
+    def on_message(message: bytes | str) -> None:
+        state["received"] += len(message)
+        done = state["done"]
+        if state["received"] >= state["expected"] and done is not None and not done.done():
+            done.set_result(None)
+
+    channel.on("message", on_message)
+    started = time.perf_counter()
+    _emit({"sdp": await transport.offer(), "type": "offer"})
+    answer = await asyncio.wait_for(_read_json(reader), 20)
+    await transport.set_answer(answer["sdp"])
+    if channel.readyState != "open":
+        await asyncio.wait_for(opened.wait(), 20)
+    _emit({"open_ms": (time.perf_counter() - started) * 1000})
+    loop = asyncio.get_running_loop()
+    while True:
+        command = await _read_json(reader)
+        if command.get("cmd") != "get":
+            break
+        size, count, budget = int(command["size"]), int(command["count"]), command["budget"]
+        latencies: list[float] = []
+        began = time.perf_counter()
+        for _ in range(count):
+            state.update(expected=size, received=0, done=loop.create_future())
+            t0 = time.perf_counter()
+            channel.send(str(size).encode())
+            await asyncio.wait_for(state["done"], 300)
+            latencies.append(time.perf_counter() - t0)
+            if state["received"] != size:
+                raise RuntimeError(f"got {state['received']} bytes for a {size}-byte request")
+            if time.perf_counter() - began > float(budget):
+                break
+        _emit({"latencies": latencies})
+
+
+async def _transport_answerer(transport: Any, reader: asyncio.StreamReader) -> None:
+    """As `_answerer` (a yield after each message), on a peerproxyd transport's channel."""
+    requests: asyncio.Queue[int] = asyncio.Queue()
+    block = os.urandom(MESSAGE)
+    low = asyncio.Event()
+    channels: list[Any] = []
+
+    def on_channel(channel: Any) -> None:
+        channel.bufferedAmountLowThreshold = LOW_WATER
+        channel.on("bufferedamountlow", low.set)
+        channel.on("message", lambda m: requests.put_nowait(int(m)))
+        channels.append(channel)
+
+    transport.on_channel(on_channel)
+
+    async def serve() -> None:
+        while True:
+            remaining = await requests.get()
+            channel = channels[0]
+            while remaining > 0:
+                if channel.bufferedAmount > HIGH_WATER:
+                    low.clear()
+                    await asyncio.wait_for(low.wait(), 60)
+                n = min(MESSAGE, remaining)
+                channel.send(block if n == MESSAGE else block[:n])
+                remaining -= n
+                await asyncio.sleep(0)
+
+    offer = await asyncio.wait_for(_read_json(reader), 20)
+    _emit({"sdp": await transport.answer(offer["sdp"]), "type": "answer"})
+    server = asyncio.create_task(serve())
+    try:
+        while (await _read_json(reader)).get("cmd") != "quit":
+            pass
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     role_ok = args[1:2] in (["offer"], ["answer"])

@@ -1,14 +1,16 @@
 """Throughput and latency under packet loss and delay (issue 17 item 3).
 
 One network namespace (tests/browser/harness.py's BrowserWorld: the test app, the signaling
-server, the daemon on the aiortc backend, headless Chromium; loopback only) and, in it, three
-paths to the same kind of bytes, side by side, set up once and measured cell after cell:
+server, the daemon on `--backend` (aiortc; native with the Python 3.13 venv), headless
+Chromium; loopback only) and, in it, three paths to the same kind of bytes, side by side, set
+up once and measured cell after cell:
 
-    native    `peerproxyd connect` (aiortc) -> data channel -> daemon -> app   (HTTP GETs)
+    native    `peerproxyd connect --backend B` -> data channel -> daemon -> app   (HTTP GETs)
     chromium  the app's frame: service worker -> page -> data channel -> daemon -> app
-    raw       two bare peers on the daemon's aiortc with its settings (configure_ice: our
-              aioice fixes, every aiortc speed-up), no proxy: the offerer asks for N bytes, the
-              answerer sends them in 16 KiB messages (bench/_procs.py's "get" protocol)
+    raw       two peers, no proxy: the offerer asks for N bytes, the answerer sends them in
+              16 KiB messages (bench/_procs.py's "get" protocol). aiortc: bare RTCPeerConnections
+              with the daemon's process settings (configure_ice: our aioice fixes, every aiortc
+              speed-up); native: peerproxyd's transport on libdatachannel-py
 
 For each cell (loss %, RTT) tests/support/impair.py (netem's model on an NFQUEUE: this kernel
 has no sch_netem) is put on every UDP packet of the namespace (`iptables -A OUTPUT -o lo -p
@@ -24,8 +26,9 @@ Every transfer is bounded (`--limit` seconds per transfer; the cell's bodies are
 the cut is recorded). Writes bench/loss-latest.json and bench/loss.png; `--render` redoes the
 plot and prints the README table from the JSON. Needs root (ip netns):
 
-    python bench/loss.py --quick     # ~6 minutes
+    python bench/loss.py --quick     # ~4 minutes
     python bench/loss.py             # ~20 minutes
+    .venv313/bin/python bench/loss.py --backend native   # kept beside the aiortc run
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Not bench/ itself on the path (as bench/browser.py): the repository, so `bench.` and `tests.`.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PEERPROXYD_TEST_BACKEND", "aiortc")  # the daemon's backend here
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -151,7 +153,7 @@ class Bench:
     def __init__(self, log_dir: Path, args: argparse.Namespace) -> None:
         self.args = args
         self.log_dir = log_dir
-        self.world = LossWorld(log_dir)
+        self.world = LossWorld(log_dir, args.backend)
         self.native_url = f"http://127.0.0.1:{NATIVE_PORT}"
         self.raw: Any = None
         self.loop = asyncio.new_event_loop()
@@ -166,7 +168,7 @@ class Bench:
         client = world.start("client", "-m", "peerproxyd", "connect", link,
                              "--signal", f"ws://127.0.0.1:{SIGNAL_PORT}/ws",
                              "--listen", f"127.0.0.1:{NATIVE_PORT}",
-                             "--host-address", "127.0.0.1", "--backend", "aiortc")
+                             "--host-address", "127.0.0.1", "--backend", self.args.backend)
         client.wait_for_log("is at http", timeout=40)
         world.open("/")
         self.start_raw()
@@ -174,8 +176,11 @@ class Bench:
     def start_raw(self) -> None:
         from bench._procs import PrefixedRawPair
 
-        self.raw = PrefixedRawPair(self.log_dir, ["ip", "netns", "exec", self.world.ns],
-                                   [str(Path(__file__).resolve()), "rawpeer"])
+        # aiortc: a bare RTCPeerConnection with the daemon's settings; native: peerproxyd's
+        # transport (libdatachannel-py), as the daemon makes it.
+        child = ([str(Path(__file__).resolve()), "rawpeer"] if self.args.backend == "aiortc"
+                 else [str(Path(__file__).resolve()), "rawpeer-native"])
+        self.raw = PrefixedRawPair(self.log_dir, ["ip", "netns", "exec", self.world.ns], child)
         self.loop.run_until_complete(self.raw.start())
 
     def down(self) -> None:
@@ -264,14 +269,15 @@ class LossWorld:
     """BrowserWorld with the daemon's heartbeat settings at the product's defaults (the test
     config's 1 s / 5 s would end a viewer whose heartbeat waits behind a slow bulk body)."""
 
-    def __new__(cls, log_dir: Path) -> Any:
+    def __new__(cls, log_dir: Path, backend: str) -> Any:
         from tests.browser.harness import BrowserWorld
         from tests.support.procs import daemon_config
 
         class World(BrowserWorld):
             def start_daemon(self) -> Any:
                 config = daemon_config(self.config, state_dir=self.state_dir,
-                                       signal_port=8787, services=self.services)
+                                       signal_port=8787, services=self.services,
+                                       backend=backend)
                 text = re.sub(r"heartbeat_(interval|timeout) = .*\n", "", config.read_text())
                 config.write_text(text.replace("read_timeout = 5.0", "read_timeout = 120.0"))
                 proc = self.start("daemon", "-m", "peerproxyd", "serve", "--config", str(config))
@@ -350,16 +356,32 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(data: dict[str, Any], path: Path) -> None:
+def load_runs(path: Path) -> dict[str, Any]:
+    """{backend: {"meta", "cells"}} from the JSON (a single run's file counts as aiortc's)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {"aiortc": data} if "cells" in data else dict(data)
+
+
+def plot(runs: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, grid = plt.subplots(3, len(runs), figsize=(11 * len(runs), 10), sharex="col",
+                             squeeze=False)
+    for column, (backend, data) in enumerate(runs.items()):
+        plot_run(data, backend, [row[column] for row in grid])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80 if len(runs) > 1 else 90)
+
+
+def plot_run(data: dict[str, Any], backend: str, axes: list[Any]) -> None:
     cells = data["cells"]
     names = [label(c).replace(", no impairer", "\n(no impairer)") for c in cells]
     colors = {"native": "tab:blue", "chromium": "tab:orange", "raw": "tab:gray"}
-    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
     width = 0.27
     for i, p in enumerate(PATHS):
         xs = [k + (i - 1) * width for k in range(len(cells))]
@@ -379,11 +401,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     axes[2].set_xticks(range(len(cells)), names, fontsize=8)
     meta = data["meta"]
-    fig.suptitle(f"peerproxyd under loss (loss each way / RTT; impair.py on NFQUEUE), "
-                 f"{meta['date']}, load {meta['load_start'][0]:.1f}–{meta['load_end'][0]:.1f}"
-                 f"{' (quick)' if meta['quick'] else ''}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    axes[0].set_title(f"{backend} backend: loss each way / RTT (impair.py on NFQUEUE), "
+                      f"{meta['date']}, load {meta['load_start'][0]:.1f}–"
+                      f"{meta['load_end'][0]:.1f}{' (quick)' if meta['quick'] else ''}")
 
 
 def main() -> None:
@@ -394,12 +414,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, help="1 KB GETs per cell and path")
     parser.add_argument("--budget", type=float, help="seconds for the 1 KB GETs")
     parser.add_argument("--limit", type=float, help="seconds a single transfer may take")
+    parser.add_argument("--backend", choices=("aiortc", "native"), default="aiortc",
+                        help="the daemon's, the native client's and the raw peers' backend "
+                        "(native: run with the Python 3.13 venv); the JSON keeps one run of each")
     parser.add_argument("--render", metavar="JSON", help="only redo the plot and table")
     args = parser.parse_args()
     if args.render:
-        data = json.loads(Path(args.render).read_text())
-        plot(data, BENCH / "loss.png")
-        print(table(data))
+        runs = load_runs(Path(args.render))
+        plot(runs, BENCH / "loss.png")
+        for backend, data in runs.items():
+            print(f"{backend}:\n{table(data)}")
         return
     q = args.quick
     args.target = args.target or (3.0 if q else 8.0)
@@ -416,7 +440,7 @@ def main() -> None:
     log_dir = BENCH / "results" / f"loss-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
-        "date": stamp, "quick": q, "load_start": load_average(),
+        "date": stamp, "quick": q, "backend": args.backend, "load_start": load_average(),
         "settings": {k: getattr(args, k) for k in ("target", "most", "count", "budget", "limit")},
         "machine": machine(("aiortc", "aioice", "playwright"), chromium=True),
     }
@@ -433,8 +457,9 @@ def main() -> None:
     meta["seconds"] = round(time.monotonic() - started)
     data = {"meta": meta, "cells": cells}
     out = BENCH / "loss-latest.json"
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    plot(data, BENCH / "loss.png")
+    runs = {**load_runs(out), args.backend: data}
+    out.write_text(json.dumps(runs, indent=1) + "\n")
+    plot(runs, BENCH / "loss.png")
     print(table(data))
     print(f"wrote {out}, bench/loss.png ({meta['seconds']} s; logs in {log_dir})")
 
@@ -447,5 +472,9 @@ if __name__ == "__main__":
         from bench._procs import rawpeer_as_daemon
 
         rawpeer_as_daemon(sys.argv[2])
+    elif sys.argv[1:2] == ["rawpeer-native"] and sys.argv[2:3] in (["offer"], ["answer"]):
+        from bench._procs import transport_rawpeer
+
+        transport_rawpeer(sys.argv[2], "native")
     else:
         main()
