@@ -336,12 +336,16 @@ def mathis(cell: dict[str, Any]) -> float | None:
     return None if math.isinf(rate) else rate
 
 
+def over(path: dict[str, Any]) -> str:
+    return f"{path['over_1s']} of {path['small_count']}" if "over_1s" in path else "–"
+
+
 def table(data: dict[str, Any]) -> str:
     lines = [
         "| loss / RTT | bulk MB | Mathis MB/s | bulk MB/s native / Chromium / raw | "
         "proxied/raw native / Chromium | 1 KB p50 ms native / Chromium / raw | "
-        "1 KB p99 ms native / Chromium / raw |",
-        "|---|---|---|---|---|---|---|",
+        "1 KB p99 ms native / Chromium / raw | 1 KB GETs >= 1 s native / Chromium / raw |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in data["cells"]:
         n, ch, r = (c.get(p, {}) for p in PATHS)
@@ -352,7 +356,8 @@ def table(data: dict[str, Any]) -> str:
             f"| {mb} | {fmt(ratio(n, r, 'bulk_mb_s'), '.2f')} / "
             f"{fmt(ratio(ch, r, 'bulk_mb_s'), '.2f')} "
             f"| {' / '.join(fmt(x.get('p50_ms'), '.1f') for x in (n, ch, r))} "
-            f"| {' / '.join(fmt(x.get('p99_ms'), '.0f') for x in (n, ch, r))} |")
+            f"| {' / '.join(fmt(x.get('p99_ms'), '.0f') for x in (n, ch, r))} "
+            f"| {' / '.join(over(x) for x in (n, ch, r))} |")
     return "\n".join(lines)
 
 
