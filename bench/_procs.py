@@ -388,15 +388,15 @@ def rawpeer_as_daemon(role: str) -> None:
 def transport_rawpeer(role: str, backend: str) -> None:
     """One peer of the "get" protocol above on peerproxyd's own transport
     (peerproxyd.rtc.transport, `backend` "aiortc" or "native"), made as bench/_dcpeer.py makes
-    it: configure_ice, the device certificate on the answerer, the product's channel label."""
+    it: configure_ice, the device identity on the answerer, the product's channel label."""
     import logging
 
     from peerproxyd.config import IceSettings
-    from peerproxyd.rtc.aiortc_setup import configure_ice
+    from peerproxyd.rtc.transport import configure_ice
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     ice = IceSettings(host_addresses=["127.0.0.1"], mdns=False)
-    configure_ice(ice)
+    configure_ice(ice, backend)  # type: ignore[arg-type]
     main = _transport_peer(role, backend, ice)
     try:
         import uvloop
@@ -409,14 +409,12 @@ def transport_rawpeer(role: str, backend: str) -> None:
 async def _transport_peer(role: str, backend: str, ice: Any) -> None:
     import contextlib
 
-    from peerproxyd.rtc.aiortc_setup import CHANNEL_LABEL
-    from peerproxyd.rtc.patches.aiortc_certificate import device_certificate
-    from peerproxyd.rtc.transport import new_transport
+    from peerproxyd.rtc.transport import CHANNEL_LABEL, device_identity, new_transport
     from peerproxyd.trust.identity import Identity
 
     reader = await _stdin_reader()
-    context = (device_certificate(Identity.generate()) if role == "answer"
-               else contextlib.nullcontext())
+    context = (device_identity(Identity.generate(), backend)  # type: ignore[arg-type]
+               if role == "answer" else contextlib.nullcontext())
     with context:
         transport = new_transport(ice, backend=backend)  # type: ignore[arg-type]
         try:
