@@ -32,17 +32,16 @@ const httpCache = new PeerproxyHttpCache.HttpCache(); // the app's files (http-c
 // The client's own files and the manager page (top-level documents) never need this worker:
 // with these routes the browser fetches them without starting it or dispatching a fetch event
 // (the Static Routing API, Chromium 123+; elsewhere the fetch handler lets them through).
-const NETWORK_ROUTES = [
-  { condition: { urlPattern: new URLPattern({ pathname: `${PREFIX}*` }) }, source: "network" },
-  { condition: { requestMode: "navigate", requestDestination: "document" }, source: "network" },
-];
-
 self.addEventListener("install", (event) => {
   self.skipWaiting();
-  if (!event.addRoutes) return;
+  if (!event.addRoutes || typeof URLPattern !== "function") return;
+  const routes = [
+    { condition: { urlPattern: new URLPattern({ pathname: `${PREFIX}*` }) }, source: "network" },
+    { condition: { requestMode: "navigate", requestDestination: "document" }, source: "network" },
+  ];
   event.waitUntil(
-    event.addRoutes(NETWORK_ROUTES)
-      .catch(() => event.addRoutes(NETWORK_ROUTES.slice(0, 1))) // no destination condition
+    event.addRoutes(routes)
+      .catch(() => event.addRoutes(routes.slice(0, 1))) // no destination condition
       .catch((exc) => console.warn("peerproxy: no static routes:", exc)),
   );
 });
