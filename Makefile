@@ -95,12 +95,13 @@ test-image: install
 	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(APT_PACKAGES) $(IMAGE_APT_PACKAGES)"
 	PEERPROXYD_TEST_IMAGE=1 $(BIN)/pytest -q -s tests/test_pi_boot.py
 
-bench: install
+bench: install apps-deps
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/browser.py --quick   # root: ip netns
 	$(BIN)/python bench/memory.py   # children on $(VENV_NATIVE) when it has libdatachannel: both backends
 	$(BIN)/python bench/concurrency.py --quick
 	$(BIN)/python bench/loss.py --quick   # root: ip netns
+	$(BIN)/python bench/apps.py --runs 2   # root: ip netns; the apps of `make apps-deps`
 
 # Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
 # 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/
