@@ -582,10 +582,12 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def growth(series: list[dict[str, Any]], key: str, start_s: float) -> dict[str, Any]:
-    """Memory of `key` after warm-up: the median of the first three samples from `start_s`,
-    the median of the last three, their ratio, the peak, and the same over the last third."""
-    values = [(p["t_s"], p["processes"][key]["mem_mb"]) for p in series if p["t_s"] >= start_s]
+def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float) -> dict[str, Any]:
+    """Memory of `key` from `start_s` (the end of warm-up) to `end_s` (the end of the load):
+    the median of the first three samples, of the last three, their ratio, the peak, and the
+    same ratio over the last third of that span."""
+    values = [(p["t_s"], p["processes"][key]["mem_mb"]) for p in series
+              if start_s <= p["t_s"] <= end_s]
     if len(values) < 6:
         return {}
     first = statistics.median(v for _, v in values[:3])
@@ -611,7 +613,8 @@ def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dic
                  "machine": args.machine_info, "partial": partial, "logs": str(log_dir.relative_to(ROOT))},
         "totals": {k: series[-1][k] for k in ("requests", "failures", "bytes", "by_kind")}
         if series else {},
-        "memory_growth_after_warmup": {n: growth(series, n, warmup_s) for n in names
+        "memory_growth_after_warmup": {n: growth(series, n, warmup_s, args.minutes * 60 + 1)
+                                       for n in names
                                        if n not in ("load-generators",)},
         "errors": errors[:200],
         "series": series,
@@ -631,7 +634,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     t = [p["t_s"] / 60 for p in series]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     ax = axes[0][0]
-    rate = [0.0] + [(b["requests"] - a["requests"]) / (b["t_s"] - a["t_s"])
+    rate = [series[0]["requests"] / series[0]["t_s"]] + [(b["requests"] - a["requests"]) / (b["t_s"] - a["t_s"])
                     for a, b in zip(series, series[1:])]
     ax.plot(t, rate, label="requests/s")
     ax.plot(t, [p["failures"] for p in series], color="tab:red", label="failures (cumulative)")

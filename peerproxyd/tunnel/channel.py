@@ -357,8 +357,10 @@ class ChannelLink:
         anything in each period is waited for, even if the channel never gets back below
         LOW_WATER (other writers, WINDOWs and heads refill it: its level proves nothing)."""
         waited = False
-        acknowledged = self.acknowledged()
+        acknowledged = 0
         while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
+            if not waited:  # unsent() walks aiortc's SCTP queues: only when waiting
+                acknowledged = self.acknowledged()
             waited = True
             self._low.clear()
             try:
