@@ -518,7 +518,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         began = time.time()
         hard_end = end_at + REQUEST_TIMEOUT + 60
         while True:
-            time.sleep(max(0.0, args.interval - time.time() % args.interval))
+            # 2 s after each driver's report (they report at multiples of the interval)
+            time.sleep(args.interval - (time.time() - 2) % args.interval)
             now = time.time()
             latencies: dict[str, list[float]] = {"native": [], "browser": []}
             for name, path in drivers.items():
@@ -624,6 +625,44 @@ def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dic
     return result
 
 
+def summary(result: dict[str, Any]) -> str:
+    """The figures of a run as the markdown table of docs/reliability.md "Soak"."""
+    meta, series = result["meta"], result["series"]
+    load = [p for p in series if p["t_s"] <= meta["minutes"] * 60 + 1 and p["interval_requests"]]
+
+    def span(values: list[float], unit: str, digits: int = 1) -> str:
+        unit = f" {unit}" if unit else ""
+        return (f"{min(values):.{digits}f}–{max(values):.{digits}f}{unit} "
+                f"(median {statistics.median(values):.{digits}f})")
+
+    def lat(who: str, q: str) -> str:
+        return span([p["latency"][who][q] for p in load if p["latency"][who][q] is not None], "s")
+
+    totals = result["totals"]
+    seconds = load[-1]["t_s"] if load else 1
+    kinds = " / ".join(f"{totals['by_kind'][k]:,}" for k in ("get", "post", "ws", "long"))
+    lines = ["| figure | value |", "|---|---|",
+             f"| requests (GET / POST / WebSocket sessions / long streams) | "
+             f"{totals['requests']:,} ({kinds}), "
+             f"{totals['bytes'] / 1e9:.2f} GB of bodies, ~{totals['requests'] / seconds:.0f} requests/s |",
+             f"| failures | {totals['failures']} |",
+             f"| open streams during the load | {span([p['open_streams'] for p in load], '', 0)} |"]
+    for who in ("native", "browser"):
+        lines.append(f"| {who} GET/POST latency per interval, p50 | {lat(who, 'p50_s')} |")
+        lines.append(f"| {who} GET/POST latency per interval, p99 | {lat(who, 'p99_s')} |")
+    for name in load[0]["processes"] if load else []:
+        if name in ("signal", "load-generators"):
+            continue
+        cpu = [p["processes"][name]["cpu_cores"] for p in load]
+        g = result["memory_growth_after_warmup"].get(name) or {}
+        mem = (f"{g['at_start_mb']:.0f} → {g['at_end_mb']:.0f} MB ({g['growth_pct']:+.1f} %; "
+               f"last third {g['last_third_growth_pct']:+.1f} %), peak {g['peak_mb']:.0f} MB"
+               if g else "-")
+        lines.append(f"| {name}: memory after warm-up; CPU | {mem}; {span(cpu, 'cores', 2)} |")
+    lines.append(f"| load average (1 min, 2 cores) | {span([p['loadavg_1m'] for p in load], '')} |")
+    return "\n".join(lines)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -682,7 +721,7 @@ def main() -> None:
     drv.add_argument("--seed", type=int, default=0)
     drv.add_argument("--report-to", type=Path, required=True)
     drv.add_argument("--interval", type=float, default=30.0)
-    ren = sub.add_parser("render")
+    ren = sub.add_parser("render", help="redo bench/soak.png and the table from a results file")
     ren.add_argument("json", type=Path)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between figures")
@@ -702,7 +741,9 @@ def main() -> None:
                           args.interval))
         return
     if args.role == "render":
-        plot(json.loads(args.json.read_text()), BENCH / "soak.png")
+        result = json.loads(args.json.read_text())
+        plot(result, BENCH / "soak.png")
+        print(summary(result))
         return
     from tests.browser.harness import unavailable_reason
 
@@ -714,7 +755,7 @@ def main() -> None:
     result = run(args)
     if not args.no_plot:
         plot(result, BENCH / "soak.png")
-    print(json.dumps({k: result[k] for k in ("totals", "memory_growth_after_warmup")}, indent=1))
+    print(summary(result))
     print(f"wrote bench/results/soak-{result['meta']['date']}.json"
           + ("" if args.no_plot else " and bench/soak.png"))
 
