@@ -21,8 +21,8 @@ without an answer) is a failure.
 
 Every INTERVAL seconds: requests done and failed, p50/p99 latency of GETs and POSTs (first
 byte sent -> whole body checked), open streams (requests in flight), RSS and CPU of the
-daemon, the native clients and Chromium (PSS summed over each browser's processes), and the
-load average. Writes bench/results/soak-<date>.json and bench/soak.png. Needs root (ip netns).
+daemon, the native clients and Chromium (PSS summed over each browser's processes), each
+page's JS heap (CDP Runtime.getHeapUsage), and the load average. Writes bench/results/soak-<date>.json and bench/soak.png. Needs root (ip netns).
 
     python bench/soak.py --minutes 30          # make soak (SOAK_MINUTES=30)
     python bench/soak.py --minutes 3 --interval 15
@@ -537,6 +537,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception as error:  # a tab that is gone counts as failures below
                     errors.append({"t": now - began, "viewer": name, "error": f"agent: {error}"})
                     continue
+                try:  # the page's JS heap (the app frame shares its process and isolate)
+                    heap = agent.request("cdp", commands=[["Runtime.getHeapUsage", {}]])
+                    record["js_heap_mb"] = heap["usedSize"] / MIB
+                except Exception:
+                    record["js_heap_mb"] = None
                 latencies["browser"] += record["latencies"]
                 errors += [{"t": now - began, "viewer": name, "error": e} for e in record["errors"]]
                 latest[name] = record
@@ -555,7 +560,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "processes": {g.name: g.sample() for g in groups},
                 "loadavg_1m": os.getloadavg()[0],
                 "viewers": {n: {"requests": sum(r["done"].values()), "failed": r["failed"],
-                                "inflight": r["inflight"]} for n, r in latest.items()},
+                                "inflight": r["inflight"], "js_heap_mb": r.get("js_heap_mb")}
+                            for n, r in latest.items()},
             }
             series.append(point)
             lat = point["latency"]["all"]
