@@ -28,7 +28,7 @@ NATIVE_MARKER := python_version >= "3.12" and (platform_machine == "x86_64" or p
 # (idempotent); `make test-apps` runs them, then tests/apps/ (docs/apps.md).
 APPS_SETUP := $(sort $(wildcard tests/apps/setup_*.sh))
 
-.PHONY: run test test-native test-apps test-containers test-image apps-deps install system-deps bench fuzz lock clean
+.PHONY: run test test-native test-apps test-containers test-image apps-deps install system-deps bench soak fuzz lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ bench: install apps-deps
 	$(BIN)/python bench/concurrency.py --quick
 	$(BIN)/python bench/loss.py --quick   # root: ip netns
 	$(BIN)/python bench/apps.py --runs 2   # root: ip netns; the apps of `make apps-deps`
+
+# 3 native clients and 2 Chromium tabs x 100 concurrent streams for SOAK_MINUTES, every body
+# sha256-checked (bench/soak.py, docs/reliability.md "Soak"); root: ip netns.
+SOAK_MINUTES ?= 30
+soak: install system-deps
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 # Longer fuzzing than `make test` does (docs/reliability.md): the hypothesis targets with
 # 100,000 cases each, then each atheris harness for FUZZ_SECONDS. New inputs go to .fuzz/<target>/

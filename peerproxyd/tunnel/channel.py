@@ -10,10 +10,15 @@ goes out together, packed: a response head, its small body and FINAL become one 
 (and one SCTP packet). Every write step yields to the loop, so that outbox stays small.
 
 Slow-reader protection: a peer that never grants window or never reads the channel cannot make
-this side buffer without bound. A writer waits for window at most `stall_timeout` seconds,
-then its stream is reset (CANCEL); a channel above HIGH_WATER that drains nothing for
-`stall_timeout`, or whose queue passes `max_buffered` bytes (messages that need no window: response heads,
-RESETs, heartbeat answers), is closed with the whole peer.
+this side buffer without bound. Both waits judge progress, not levels: an overloaded peer that
+acknowledges a little in each period is waited for, however full the channel stays.
+
+- A writer waits for window at most `stall_timeout` seconds once the peer has acknowledged
+  everything sent before the wait (while the channel still delivers those bytes, the peer may
+  not have seen them yet); then its stream is reset (CANCEL, "stalled: no window").
+- A channel above HIGH_WATER of which the peer acknowledges nothing for `stall_timeout`, or
+  whose queue passes `max_buffered` bytes (messages that need no window: response heads,
+  RESETs, heartbeat answers), is closed with the whole peer ("peer is not reading").
 """
 
 from __future__ import annotations
@@ -150,10 +155,7 @@ class ChannelStream:
                 raise self._error
             window = self._link.conn.send_window(self.id)
             if view and window == 0:
-                self._writable.clear()
-                try:
-                    await asyncio.wait_for(self._writable.wait(), self._link.stall_timeout)
-                except TimeoutError:
+                if not await self._wait_for_window():
                     reason = f"stalled: no window for {self._link.stall_timeout:g} s"
                     logger.warning("%s: stream %d %s", self._link.name, self.id, reason)
                     self._link.on_error("stalled")
@@ -170,6 +172,24 @@ class ChannelStream:
                 end = False
             if not await self._link.drain():
                 await asyncio.sleep(0)
+
+    async def _wait_for_window(self) -> bool:
+        """Wait for WINDOW (or a failure); False once the peer has had every byte sent before
+        the wait for `stall_timeout` seconds and granted none. While the channel is still
+        delivering those bytes (the peer acknowledges more in each period), the clock waits."""
+        link = self._link
+        sent_before = link.sent
+        acknowledged = link.acknowledged()
+        self._writable.clear()
+        while True:
+            try:
+                await asyncio.wait_for(self._writable.wait(), link.stall_timeout)
+                return True
+            except TimeoutError:
+                now = link.acknowledged()
+                if now >= sent_before or now <= acknowledged:
+                    return False
+                acknowledged = now
 
     async def end(self) -> None:
         await self.write(b"", end=True)
@@ -222,6 +242,8 @@ class ChannelLink:
         self._heartbeat_sent: dict[int, float] = {}
         self._send_soon: asyncio.Handle | None = None
         self.dropped = 0
+        self.sent = 0
+        """Bytes handed to the channel so far (see acknowledged())."""
         channel.bufferedAmountLowThreshold = LOW_WATER
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._low.set)
@@ -312,6 +334,7 @@ class ChannelLink:
             return
         for message in self.conn.data_to_send():
             self.channel.send(message)
+            self.sent += len(message)
         if self.channel.bufferedAmount > self.max_buffered and not self._closed.is_set():
             self.abort(f"peer is not reading: {self.channel.bufferedAmount} bytes queued")
 
@@ -323,24 +346,33 @@ class ChannelLink:
         chunks = [*getattr(sctp, "_outbound_queue", ()), *getattr(sctp, "_sent_queue", ())]
         return self.channel.bufferedAmount + sum(len(getattr(c, "user_data", b"")) for c in chunks)
 
+    def acknowledged(self) -> int:
+        """Bytes sent on this channel that are no longer unsent(): the peer's progress (it
+        only grows while the peer reads, whatever is queued meanwhile)."""
+        return self.sent - self.unsent()
+
     async def drain(self) -> bool:
         """Wait while the channel holds more than HIGH_WATER bytes unsent; True if it waited.
-        A channel that does not drain at all for `stall_timeout` closes the peer (a slow
-        peer that drains a little in each period is waited for)."""
+        A peer that acknowledges nothing for `stall_timeout` is closed; one that acknowledges
+        anything in each period is waited for, even if the channel never gets back below
+        LOW_WATER (other writers, WINDOWs and heads refill it: its level proves nothing)."""
         waited = False
-        last = self.channel.bufferedAmount
+        acknowledged = 0
         while self.channel.bufferedAmount > HIGH_WATER and not self._closed.is_set():
+            if not waited:  # unsent() walks aiortc's SCTP queues: only when waiting
+                acknowledged = self.acknowledged()
             waited = True
             self._low.clear()
             try:
                 async with asyncio.timeout(self.stall_timeout):
                     await _first(self._low.wait(), self._closed.wait())
             except TimeoutError:
-                now = self.channel.bufferedAmount
-                if now >= last:
-                    self.abort(f"peer is not reading: channel not drained for "
-                               f"{self.stall_timeout:g} s")
-                last = now
+                now = self.acknowledged()
+                if now <= acknowledged:
+                    self.abort(f"peer is not reading: nothing acknowledged for "
+                               f"{self.stall_timeout:g} s ({self.channel.bufferedAmount} bytes "
+                               "queued)")
+                acknowledged = now
         if self._closed.is_set():
             raise PeerGoneError(f"{self.name}: data channel closed")
         return waited
