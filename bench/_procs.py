@@ -274,53 +274,66 @@ async def _offerer() -> None:
         await pc.close()
 
 
-async def _answerer(burst: bool) -> None:
-    from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+class _GetServer:
+    """The answerer's half of "get": each request (a size, as digits) is answered with that
+    many bytes in MESSAGE-size messages, pausing while bufferedAmount is above HIGH_WATER until
+    "bufferedamountlow" (LOW_WATER), as peerproxyd's ChannelLink does."""
 
-    reader = await _stdin_reader()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    requests: asyncio.Queue[int] = asyncio.Queue()
-    block = os.urandom(MESSAGE)
-    low = asyncio.Event()
-    channels: list[RTCDataChannel] = []
+    def __init__(self, *, burst: bool) -> None:
+        self.requests: asyncio.Queue[int] = asyncio.Queue()
+        self.block = os.urandom(MESSAGE)
+        self.low = asyncio.Event()
+        self.channels: list[Any] = []
+        self.burst = burst
 
-    def on_datachannel(channel: RTCDataChannel) -> None:
+    def on_channel(self, channel: Any) -> None:
         channel.bufferedAmountLowThreshold = LOW_WATER
-        channel.on("bufferedamountlow", low.set)
-        channel.on("message", lambda m: requests.put_nowait(int(m)))
-        channels.append(channel)
+        channel.on("bufferedamountlow", self.low.set)
+        channel.on("message", lambda m: self.requests.put_nowait(int(m)))
+        self.channels.append(channel)
 
-    pc.on("datachannel", on_datachannel)
-
-    async def serve() -> None:
+    async def serve(self) -> None:
         while True:
-            remaining = await requests.get()
-            channel = channels[0]
+            remaining = await self.requests.get()
+            channel = self.channels[0]
             while remaining > 0:
                 if channel.bufferedAmount > HIGH_WATER:
-                    low.clear()
-                    await asyncio.wait_for(low.wait(), 60)
+                    self.low.clear()
+                    await asyncio.wait_for(self.low.wait(), 60)
                 n = min(MESSAGE, remaining)
-                channel.send(block if n == MESSAGE else block[:n])
+                channel.send(self.block if n == MESSAGE else self.block[:n])
                 remaining -= n
                 # Let aiortc hand the message to SCTP before queueing the next: a sender that
                 # queues up to HIGH_WATER in one go keeps ~2x more chunks in flight, and
                 # aiortc's per-SACK work grows with that (RTCSctpTransport._transmit walks
                 # the whole sent queue): ~40 % less throughput on loopback. See README.md.
-                if not burst:
+                if not self.burst:
                     await asyncio.sleep(0)
 
+    async def run_until_quit(self, reader: asyncio.StreamReader) -> None:
+        server = asyncio.create_task(self.serve())
+        try:
+            while (await _read_json(reader)).get("cmd") != "quit":
+                pass
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+
+async def _answerer(burst: bool) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    reader = await _stdin_reader()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    gets = _GetServer(burst=burst)
+    pc.on("datachannel", gets.on_channel)
     offer = await asyncio.wait_for(_read_json(reader), 20)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
     await pc.setLocalDescription(await pc.createAnswer())
     _emit({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
-    server = asyncio.create_task(serve())
     try:
-        while (await _read_json(reader)).get("cmd") != "quit":
-            pass
+        await gets.run_until_quit(reader)
     finally:
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
         await pc.close()
 
 
@@ -470,41 +483,11 @@ async def _transport_offerer(transport: Any, reader: asyncio.StreamReader, label
 
 async def _transport_answerer(transport: Any, reader: asyncio.StreamReader) -> None:
     """As `_answerer` (a yield after each message), on a peerproxyd transport's channel."""
-    requests: asyncio.Queue[int] = asyncio.Queue()
-    block = os.urandom(MESSAGE)
-    low = asyncio.Event()
-    channels: list[Any] = []
-
-    def on_channel(channel: Any) -> None:
-        channel.bufferedAmountLowThreshold = LOW_WATER
-        channel.on("bufferedamountlow", low.set)
-        channel.on("message", lambda m: requests.put_nowait(int(m)))
-        channels.append(channel)
-
-    transport.on_channel(on_channel)
-
-    async def serve() -> None:
-        while True:
-            remaining = await requests.get()
-            channel = channels[0]
-            while remaining > 0:
-                if channel.bufferedAmount > HIGH_WATER:
-                    low.clear()
-                    await asyncio.wait_for(low.wait(), 60)
-                n = min(MESSAGE, remaining)
-                channel.send(block if n == MESSAGE else block[:n])
-                remaining -= n
-                await asyncio.sleep(0)
-
+    gets = _GetServer(burst=False)
+    transport.on_channel(gets.on_channel)
     offer = await asyncio.wait_for(_read_json(reader), 20)
     _emit({"sdp": await transport.answer(offer["sdp"]), "type": "answer"})
-    server = asyncio.create_task(serve())
-    try:
-        while (await _read_json(reader)).get("cmd") != "quit":
-            pass
-    finally:
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
+    await gets.run_until_quit(reader)
 
 
 if __name__ == "__main__":

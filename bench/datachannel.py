@@ -58,7 +58,7 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench._measure import cpu_seconds, machine, machine_busy, progress  # noqa: E402
+from bench._measure import cpu_seconds, descendants, machine, machine_busy, progress  # noqa: E402
 from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,25 +141,6 @@ window.bench = {
   async result(name) { return await this.peers[name].result; },
 };
 """ % {"low": LOW_WATER, "high": HIGH_WATER, "message": 16 * 1024}
-
-
-# ----------------------------------------------------------------------------- /proc
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 # ----------------------------------------------------------------------------- processes
@@ -318,7 +299,7 @@ class Pair:
     def client_pids(self) -> list[int]:
         if self.client is not None:
             return [self.client.pid]
-        return tree(self.world.agent.chromium_pid)
+        return descendants(self.world.agent.chromium_pid)
 
     def transfer(self, direction: str, total: int) -> dict[str, Any]:
         """Move `total` bytes one way; time and CPU of both ends."""

@@ -33,7 +33,6 @@ plot and prints the README table from the JSON. Needs root (ip netns):
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

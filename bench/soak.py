@@ -36,7 +36,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -49,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Not bench/ itself on the path: its signal.py would shadow the standard library's.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench._measure import descendants  # noqa: E402
 
 BENCH = ROOT / "bench"
 KIB, MIB = 1024, 1024 * 1024
@@ -351,24 +352,6 @@ def _pss_kib(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
 
 
 class Group:
