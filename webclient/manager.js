@@ -474,25 +474,11 @@ async function run() {
   state.signIn = signIn;
   startWebSocketBridge(relay);
   startDownloadNotices();
-  // What does not need the credential (IndexedDB) starts beside it: the worker, the ICE
-  // config, then the signaling connection. On a reload each is a round trip or more.
-  const workerStarted = startWorker(relay, signIn);
-  workerStarted.catch(() => {}); // awaited below
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const early = iceConfig().then((config) => {
-    mark("config");
-    const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
-    signaling.ready().catch(() => {}); // connectOnce waits for it again (and retries)
-    return { config, signaling };
-  });
-  const dropSignaling = () => early.then(({ signaling }) => signaling.close());
-
   let credential;
   try {
     credential = await loadCredential(linkHref, target);
     mark("credential");
   } catch (exc) {
-    dropSignaling();
     if (!(exc instanceof NoCredential)) {
       setPhase("failed", "This browser cannot run the viewer.", exc.message);
       return;
@@ -500,18 +486,19 @@ async function run() {
     showNoCredential(exc, target);
     return;
   }
-  if (!credential) {
-    dropSignaling();
-    return; // reloading without the link's fragment (access.js)
-  }
+  if (!credential) return; // reloading without the link's fragment (access.js)
+  // Only now: a first visit reloads itself without the link (access.js), and a worker that
+  // activated in between would claim no page (the manager found without a controller).
   try {
-    await workerStarted;
+    await startWorker(relay, signIn);
   } catch (exc) {
-    dropSignaling();
     setPhase("failed", "This browser cannot run the viewer.", exc.message);
     return;
   }
-  const { config, signaling } = await early;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const config = await iceConfig();
+  mark("config");
+  const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
   let frame = null;
   let delay = BACKOFF_MIN;
   // Refused for good (or an impostor answered): stop connecting, take the app away, say why.
