@@ -134,7 +134,7 @@ function setPhase(phase, message = "", detail = "") {
 
 // ----- service worker
 
-/** A User Timing mark of the connection's progress ("peerproxy:<what>"; bench/apps.py reads them). */
+/** A User Timing mark of the connection's progress ("peerproxy:<what>"; bench/reload.py reads them). */
 function mark(what) {
   performance.mark(`peerproxy:${what}`);
 }
@@ -454,6 +454,20 @@ async function run() {
   ui.heading.textContent = state.label;
   document.title = state.label;
 
+  let credential;
+  try {
+    credential = await loadCredential(linkHref, target);
+    mark("credential");
+  } catch (exc) {
+    if (!(exc instanceof NoCredential)) {
+      setPhase("failed", "This browser cannot run the viewer.", exc.message);
+      return;
+    }
+    showNoCredential(exc, target);
+    return;
+  }
+  if (!credential) return; // reloading without the link's fragment (access.js)
+
   const relay = new Relay(target.service, {
     describeOutage: () => `not connected to ${target.device}: ${state.lastError || state.phase}`,
     onResponse: (info) => {
@@ -474,21 +488,8 @@ async function run() {
   state.signIn = signIn;
   startWebSocketBridge(relay);
   startDownloadNotices();
-  let credential;
-  try {
-    credential = await loadCredential(linkHref, target);
-    mark("credential");
-  } catch (exc) {
-    if (!(exc instanceof NoCredential)) {
-      setPhase("failed", "This browser cannot run the viewer.", exc.message);
-      return;
-    }
-    showNoCredential(exc, target);
-    return;
-  }
-  if (!credential) return; // reloading without the link's fragment (access.js)
-  // Only now: a first visit reloads itself without the link (access.js), and a worker that
-  // activated in between would claim no page (the manager found without a controller).
+  // Not before the credential: a first visit reloads itself without the link (access.js), and
+  // a worker that activated in between would claim no page (no controller).
   try {
     await startWorker(relay, signIn);
   } catch (exc) {
