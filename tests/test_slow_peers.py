@@ -21,7 +21,7 @@ from aiortc.rtcsctptransport import DataChunk
 from peerproxyd.config import ServiceSettings
 from peerproxyd.device.router import Router, new_upstream_session
 from peerproxyd.protocol import MAX_PAYLOAD, RequestHead
-from peerproxyd.tunnel.channel import HIGH_WATER, ChannelStream
+from peerproxyd.tunnel.channel import HIGH_WATER, LOW_WATER, ChannelStream
 from tests.support.peer_pair import PeerPair
 from tests.support.upstream_app import build_app, pattern
 
@@ -71,14 +71,18 @@ async def test_a_slow_but_draining_peer_is_not_closed(router: Router) -> None:
     """A viewer that reads ~200 KB/s while it keeps asking for more: every new response puts
     a head and a first body message on the channel, so the serving side's queue stays above
     HIGH_WATER (it never gets back to LOW_WATER) for 4x stall_timeout. The peer acknowledges
-    bytes in every period: it is waited for, and every body arrives intact."""
+    bytes in every period: it is waited for, and every body arrives intact.
+
+    The level is sampled, not held: a sample may dip just under HIGH_WATER (a busy machine
+    reads between two refills), so most samples above HIGH_WATER and none back at LOW_WATER
+    is the precondition."""
     async with PeerPair(router, stall_timeout=STALL) as pair:
         assert pair.server is not None
         undo = throttle_viewer(pair, 0.006)
         big = pair.viewer.open_stream(download(2 * HIGH_WATER), end_stream=True)
         big_body = asyncio.create_task(fetch(big))
         small: list[asyncio.Task[bytes]] = []
-        lowest = None
+        levels: list[int] = []
         loop = asyncio.get_running_loop()
         began = loop.time()
         while loop.time() - began < 4 * STALL:
@@ -86,11 +90,11 @@ async def test_a_slow_but_draining_peer_is_not_closed(router: Router) -> None:
                 download(2 * MAX_PAYLOAD), end_stream=True))))
             await asyncio.sleep(0.05)  # 80 streams in all: below max_streams (128)
             if loop.time() - began > STALL / 2:  # once the queue has filled up
-                level = pair.server.channel.bufferedAmount
-                lowest = level if lowest is None else min(lowest, level)
+                levels.append(pair.server.channel.bufferedAmount)
             assert not pair.server.is_closed, "a reading peer was closed"
         # The queue never drained back down: the old level-based check closed this peer.
-        assert lowest is not None and lowest > HIGH_WATER, lowest
+        assert levels and min(levels) > LOW_WATER, levels
+        assert sum(level > HIGH_WATER for level in levels) >= 0.8 * len(levels), levels
         undo()
         assert await big_body == pattern(2 * HIGH_WATER)
         assert [await t for t in small] == [pattern(2 * MAX_PAYLOAD)] * len(small)
