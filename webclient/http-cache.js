@@ -24,6 +24,7 @@
   const CACHE_NAME = "peerproxy-http-1";
   const MAX_BODY = 8 * 1024 * 1024; // bytes of one stored body (decoded)
   const MAX_ENTRIES = 1000; // the oldest stored are dropped beyond this
+  const TRIM_EVERY = 50; // stores between two trims (listing the keys costs one object each)
   const STORED_AT = "x-peerproxy-stored-at"; // ms since the epoch, on the stored copy
   const CONDITIONAL = ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"];
   const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -144,6 +145,7 @@
     constructor(storage = root.caches) {
       this.storage = storage;
       this.opened = null;
+      this.stored = 0;
     }
 
     _cache() {
@@ -168,6 +170,13 @@
         await cache.delete(url); // too large, or the body broke: nothing half-stored
         return;
       }
+      // The first store of this worker's life, then every TRIM_EVERY-th: at most
+      // MAX_ENTRIES + TRIM_EVERY entries, however often the worker is restarted.
+      if (this.stored++ % TRIM_EVERY === 0) await this.trim(cache);
+    }
+
+    /** Drop the oldest entries beyond MAX_ENTRIES (keys() lists them oldest first). */
+    async trim(cache) {
       const keys = await cache.keys();
       for (const old of keys.slice(0, Math.max(0, keys.length - MAX_ENTRIES))) await cache.delete(old);
     }
@@ -189,6 +198,6 @@
 
   root.PeerproxyHttpCache = {
     HttpCache, mode, storable, fresh, conditions, updated, directives, forApp,
-    UNSAFE, MAX_BODY, STORED_AT,
+    UNSAFE, MAX_BODY, STORED_AT, MAX_ENTRIES, TRIM_EVERY,
   };
 })(typeof self !== "undefined" ? self : globalThis);

@@ -90,3 +90,41 @@ test("Cache-Control directives: names case-insensitive, quoted values unquoted",
   assert.equal(d.has("private"), true);
   assert.equal(directives(null).size, 0);
 });
+
+/** Cache Storage as the worker sees it, kept in a Map (keys in insertion order, like Cache). */
+class MapCaches {
+  constructor() {
+    this.entries = new Map();
+    this.listed = 0;
+    const entries = this.entries;
+    const self = this;
+    this.cache = {
+      async put(url, response) { entries.delete(url); entries.set(url, await response.arrayBuffer()); },
+      async delete(url) { return entries.delete(url); },
+      async keys() { self.listed += 1; return [...entries.keys()]; },
+      async match(url) { return entries.has(url) ? new Response(entries.get(url)) : undefined; },
+    };
+  }
+  async open() { return this.cache; }
+}
+
+test("the cache keeps at most MAX_ENTRIES + TRIM_EVERY entries and lists its keys once per TRIM_EVERY stores", async () => {
+  const { HttpCache, MAX_ENTRIES, TRIM_EVERY } = globalThis.PeerproxyHttpCache;
+  const caches = new MapCaches();
+  const body = () => new Response("x").body;
+  let cache = new HttpCache(caches);
+  let largest = 0;
+  const stores = MAX_ENTRIES + 3 * TRIM_EVERY;
+  for (let i = 0; i < stores; i++) {
+    await cache.store(`${URL_}?${i}`, 200, headers({ etag: '"v"' }), body());
+    largest = Math.max(largest, caches.entries.size);
+  }
+  assert.ok(largest <= MAX_ENTRIES + TRIM_EVERY, `${largest} entries`);
+  assert.equal(caches.listed, Math.ceil(stores / TRIM_EVERY));
+  assert.ok(await cache.lookup(`${URL_}?${stores - 1}`), "the newest stay");
+  assert.equal(await cache.lookup(`${URL_}?0`), null, "the oldest go");
+  // A restarted worker (a new HttpCache) trims on its first store.
+  cache = new HttpCache(caches);
+  await cache.store(`${URL_}?new`, 200, headers({ etag: '"v"' }), body());
+  assert.equal(caches.entries.size, MAX_ENTRIES);
+});
