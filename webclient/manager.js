@@ -454,20 +454,6 @@ async function run() {
   ui.heading.textContent = state.label;
   document.title = state.label;
 
-  let credential;
-  try {
-    credential = await loadCredential(linkHref, target);
-    mark("credential");
-  } catch (exc) {
-    if (!(exc instanceof NoCredential)) {
-      setPhase("failed", "This browser cannot run the viewer.", exc.message);
-      return;
-    }
-    showNoCredential(exc, target);
-    return;
-  }
-  if (!credential) return; // reloading without the link's fragment (access.js)
-
   const relay = new Relay(target.service, {
     describeOutage: () => `not connected to ${target.device}: ${state.lastError || state.phase}`,
     onResponse: (info) => {
@@ -486,20 +472,47 @@ async function run() {
     onLate: () => $("app")?.contentWindow?.location.reload(),
   });
   state.signIn = signIn;
+
+  // A page loaded without the link (a first visit reloads itself without it, access.js)
+  // starts config.json and the signaling connection beside the credential (IndexedDB), which
+  // they do not need, and its worker too if the worker controls it already. A first visit's
+  // worker waits for the credential: one that activated while the page reloaded itself would
+  // claim no page (no controller).
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const connectSignaling = () => iceConfig().then((config) => {
+    mark("config");
+    const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
+    signaling.ready().catch(() => {}); // connectOnce waits for it, and says what failed
+    return { config, signaling };
+  });
+  const early = linkHref ? null : connectSignaling();
+  const workerEarly = !linkHref && navigator.serviceWorker?.controller ? startWorker(relay, signIn) : null;
+  workerEarly?.catch(() => {}); // awaited below
+
+  let credential;
+  try {
+    credential = await loadCredential(linkHref, target);
+    mark("credential");
+  } catch (exc) {
+    early?.then(({ signaling }) => signaling.close());
+    if (!(exc instanceof NoCredential)) {
+      setPhase("failed", "This browser cannot run the viewer.", exc.message);
+      return;
+    }
+    showNoCredential(exc, target);
+    return;
+  }
+  if (!credential) return; // reloading without the link's fragment (access.js)
+
   startWebSocketBridge(relay);
   startDownloadNotices();
-  // Not before the credential: a first visit reloads itself without the link (access.js), and
-  // a worker that activated in between would claim no page (no controller).
   try {
-    await startWorker(relay, signIn);
+    await (workerEarly ?? startWorker(relay, signIn));
   } catch (exc) {
     setPhase("failed", "This browser cannot run the viewer.", exc.message);
     return;
   }
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const config = await iceConfig();
-  mark("config");
-  const signaling = new Signaling(config.signalingUrl ?? `${scheme}//${location.host}/ws`);
+  const { config, signaling } = await (early ?? connectSignaling());
   let frame = null;
   let delay = BACKOFF_MIN;
   // Refused for good (or an impostor answered): stop connecting, take the app away, say why.

@@ -29,7 +29,22 @@ const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 const DECODABLE = new Set(["gzip", "deflate"]);
 const httpCache = new PeerproxyHttpCache.HttpCache(); // the app's files (http-cache.js)
 
-self.addEventListener("install", () => self.skipWaiting());
+// The client's own files and the manager page (top-level documents) never need this worker:
+// with these routes the browser fetches them without starting it or dispatching a fetch event
+// (the Static Routing API, Chromium 123+; elsewhere the fetch handler lets them through).
+self.addEventListener("install", (event) => {
+  self.skipWaiting();
+  if (!event.addRoutes || typeof URLPattern !== "function") return;
+  const routes = [
+    { condition: { urlPattern: new URLPattern({ pathname: `${PREFIX}*` }) }, source: "network" },
+    { condition: { requestMode: "navigate", requestDestination: "document" }, source: "network" },
+  ];
+  event.waitUntil(
+    event.addRoutes(routes)
+      .catch(() => event.addRoutes(routes.slice(0, 1))) // no destination condition
+      .catch((exc) => console.warn("peerproxy: no static routes:", exc)),
+  );
+});
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 
 // ----- managers: the pages that own a data channel to this origin's device+service
