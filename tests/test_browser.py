@@ -282,6 +282,21 @@ def test_fresh_files_come_from_the_worker_without_a_request(world: BrowserWorld)
     assert _versioned(world, "b") == ["- 200", '"b-1" 304']
 
 
+def test_a_reload_loads_the_client_without_a_request(world: BrowserWorld) -> None:
+    """The manager page names the client's files by version (signaling/web.py): a reload
+    takes every one from the browser's cache, without even a revalidation, and connects."""
+    world.open("/")
+    world.agent.page.reload()
+    world.wait_phase("connected")
+    loaded = world.agent.page.evaluate(
+        """performance.getEntriesByType('resource')
+             .filter((e) => new URL(e.name).pathname.startsWith('/__peerproxy/'))
+             .map((e) => [new URL(e.name).pathname + new URL(e.name).search, e.transferSize])""")
+    modules = [url for url, _ in loaded if url.split("?")[0].endswith(".js")]
+    assert len(modules) >= 10 and all("?v=" in url for url in modules), loaded
+    assert [entry for entry in loaded if entry[1] != 0] == []
+
+
 def test_event_source_reconnects_with_last_event_id(world: BrowserWorld) -> None:
     """Chromium's reconnection request reaches the worker without its Last-Event-ID: the
     worker adds the id of the stream it passed on (webclient/event-stream.js)."""

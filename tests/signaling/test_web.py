@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from peerproxyd.signaling.server import build_signaling_app
-from peerproxyd.signaling.web import PREFIX, device_service
+from peerproxyd.signaling.web import DEFAULT_WEBCLIENT_DIR, PREFIX, device_service
 
 DEVICE = "abcdefghijklmnopqrstuvwxyz234567"
 DEVICE_HOST = f"{DEVICE}--camera.localhost:8787"
@@ -43,7 +47,7 @@ async def test_manager_page_on_every_path_of_a_device_host(client: TestClient[An
         resp = await client.get(path, headers={"Host": DEVICE_HOST})
         assert resp.status == 200, path
         assert resp.content_type == "text/html"
-        assert '<script type="module" src="/__peerproxy/manager.js">' in await resp.text()
+        assert '<script type="module" src="/__peerproxy/manager.js?v=' in await resp.text()
         assert resp.headers["Cache-Control"] == "no-cache"
         csp = resp.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
@@ -86,6 +90,49 @@ async def test_client_files_with_cache_and_worker_headers(client: TestClient[Any
     assert js.content_type == "text/javascript" and "Service-Worker-Allowed" not in js.headers
     assert (await client.get(PREFIX + "style.css")).content_type == "text/css"
     assert (await client.get(PREFIX + "icon.svg")).content_type == "image/svg+xml"
+
+
+async def test_the_manager_page_names_each_client_file_by_its_version(
+    client: TestClient[Any, Any],
+) -> None:
+    """Every client URL in the page carries its file's content hash, the modules' own imports
+    resolve to the same URLs (the import map, allowed by its hash in the CSP), and the page is
+    revalidated by its ETag."""
+    resp = await client.get("/", headers={"Host": DEVICE_HOST})
+    page = await resp.text()
+    urls = re.findall(r'(?:href|src)="(/__peerproxy/[^"]+)"', page)
+    assert len(urls) >= 10 and all("?v=" in url for url in urls), urls
+    for url in urls:
+        name, version = url.removeprefix(PREFIX).split("?v=")
+        data = (DEFAULT_WEBCLIENT_DIR / name).read_bytes()
+        assert version == hashlib.sha256(data).hexdigest()[:16], url
+    import_map = re.search(r'<script type="importmap">(.*?)</script>', page)
+    assert import_map is not None
+    assert page.index("importmap") < page.index('<script type="module"')
+    imports = json.loads(import_map[1])["imports"]
+    modules = [url for url in urls if url.split("?")[0].endswith(".js")]
+    assert sorted(imports.values()) == sorted(modules)
+    assert all(imports[url.split("?")[0]] == url for url in modules)
+    digest = base64.b64encode(hashlib.sha256(import_map[1].encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in resp.headers["Content-Security-Policy"]
+    again = await client.get("/x", headers={"Host": DEVICE_HOST,
+                                            "If-None-Match": resp.headers["ETag"]})
+    assert again.status == 304 and again.headers["Cache-Control"] == "no-cache"
+
+
+async def test_a_file_asked_for_by_its_version_is_cached_for_good(
+    client: TestClient[Any, Any],
+) -> None:
+    page = await (await client.get("/", headers={"Host": DEVICE_HOST})).text()
+    url = re.search(r'src="(/__peerproxy/manager.js\?v=\w+)"', page)
+    assert url is not None
+    current = await client.get(url[1], headers={"Host": DEVICE_HOST})
+    assert current.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert await current.read() == (DEFAULT_WEBCLIENT_DIR / "manager.js").read_bytes()
+    # Unversioned, or an older page's version: the current file, revalidated.
+    for stale in (PREFIX + "manager.js", PREFIX + "manager.js?v=0123456789abcdef"):
+        resp = await client.get(stale, headers={"Host": DEVICE_HOST})
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "no-cache", stale
 
 
 @pytest.mark.parametrize(
