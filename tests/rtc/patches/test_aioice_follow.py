@@ -8,20 +8,28 @@ opens), so ICE completes on path 1 while the controlled end's check of path 2 is
 retransmitted. Then path 2 opens, the controlling end nominates it (as Chromium does when it
 switches to the direct pair), and path 1 starts dropping: only an end that followed still
 reaches the other.
+
+The last test is the daemon's side (device/peer.py): a real Daemon and aiortc viewer, the
+viewer moves to its other address, the daemon logs the new pair and forwards that address.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aioice
 import aioice.ice
 import pytest
-from aioice.ice import CandidatePair, Connection
+from aioice import Candidate
+from aioice.ice import CandidatePair, Connection, StunProtocol
 
+from peerproxyd.rtc.aiortc_setup import _ice_connection
 from peerproxyd.rtc.patches import aioice_follow
+from tests.trust.test_trust import Stack, Viewer, _stack
 
 PATH_1, PATH_2 = "127.0.0.1", "127.0.0.2"
 
@@ -82,6 +90,16 @@ def pair_on(conn: Connection, host: str) -> CandidatePair | None:
     return pairs[0] if pairs else None
 
 
+def nominate(conn: Connection, protocol: StunProtocol, remote: Candidate) -> None:
+    """What a controlling agent that switches pairs does (Chromium does, aioice does not):
+    check the pair again, with USE-CANDIDATE, and send on it once that succeeds."""
+    pair = conn._find_pair(protocol, remote) or CandidatePair(protocol, remote)
+    if pair not in conn._check_list:  # the unchecked pairs went when ICE completed
+        conn._check_list.append(pair)
+    pair.task = None
+    conn.check_start_task(pair)
+
+
 async def wait_for(condition: Any, timeout: float) -> bool:
     """Poll `condition()` every 20 ms for at most `timeout` seconds."""
     for _ in range(int(timeout / 0.02)):
@@ -118,12 +136,7 @@ async def switch_after_ice(monkeypatch: pytest.MonkeyPatch, *, follows: bool) ->
 
         # The controlling end switches to path 2 and nominates it; path 1 goes quiet.
         path_2.open = True
-        renominated = pair_on(controlling, PATH_2) or CandidatePair(
-            path_2.protocol, controlling.remote_candidates[0])
-        if renominated not in controlling._check_list:  # unchecked pairs go when ICE ends
-            controlling._check_list.append(renominated)
-        renominated.task = None
-        controlling.check_start_task(renominated)  # its checks carry USE-CANDIDATE
+        nominate(controlling, path_2.protocol, controlling.remote_candidates[0])
         assert await wait_for(lambda: selected(controlling) == PATH_2, 5)
         Gate(controlling, PATH_1).open = False
 
@@ -137,13 +150,17 @@ async def switch_after_ice(monkeypatch: pytest.MonkeyPatch, *, follows: bool) ->
         await controlled.close()
 
 
-async def test_why_stock_aioice_keeps_the_first_pair(stock: None, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_why_stock_aioice_keeps_the_first_pair(
+    stock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stock aioice notes the nomination of path 2 but never checks it again: it keeps
     sending on path 1 (fails here once aioice revives cancelled checks itself)."""
     await switch_after_ice(monkeypatch, follows=False)
 
 
-async def test_the_controlled_end_follows_a_later_nomination(patched: None, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_controlled_end_follows_a_later_nomination(
+    patched: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await switch_after_ice(monkeypatch, follows=True)
 
 
@@ -151,3 +168,44 @@ def test_what_the_patch_replaces_is_still_there() -> None:
     """Fails when aioice renames what aioice_follow builds on."""
     assert aioice_follow._ORIGINAL_CHECK_INCOMING.__name__ == "check_incoming"
     assert callable(Connection._find_pair) and callable(Connection.check_start_task)
+
+
+# ----- the daemon notices (device/peer.py)
+
+
+@pytest.fixture
+async def daemon_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A real Daemon and signaling server (tests/trust/test_trust.py), our patches installed."""
+    async for stack in _stack(tmp_path):
+        yield stack
+
+
+async def test_the_daemon_logs_the_new_pair_and_the_viewers_new_address(
+    daemon_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An aiortc viewer (controlling) with host candidates on both paths moves the session to
+    its other address: the daemon follows, logs `now connected via` and forwards the new
+    address (X-Forwarded-For)."""
+    caplog.set_level(logging.INFO, logger="peerproxyd.device.peer")
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [
+        PATH_1, PATH_2])  # after _stack's configure_ice, for the daemon and the viewer
+    token = daemon_stack.share("alice")
+    viewer = Viewer(daemon_stack.signal_url, daemon_stack.daemon.device_id)
+    try:
+        await viewer.open()
+        await viewer.login("alice", token)
+        assert await viewer.get() == (200, b"hello from camera\n")
+        [session] = daemon_stack.daemon.sessions.values()
+        assert await wait_for(lambda: session.viewer_address is not None, 5)
+        first = session.viewer_address
+        ice = _ice_connection(viewer.pc)
+        [other] = [p for p in ice._protocols if p.local_candidate.host != first]
+
+        nominate(ice, other, ice._nominated[1].remote_candidate)
+        assert await wait_for(lambda: session.viewer_address == other.local_candidate.host, 5)
+        [line] = [r.getMessage() for r in caplog.records if "now connected via" in r.getMessage()]
+        assert f"<-> {other.local_candidate.host}:{other.local_candidate.port} [host]" in line
+        assert session.path == "host"
+        assert await viewer.get() == (200, b"hello from camera\n")
+    finally:
+        await viewer.close()
