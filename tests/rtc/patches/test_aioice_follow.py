@@ -29,7 +29,8 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 
 from peerproxyd.rtc.aiortc_setup import _ice_connection
 from peerproxyd.rtc.patches import aioice_follow
-from tests.trust.test_trust import Stack, Viewer, _stack
+from peerproxyd.rtc.transport import choose_backend
+from tests.trust.test_trust import ICE, Stack, Viewer, _stack
 
 PATH_1, PATH_2 = "127.0.0.1", "127.0.0.2"
 
@@ -176,6 +177,9 @@ def test_what_the_patch_replaces_is_still_there() -> None:
 @pytest.fixture
 async def daemon_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """A real Daemon and signaling server (tests/trust/test_trust.py), our patches installed."""
+    if choose_backend("auto", ICE)[0] != "aiortc":  # Python >= 3.12 with the native extra
+        pytest.skip("the daemon's ICE would be libjuice (native backend), not the patched "
+                    "aioice, and its host candidates ignore this test's second address")
     async for stack in _stack(tmp_path):
         yield stack
 
