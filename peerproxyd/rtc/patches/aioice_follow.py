@@ -11,7 +11,7 @@ once it succeeds. It happens behind a cone NAT: Chromium (controlling) starts on
 because the NAT dropped its first direct check, and about a second later switches to the
 direct pair and nominates it (its checks on the selected pair carry USE-CANDIDATE); our end's
 own check of that pair, still retransmitting, was the one cancelled, and the daemon sent
-every response through the TURN server (tests/test_nat_browser.py, about one run in six).
+every response through the TURN server (tests/test_nat_browser.py: one run in 5 to 10).
 
 Stock aioice already follows a later USE-CANDIDATE on a pair that has succeeded (its
 `check_incoming` makes it the nominated pair): only the pair with the dead check is stuck.
