@@ -5,7 +5,8 @@ on the data channel must be a text `auth` whose MAC binds its token to both DTLS
 fingerprints. Until `auth-ok` no ChannelLink exists, so no binary message is ever parsed; a
 binary message, a malformed auth or no auth within `[limits] handshake_timeout` closes the
 connection. Afterwards the session serves one service only (others get 403) and the daemon
-calls `check()` every second: revoked, expired, replaced or idle viewers are closed.
+calls `check()` every second: revoked, expired, replaced or idle viewers are closed, and a
+new selected pair is logged ("now connected via") and counted under its path.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class PeerSession:
         """The viewer's IP address on the selected pair, once known (X-Forwarded-For)."""
         self.path: str | None = None
         """The selected pair's path for the metrics (device/metrics.py), once known."""
+        self._pair: tuple[str, str] | None = None  # the logged pair's two ends
+        self._following: asyncio.Task[None] | None = None
         self._ice_restarted = asyncio.Event()
         self._viewer_offer = ""  # the offer that began the session
         self._viewer_ufrag: str | None = None  # the viewer's ICE ufrag in use
@@ -198,12 +201,21 @@ class PeerSession:
         if state in ("failed", "closed"):
             self._spawn(self.close())
 
-    async def _log_report(self) -> None:
+    async def _log_report(self, how: str = "connected") -> None:
         report = await self.report()
         if report is not None:
             self.viewer_address = report.remote_ip or None  # new after an ICE restart
             self.path = path_of(report)
-            logger.info("%r: connected via %s", self, report)
+            self._pair = (report.local, report.remote)
+            logger.info("%r: %s via %s", self, how, report)
+
+    async def _follow_pair(self) -> None:
+        """The viewer (controlling ICE) may move the connection to another pair after it
+        started, e.g. from TURN to a direct pair (rtc/patches/aioice_follow.py): then the
+        path and the viewer's address follow, and the log says so."""
+        report = await self._pc.report(measure_rtt=False)
+        if report is not None and self._pair not in (None, (report.local, report.remote)):
+            await self._log_report("now connected")
 
     # ----- authentication (docs/security.md 1.5)
     async def _handshake_deadline(self) -> None:
@@ -286,7 +298,8 @@ class PeerSession:
     def check(self, now: datetime) -> None:
         """The daemon's once-a-second check: close a viewer that was revoked, expired,
         deleted or shared anew (new key) since it authenticated, or that has been idle
-        (no streams, nothing but heartbeats) for `[limits] idle_timeout`."""
+        (no streams, nothing but heartbeats) for `[limits] idle_timeout`; and look whether the
+        viewer moved the connection to another candidate pair."""
         if self.granted is None or self._closing or self._refusing:
             return
         record = self._viewers.get(self.granted.viewer)
@@ -300,6 +313,8 @@ class PeerSession:
         link = self._link
         if link is None:
             return
+        if self._following is None or self._following.done():
+            self._following = self._spawn(self._follow_pair())
         if link.conn.open_streams:
             link.last_activity = time.monotonic()
             return

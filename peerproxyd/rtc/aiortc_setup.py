@@ -14,6 +14,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from peerproxyd.config import IceSettings
 from peerproxyd.rtc.patches import (
     aioice_consent,
+    aioice_follow,
     aioice_mdns,
     aioice_nomination,
     aioice_ports,
@@ -31,7 +32,8 @@ RTT_TIMEOUT = 2.0
 def configure_ice(ice: IceSettings) -> None:
     """Apply the process-wide ICE settings (host address allow list, UDP receive buffer, port
     range) and our aioice fixes: resolving browsers' `.local` candidates, direct pairs before
-    relayed ones, consent checks that a busy peer's late answers do not expire."""
+    relayed ones, following the viewer's later nomination, consent checks that a busy peer's
+    late answers do not expire."""
     aioice_tuning.configure(
         host_addresses=ice.host_addresses, receive_buffer=ice.udp_receive_buffer
     )
@@ -40,6 +42,7 @@ def configure_ice(ice: IceSettings) -> None:
     )
     aioice_mdns.install()
     aioice_nomination.install()
+    aioice_follow.install()
     aioice_consent.install()
     install_speedups(SPEEDUPS)
 

@@ -34,6 +34,8 @@ def _module(name: str) -> ModuleType:
 TARGETS: dict[str, tuple[Any, str, str, Callable[[ModuleType], None]]] = {
     "aioice_consent": (aioice.ice.Connection, "query_consent", "_ORIGINAL_QUERY_CONSENT",
                        lambda m: m.install()),
+    "aioice_follow": (aioice.ice.Connection, "check_incoming", "_ORIGINAL_CHECK_INCOMING",
+                      lambda m: m.install()),
     "aioice_mdns": (aioice.ice.Connection, "add_remote_candidate",
                     "_ORIGINAL_ADD_REMOTE_CANDIDATE", lambda m: m.install()),
     "aioice_nomination": (aioice.ice.Connection, "check_start", "_ORIGINAL_CHECK_START",
@@ -68,6 +70,7 @@ def _put_back(owner: Any, attr: str, original: Any) -> None:
 SAVED = [
     (aioice.ice.Connection, "query_consent"), (aioice.ice.Connection, "add_remote_candidate"),
     (aioice.ice.Connection, "check_start"), (aioice.ice.Connection, "get_component_candidates"),
+    (aioice.ice.Connection, "check_incoming"),
     (aioice.ice, "get_host_addresses"), (aioice.turn, "UDP_SOCKET_BUFFER_SIZE"),
     (aioice.mdns, "create_mdns_protocol"),
     (RTCCertificate, "generateCertificate"), (RTCDtlsTransport, "_write_ssl"),
