@@ -202,7 +202,6 @@ class ServiceSettings(Table):
         return url.host_port_subcomponent or ""
 
 
-
 def _check_ice_url(value: str) -> str:
     match = ICE_URL_RE.match(value)
     if match is None or match["scheme"] not in ICE_SCHEMES:
@@ -309,6 +308,7 @@ class IceSettings(Table):
     port (the same number on every host address); a peer beyond that is refused with an error.
     **Default:** unset: ports the kernel picks."""
 
+
 @dataclass(kw_only=True)
 class TransportSettings(Table):
     """`[transport]`: which WebRTC stack makes the peer connections (issue 7)."""
@@ -374,6 +374,7 @@ class LogSettings(Table):
     level: Literal["debug", "info", "warning", "error"] = setting("info", before=_lower)
     """Log level: debug, info, warning or error (case-insensitive). **Default:** info."""
 
+
 def _panel(value: str | None) -> str | None:
     if value is not None:
         parse_listen(value)
@@ -404,6 +405,7 @@ class DaemonSettings(Table):
     panel_allow: list[str] = setting(factory=lambda: ["127.0.0.1", "::1"], check=_networks)
     """Addresses or networks that may load the panel; everyone else gets 403. Home
     Assistant's Ingress proxy is `172.30.32.2`. **Default:** loopback only."""
+
 
 def _check_service_name(name: str) -> str:
     if not valid_service_name(name):

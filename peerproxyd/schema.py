@@ -275,7 +275,7 @@ def _bool(value: object) -> bool:
         return _BOOLS[value.strip().lower()]
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str | int | float):
+    if isinstance(value, str | int):
         raise ValueError("Input should be a valid boolean, unable to interpret input")
     raise ValueError("Input should be a valid boolean")
 
@@ -296,9 +296,11 @@ def parse_url(value: str, schemes: tuple[str, ...]) -> URL:
     try:
         url = URL(value)
     except ValueError as exc:
-        message = f", {exc}"
+        message = ", invalid port number" if "port" in str(exc).lower() else f", {exc}"
     else:
-        if not url.scheme:
+        if not value:
+            message = ", input is empty"
+        elif not url.scheme:
             message = ", relative URL without a base"
         elif url.scheme in schemes and not url.raw_host:
             message = ", empty host"
@@ -311,7 +313,7 @@ def parse_url(value: str, schemes: tuple[str, ...]) -> URL:
         raise ValueError(f"URL scheme should be {' or '.join(names)}")
     if len(value) > 2083:
         raise ValueError("URL should have at most 2083 characters")
-    return url.with_path(url.raw_path or "/", encoded=True)
+    return url.with_path(url.raw_path or "/", encoded=True, keep_query=True, keep_fragment=True)
 
 
 def environment(cls: type[Table], prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
