@@ -114,7 +114,7 @@ def _table(cls: type[T], data: object, loc: str, problems: list[str]) -> T | Non
         setattr(table, field.name, value)
     before = len(problems)
     _check_fields(table, loc, problems)
-    names = {field.name for field in dataclasses.fields(cls)}
+    names = {field.name for field, _ in _fields(cls)}
     for key in data:
         if key in cls.removed_keys:
             problems.append(f"{_key(loc, key)}: {cls.removed_keys[key]}")
@@ -144,8 +144,7 @@ def _check_fields(table: Table, loc: str, problems: list[str]) -> None:
         problems.append(f"{_key(loc, name) if name else loc}: {problem}")
 
 
-def _value(value: Any, kind: Any, key: str, problems: list[str],
-           rules: Mapping[str, Any] = types.MappingProxyType({})) -> Any:
+def _value(value: Any, kind: Any, key: str, problems: list[str], rules: Mapping[str, Any]) -> Any:
     """`value` converted to `kind` and checked by `rules`; ValueError for a problem of this
     value, `_Reported` once nested values have added theirs to `problems`."""
     if "before" in rules:
