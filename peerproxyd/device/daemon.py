@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -295,7 +296,7 @@ class Daemon:
         if kept:
             logger.warning("reload: changes to %s take effect after a restart",
                            ", ".join(f"[{name}]" for name in kept))
-            new = new.model_copy(update={name: getattr(old, name) for name in kept})
+            new = dataclasses.replace(new, **{name: getattr(old, name) for name in kept})
         added = sorted(new.services.keys() - old.services.keys())
         removed = sorted(old.services.keys() - new.services.keys())
         changed = sorted(

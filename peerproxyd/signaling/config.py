@@ -9,13 +9,13 @@ same form as the daemon's. See config/signal.toml.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from peerproxyd.config import ICE_URL_RE, LogSettings, problem, read_toml
+from peerproxyd.config import ICE_URL_RE, LogSettings, read_toml
 from peerproxyd.errors import ConfigError
+from peerproxyd.schema import Table, build, setting
 from peerproxyd.signaling import turn_credentials
 
 __all__ = [
@@ -29,106 +29,104 @@ __all__ = [
 ]
 
 
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+def _host(value: str) -> str:
+    if not value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"must be an address or host name, got {value!r}")
+    return value
 
 
-class SignalServerSettings(_Table):
+@dataclass(kw_only=True)
+class SignalServerSettings(Table):
     """`[server]`: where the signaling server listens."""
 
-    host: str = "127.0.0.1"
+    host: str = setting("127.0.0.1", check=_host)
     """Address to listen on; `0.0.0.0` or `::` for every interface. **Default:** 127.0.0.1."""
 
-    port: int = Field(default=8787, ge=0, le=65535)
+    port: int = setting(8787, ge=0, le=65535)
     """TCP port (0: any free port). **Default:** 8787."""
 
     webclient_dir: Path | None = None
     """Directory served at `/` (the browser viewer); relative to the configuration file.
     **Default:** the `webclient/` directory shipped with peerproxyd."""
 
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        if not value.strip() or any(c.isspace() for c in value):
-            raise ValueError(f"must be an address or host name, got {value!r}")
-        return value
 
-
-class SignalLimits(_Table):
+@dataclass(kw_only=True)
+class SignalLimits(Table):
     """`[limits]`: what one WebSocket connection may send."""
 
-    max_message_size: int = Field(default=65_536, ge=1024, le=1_048_576)
+    max_message_size: int = setting(65_536, ge=1024, le=1_048_576)
     """Largest message in bytes. **Default:** 65536."""
 
-    rate: float = Field(default=20.0, gt=0)
+    rate: float = setting(20.0, gt=0)
     """Messages per second a connection may send on average. **Default:** 20.0."""
 
-    burst: int = Field(default=100, ge=1)
+    burst: int = setting(100, ge=1)
     """Messages a connection may send at once above `rate`. **Default:** 100."""
 
-    head_timeout: float = Field(default=20.0, gt=0)
+    head_timeout: float = setting(20.0, gt=0)
     """Seconds a client has to send a whole HTTP request head, from connecting or from its
     previous response; then the connection is closed (slowloris). Idle keep-alive connections
     close after as long: a reverse proxy in front should close its idle ones sooner.
     **Default:** 20.0."""
 
 
-class SignalIceSettings(_Table):
+def _ice_urls(urls: list[str]) -> list[str]:
+    for url in urls:
+        if not ICE_URL_RE.match(url) or url.split(":", 1)[0] not in ("stun", "turn", "turns"):
+            raise ValueError(f"not a stun:, turn: or turns: URL: {url!r}")
+    return urls
+
+
+@dataclass(kw_only=True)
+class SignalIceSettings(Table):
     """`[ice]`: the STUN/TURN servers every browser is told about in its hello."""
 
-    urls: list[str] = Field(default_factory=list)
+    urls: list[str] = setting(factory=list, check=_ice_urls)
     """`stun:`/`turn:`/`turns:` URLs, e.g. `["stun:signal.example.net:3478",
     "turn:turn.example.net:3478?transport=udp"]`. **Default:** none."""
 
-    turn_secret: str | None = Field(default=None, min_length=16, repr=False)
+    turn_secret: str | None = setting(None, min_length=16, repr=False)
     """coturn's `static-auth-secret`: each browser gets its own short-lived TURN username and
     password minted from it (TURN REST API), never the secret. **Default:** unset."""
 
     turn_secret_file: Path | None = None
     """A file holding `turn_secret` (trailing newline stripped); relative to this file."""
 
-    turn_ttl: int = Field(default=turn_credentials.DEFAULT_TTL, ge=60)
+    turn_ttl: int = setting(turn_credentials.DEFAULT_TTL, ge=60)
     """Seconds the minted TURN credentials stay valid. **Default:** 86400."""
 
-    @field_validator("urls")
-    @classmethod
-    def _check_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not ICE_URL_RE.match(url) or url.split(":", 1)[0] not in ("stun", "turn", "turns"):
-                raise ValueError(f"not a stun:, turn: or turns: URL: {url!r}")
-        return urls
+
+def _redis_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    return url
 
 
-class SignalRedisSettings(_Table):
+@dataclass(kw_only=True)
+class SignalRedisSettings(Table):
     """`[redis]`: several instances behind a load balancer share state through Redis."""
 
-    url: str | None = None
+    url: str | None = setting(None, check=_redis_url)
     """`redis://[:password@]host:6379/0` (or `rediss://`); unset: state in memory, one
     instance. `--redis` on the command line overrides it. **Default:** unset."""
 
-    presence_ttl: float = Field(default=15.0, ge=0.3)
+    presence_ttl: float = setting(15.0, ge=0.3)
     """Seconds a crashed instance's devices stay visible. **Default:** 15.0."""
 
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = setting(factory=list)
     """Load balancers (addresses or networks) whose `X-Forwarded-For` names the client, so
     rate limits count clients rather than the balancer. **Default:** none."""
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
-        return url
 
-
-class SignalSettings(_Table):
+@dataclass(kw_only=True)
+class SignalSettings(Table):
     """The whole signaling-server configuration."""
 
-    server: SignalServerSettings = Field(default_factory=SignalServerSettings)
-    limits: SignalLimits = Field(default_factory=SignalLimits)
-    ice: SignalIceSettings = Field(default_factory=SignalIceSettings)
-    redis: SignalRedisSettings = Field(default_factory=SignalRedisSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
+    server: SignalServerSettings = setting(factory=SignalServerSettings)
+    limits: SignalLimits = setting(factory=SignalLimits)
+    ice: SignalIceSettings = setting(factory=SignalIceSettings)
+    redis: SignalRedisSettings = setting(factory=SignalRedisSettings)
+    log: LogSettings = setting(factory=LogSettings)
 
     def app_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `server.run_signaling()` after host and port."""
@@ -173,10 +171,7 @@ def load(path: str | Path) -> SignalSettings:
     """Read and validate a signaling-server configuration; `ConfigError` lists every problem."""
     path = Path(path)
     data = read_toml(path)
-    try:
-        settings = SignalSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([problem(error) for error in exc.errors(include_url=False)]) from None
+    settings = build(SignalSettings, data)
     webclient = settings.server.webclient_dir
     if webclient is not None and not webclient.is_absolute():
         settings.server.webclient_dir = path.parent / webclient

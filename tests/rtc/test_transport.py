@@ -6,6 +6,7 @@ skip with that reason elsewhere (`make test-native` runs them under python3.13).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -201,7 +202,7 @@ def test_daemon_refuses_a_native_backend_that_cannot_run(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match=r'transport\.backend: "native" cannot run here'):
         Daemon(settings, identity=Identity.generate())
-    auto = Daemon(settings.model_copy(update={"transport": TransportSettings()}),
+    auto = Daemon(dataclasses.replace(settings, transport=TransportSettings()),
                   identity=Identity.generate())
     assert (auto.backend, auto.backend_reason[:5]) == ("aiortc", "auto:")
 
