@@ -333,8 +333,7 @@ def environment(cls: type[Table], prefix: str, environ: Mapping[str, str]) -> di
                 value = json.loads(value)
             except ValueError as exc:
                 raise ConfigError([
-                    f'environment: error parsing value for field "{keys[0]}" from source '
-                    f'"EnvSettingsSource": {exc} (lists and tables are JSON)'
+                    f"environment: {name.upper()}: not JSON ({exc}); lists and tables are JSON"
                 ]) from None
         for key in reversed(keys):
             value = {key: value}

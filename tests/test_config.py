@@ -528,8 +528,8 @@ def test_environment_values_are_validated(tmp_path: Path, monkeypatch: pytest.Mo
 def test_environment_list_must_be_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEERPROXYD_ICE__HOST_ADDRESSES", "127.0.0.1")
     assert problems(tmp_path, BASE) == [
-        'environment: error parsing value for field "ice" from source "EnvSettingsSource": '
-        "Extra data: line 1 column 6 (char 5) (lists and tables are JSON)"
+        "environment: PEERPROXYD_ICE__HOST_ADDRESSES: not JSON (Extra data: line 1 column 6 "
+        "(char 5)); lists and tables are JSON"
     ]
 
 
