@@ -37,7 +37,9 @@ import json
 import math
 import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -163,12 +165,29 @@ class Tally:
         return out
 
 
+class Pace:
+    """At most `rate` starts a second over the workers that wait on it (0: no limit); a slot
+    missed (every worker busy) is not made up later, so the rate never bursts."""
+
+    def __init__(self, rate: float) -> None:
+        self.gap = 1 / rate if rate else 0.0
+        self.next = time.monotonic()
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        slot = max(self.next, now)
+        self.next = slot + self.gap
+        await asyncio.sleep(slot - now)
+
+
 async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to: Path,
-                interval: float) -> None:
-    """One native viewer's load: `concurrency` workers against `base` until `end_at`."""
+                interval: float, rate: float) -> None:
+    """One native viewer's load: `concurrency` workers against `base` until `end_at`, at
+    most `rate` requests started a second (0: as fast as they answer)."""
     import aiohttp
 
     rng = random.Random(seed)
+    pace = Pace(rate)
     pool = os.urandom(2 * MIB)
     tally = Tally()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -213,6 +232,7 @@ async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to
     async def worker(http: aiohttp.ClientSession, index: int) -> None:
         job = job_of(index)
         while time.time() < end_at:
+            await pace.wait()
             kind = job if job != "mixed" else ("get" if rng.random() < 0.7 else "post")
             tally.inflight += 1
             started = time.monotonic()
@@ -240,7 +260,7 @@ async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to
         await workers
 
 
-BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, wsMessages}) => {
+BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, wsMessages, rate}) => {
     const KIB = 1024, MIB = 1024 * 1024;
     const T = window.__soak = {done: {}, failed: 0, inflight: 0, bytes: 0, latencies: [],
                                errors: [], finished: 0};
@@ -252,6 +272,10 @@ BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, ws
     const sha = async b => hex(await crypto.subtle.digest('SHA-256', b));
     const same = (a, b) => { const x = ArrayBuffer.isView(a) ? new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
         : new Uint8Array(a); return x.length === b.length && x.every((v, i) => v === b[i]); };
+    let nextSlot = performance.now();  // at most `rate` starts a second (0: no limit), as Pace
+    const pace = async () => { const now = performance.now(), slot = Math.max(nextSlot, now);
+        nextSlot = slot + (rate ? 1000 / rate : 0);
+        if (slot > now) await new Promise(r => setTimeout(r, slot - now)); };
     const withTimeout = (p, what) => Promise.race([p, new Promise((_, reject) =>
         setTimeout(() => reject(new Error(what + ': no answer in ' + timeoutMs + ' ms')), timeoutMs))]);
     const one = async kind => {
@@ -305,6 +329,7 @@ BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, ws
     const worker = async index => {
         const job = {0: 'ws', 1: 'long'}[index % 50] || 'mixed';
         while (Date.now() / 1000 < endAt) {
+            await pace();
             const kind = job !== 'mixed' ? job : (Math.random() < 0.7 ? 'get' : 'post');
             T.inflight++;
             const t = performance.now();
@@ -334,6 +359,46 @@ BROWSER_REPORT_JS = """() => { const T = window.__soak;
 # ----------------------------------------------------------------------------- processes
 
 
+async def heaps(url: str, gc: bool) -> dict[str, dict[str, float]]:
+    """Run INSIDE the namespace (DevTools listens on its loopback): Runtime.getHeapUsage (MB)
+    of the manager page (its isolate: the app frame too when it shares the process), of an
+    out-of-process app frame and of the service worker, of the browser at `url` (raw CDP,
+    flat sessions); `gc`: after a full garbage collection in each."""
+    import aiohttp
+
+    from bench._cdp_profile import Cdp
+
+    names = {"page": "page", "iframe": "app", "service_worker": "worker"}
+    out: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        cdp = Cdp(ws)
+        for target in (await cdp.send("Target.getTargets"))["targetInfos"]:
+            if target["type"] not in names or target["url"] == "about:blank":
+                continue
+            sid = (await cdp.send("Target.attachToTarget", {"targetId": target["targetId"],
+                                                             "flatten": True}))["sessionId"]
+            if gc:
+                await cdp.send("HeapProfiler.collectGarbage", session=sid)
+            usage = await cdp.send("Runtime.getHeapUsage", session=sid)
+            await cdp.send("Target.detachFromTarget", {"sessionId": sid})
+            name = names[target["type"]]
+            out[name if name not in out else f"{name}-{len(out)}"] = {
+                k.removesuffix("Size"): round(v / MIB, 2) for k, v in usage.items()}
+        cdp.reader.cancel()
+    return out
+
+
+def browser_heaps(ns: str, chromium_log: Path, *, gc: bool = False) -> dict[str, Any]:
+    """`heaps` of one Chromium (its DevTools URL from its log), run in the namespace."""
+    url = re.findall(r"DevTools listening on (ws://\S+)", chromium_log.read_text(errors="replace"))[-1]
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, str(BENCH / "soak.py"), "heaps", url,
+         *(["--gc"] if gc else [])], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip()[-300:])
+    return json.loads(done.stdout)
+
+
 def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -344,14 +409,28 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def _pss_kib(pid: int) -> int:
+def _pss_kib(pid: int, field: str = "Pss") -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def chromium_type(pid: int) -> str:
+    """A Chromium process's kind from its command line: browser, renderer, gpu-process,
+    zygote, crashpad, or the utility's service (network, storage, audio, ...)."""
+    try:  # NUL-separated for the browser; its children rewrite theirs with spaces
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    kind = re.search(r"--type=([\w-]+)", line)
+    if kind is None:
+        return "crashpad" if "crashpad_handler" in line else "browser"
+    service = re.search(r"--utility-sub-type=(\w+)", line)
+    return service.group(1) if kind.group(1) == "utility" and service else kind.group(1)
 
 
 class Group:
@@ -375,11 +454,18 @@ class Group:
         cpu, now = self._cpu_seconds(), time.monotonic()
         cores = (cpu - self._cpu) / (now - self._at) if cpu >= self._cpu else 0.0
         self._cpu, self._at = cpu, now
-        if self.tree:
-            memory = sum(_pss_kib(p) for p in members)
-        else:
-            memory = sum(_status_kib(p, "VmRSS") for p in members)
-        return {"mem_mb": memory / 1024, "cpu_cores": cores}
+        if not self.tree:
+            return {"mem_mb": sum(_status_kib(p, "VmRSS") for p in members) / 1024,
+                    "cpu_cores": cores}
+        # Chromium: PSS per process kind, and how much of it is shared memory (IPC, data pipes)
+        by_type: dict[str, dict[str, float]] = {}
+        for pid in members:
+            kind = by_type.setdefault(chromium_type(pid), {"pss_mb": 0.0, "shmem_mb": 0.0, "n": 0})
+            kind["pss_mb"] += _pss_kib(pid) / 1024
+            kind["shmem_mb"] += _pss_kib(pid, "Pss_Shmem") / 1024
+            kind["n"] += 1
+        return {"mem_mb": sum(k["pss_mb"] for k in by_type.values()), "cpu_cores": cores,
+                "by_type": by_type}
 
 
 def start_world(log_dir: Path, natives: int, browsers: int) -> tuple[Any, dict[str, str]]:
@@ -463,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     drivers: dict[str, Path] = {}
     series: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    after_gc: dict[str, Any] = {}
     started_wall = time.time()
     try:
         for i in range(args.native):
@@ -483,12 +570,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             world.start(f"driver-{i + 1}", "bench/soak.py", "driver", "--base",
                         f"http://127.0.0.1:{9001 + i}", "--end-at", str(end_at),
                         "--concurrency", str(args.concurrency), "--seed", str(i),
-                        "--report-to", str(drivers[name]), "--interval", str(args.interval))
+                        "--report-to", str(drivers[name]), "--interval", str(args.interval),
+                        "--rate", str(args.rate))
         for name, agent in agents.items():
             agent.app.evaluate(BROWSER_JS, {
                 "concurrency": args.concurrency, "endAt": end_at,
                 "timeoutMs": REQUEST_TIMEOUT * 1000, "longSize": LONG_SIZE,
-                "longSeconds": LONG_SECONDS, "wsMessages": WS_MESSAGES})
+                "longSeconds": LONG_SECONDS, "wsMessages": WS_MESSAGES, "rate": args.rate})
         groups = [Group("daemon", [world.procs["daemon"].pid]),
                   *(Group(n, [world.procs[n].pid]) for n in drivers),
                   *(Group(n, [a.chromium_pid], tree=True) for n, a in agents.items()),
@@ -520,11 +608,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception as error:  # a tab that is gone counts as failures below
                     errors.append({"t": now - began, "viewer": name, "error": f"agent: {error}"})
                     continue
-                try:  # the page's JS heap (the app frame shares its process and isolate)
-                    heap = agent.request("cdp", commands=[["Runtime.getHeapUsage", {}]])
-                    record["js_heap_mb"] = heap["usedSize"] / MIB
-                except Exception:
-                    record["js_heap_mb"] = None
+                try:  # the JS heaps: page (and app frame), service worker
+                    record["heaps"] = browser_heaps(world.ns, log_dir / name / "chromium.log")
+                except Exception as error:
+                    record["heaps"] = {"error": str(error)[:300]}
                 latencies["browser"] += record["latencies"]
                 errors += [{"t": now - began, "viewer": name, "error": e} for e in record["errors"]]
                 latest[name] = record
@@ -543,7 +630,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "processes": {g.name: g.sample() for g in groups},
                 "loadavg_1m": os.getloadavg()[0],
                 "viewers": {n: {"requests": sum(r["done"].values()), "failed": r["failed"],
-                                "inflight": r["inflight"], "js_heap_mb": r.get("js_heap_mb")}
+                                "inflight": r["inflight"], "heaps": r.get("heaps")}
                             for n, r in latest.items()},
             }
             series.append(point)
@@ -560,12 +647,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.native))
             if finished or now > hard_end:
                 break
+        # The load is over: what a full garbage collection in every isolate gives back.
+        for name in agents:
+            after_gc[name] = {"heaps": browser_heaps(world.ns, log_dir / name / "chromium.log",
+                                                     gc=True)}
+        time.sleep(10)
+        for g in groups:
+            if g.name in after_gc:
+                after_gc[g.name]["process"] = g.sample()
+        _dump(args, stamp, started_wall, series, errors, log_dir, partial=True, after_gc=after_gc)
     finally:
         for agent in agents.values():
             agent.quit()
         world.agent = None
         world.down()
-    return _dump(args, stamp, started_wall, series, errors, log_dir, partial=False)
+    return _dump(args, stamp, started_wall, series, errors, log_dir, partial=False,
+                 after_gc=after_gc)
 
 
 def _fmt(value: float | None) -> str:
@@ -592,7 +689,8 @@ def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float)
 
 
 def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dict[str, Any]],
-          errors: list[dict[str, Any]], log_dir: Path, *, partial: bool) -> dict[str, Any]:
+          errors: list[dict[str, Any]], log_dir: Path, *, partial: bool,
+          after_gc: dict[str, Any] | None = None) -> dict[str, Any]:
     warmup_s = args.warmup * 60
     names = list(series[-1]["processes"]) if series else []
     result = {
@@ -600,12 +698,13 @@ def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dic
                  .isoformat(timespec="seconds"), "minutes": args.minutes,
                  "interval_s": args.interval, "warmup_s": warmup_s, "native_viewers": args.native,
                  "browser_viewers": args.browsers, "concurrency": args.concurrency,
-                 "machine": args.machine_info, "partial": partial, "logs": str(log_dir.relative_to(ROOT))},
+                 "rate_per_viewer": args.rate, "machine": args.machine_info, "partial": partial, "logs": str(log_dir.relative_to(ROOT))},
         "totals": {k: series[-1][k] for k in ("requests", "failures", "bytes", "by_kind")}
         if series else {},
         "memory_growth_after_warmup": {n: growth(series, n, warmup_s, args.minutes * 60 + 1)
                                        for n in names
                                        if n not in ("load-generators",)},
+        "after_load_and_gc": after_gc or {},
         "errors": errors[:200],
         "series": series,
     }
@@ -710,6 +809,10 @@ def main() -> None:
     drv.add_argument("--seed", type=int, default=0)
     drv.add_argument("--report-to", type=Path, required=True)
     drv.add_argument("--interval", type=float, default=30.0)
+    drv.add_argument("--rate", type=float, default=0.0)
+    hp = sub.add_parser("heaps", help="(in the namespace) JS heaps of a browser, one JSON line")
+    hp.add_argument("url")
+    hp.add_argument("--gc", action="store_true")
     ren = sub.add_parser("render", help="redo bench/soak.png and the table from a results file")
     ren.add_argument("json", type=Path)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -720,6 +823,9 @@ def main() -> None:
     parser.add_argument("--native", type=int, default=3, help="native-client viewers")
     parser.add_argument("--browsers", type=int, default=2, help="Chromium viewers")
     parser.add_argument("--concurrency", type=int, default=100, help="streams per viewer")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests started per second per viewer, all kinds (default 0: "
+                             "as fast as they answer); a fixed rate keeps throughput level")
     parser.add_argument("--no-plot", action="store_true", help="leave bench/soak.png as it is")
     args = parser.parse_args()
     if args.role == "upstream":
@@ -727,7 +833,10 @@ def main() -> None:
         return
     if args.role == "driver":
         asyncio.run(drive(args.base, args.end_at, args.concurrency, args.seed, args.report_to,
-                          args.interval))
+                          args.interval, args.rate))
+        return
+    if args.role == "heaps":
+        print(json.dumps(asyncio.run(heaps(args.url, args.gc))))
         return
     if args.role == "render":
         result = json.loads(args.json.read_text())
