@@ -669,12 +669,25 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float) -> dict[str, Any]:
-    """Memory of `key` from `start_s` (the end of warm-up) to `end_s` (the end of the load):
-    the median of the first three samples, of the last three, their ratio, the peak, and the
-    same ratio over the last third of that span."""
-    values = [(p["t_s"], p["processes"][key]["mem_mb"]) for p in series
-              if start_s <= p["t_s"] <= end_s]
+def parts(point: dict[str, Any], name: str) -> dict[str, float]:
+    """One Chromium's memory at `point` in parts (MB): PSS per process kind, and the JS heap
+    (used) and array buffers (V8's backing stores, outside that heap) of the page and worker."""
+    out = {kind: v["pss_mb"] for kind, v in point["processes"][name].get("by_type", {}).items()}
+    for target, usage in ((point["viewers"].get(name) or {}).get("heaps") or {}).items():
+        if isinstance(usage, dict):
+            out[f"{target} JS heap"] = usage["used"]
+            out[f"{target} array buffers"] = usage.get("backingStorage", 0.0)
+    return out
+
+
+def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float,
+           part: str | None = None) -> dict[str, Any]:
+    """Memory of `key` (or of that Chromium's `part`) from `start_s` (the end of warm-up) to
+    `end_s` (the end of the load): the median of the first three samples, of the last three,
+    their ratio, the peak, and the same ratio over the last third of that span."""
+    values = [(p["t_s"], p["processes"][key]["mem_mb"] if part is None
+               else parts(p, key).get(part, 0.0))
+              for p in series if start_s <= p["t_s"] <= end_s]
     if len(values) < 6:
         return {}
     first = statistics.median(v for _, v in values[:3])
@@ -682,10 +695,18 @@ def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float)
     third = values[len(values) * 2 // 3:]
     third_first = statistics.median(v for _, v in third[:3])
     return {"from_s": values[0][0], "at_start_mb": round(first, 1), "at_end_mb": round(last, 1),
-            "growth_pct": round((last / first - 1) * 100, 1),
+            "growth_pct": round((last / first - 1) * 100, 1) if first else None,
             "peak_mb": round(max(v for _, v in values), 1),
             "last_third_from_s": third[0][0],
-            "last_third_growth_pct": round((last / third_first - 1) * 100, 1)}
+            "last_third_growth_pct": round((last / third_first - 1) * 100, 1)
+            if third_first else None}
+
+
+def part_growth(series: list[dict[str, Any]], start_s: float, end_s: float) -> dict[str, Any]:
+    """`growth` of each part of each Chromium (`parts`)."""
+    names = [n for n in series[-1]["processes"] if n.startswith("chromium")] if series else []
+    return {n: {part: growth(series, n, start_s, end_s, part) for part in parts(series[-1], n)}
+            for n in names}
 
 
 def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dict[str, Any]],
@@ -704,6 +725,7 @@ def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dic
         "memory_growth_after_warmup": {n: growth(series, n, warmup_s, args.minutes * 60 + 1)
                                        for n in names
                                        if n not in ("load-generators",)},
+        "chromium_growth_by_part": part_growth(series, warmup_s, args.minutes * 60 + 1),
         "after_load_and_gc": after_gc or {},
         "errors": errors[:200],
         "series": series,
@@ -747,6 +769,20 @@ def summary(result: dict[str, Any]) -> str:
                f"last third {g['last_third_growth_pct']:+.1f} %), peak {g['peak_mb']:.0f} MB"
                if g else "-")
         lines.append(f"| {name}: memory after warm-up; CPU | {mem}; {span(cpu, 'cores', 2)} |")
+    by_parts = result.get("chromium_growth_by_part") or part_growth(
+        series, meta["warmup_s"], meta["minutes"] * 60 + 1)
+    for name, by_part in by_parts.items():
+        shown = [f"{part} {g['at_start_mb']:.0f} → {g['at_end_mb']:.0f} ({g['growth_pct']:+.0f} %)"
+                 if g["at_start_mb"] >= 10 and g["growth_pct"] is not None else
+                 f"{part} {g['at_start_mb']:.1f} → {g['at_end_mb']:.1f}"
+                 for part, g in by_part.items() if g and g["peak_mb"] >= 0.5]
+        lines.append(f"| {name} in parts (MB): after warm-up | {'; '.join(shown)} |")
+    for name, end in result.get("after_load_and_gc", {}).items():
+        shown = [f"{kind} {v['pss_mb']:.0f}" for kind, v in end["process"]["by_type"].items()]
+        shown += [f"{target} JS heap {u['used']:.1f}, array buffers {u['backingStorage']:.1f}"
+                  for target, u in end["heaps"].items()]
+        lines.append(f"| {name} after the load and a full GC (MB) | "
+                     f"PSS {end['process']['mem_mb']:.0f}: {'; '.join(shown)} |")
     lines.append(f"| load average (1 min, 2 cores) | {span([p['loadavg_1m'] for p in load], '')} |")
     return "\n".join(lines)
 
@@ -759,7 +795,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     series = result["series"]
     t = [p["t_s"] / 60 for p in series]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12))
     ax = axes[0][0]
     rate = [series[0]["requests"] / series[0]["t_s"]] + [(b["requests"] - a["requests"]) / (b["t_s"] - a["t_s"])
                     for a, b in zip(series, series[1:])]
@@ -790,9 +826,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax = axes[1][2]
     ax.plot(t, [p["loadavg_1m"] for p in series])
     ax.set_title("load average (1 min), 2 cores")
+    browsers = [n for n in series[0]["processes"] if n.startswith("chromium")]
+    for ax, heap, title in ((axes[2][0], False, "Chromium PSS per process kind (MB)"),
+                            (axes[2][1], True, "JS heap used, array buffers (MB)")):
+        for name, style in zip(browsers, ("-", "--", ":")):
+            names = [k for k in parts(series[-1], name) if (" " in k) == heap]
+            for k, color in zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2):
+                ax.plot(t, [parts(p, name).get(k) for p in series], style, color=color,
+                        label=f"{name} {k}")
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+        ax.axvline(result["meta"]["warmup_s"] / 60, color="gray", linestyle=":")
+    ax = axes[2][2]
+    for name in browsers:
+        served = [p["viewers"][name]["requests"] if name in p["viewers"] else 0 for p in series]
+        ax.plot(served, [p["processes"][name]["mem_mb"] for p in series], label=name)
+    ax.set_title("Chromium PSS (MB) against its requests served")
     for row in axes:
         for ax in row:
             ax.set_xlabel("minutes")
+    axes[2][2].set_xlabel("requests served")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
