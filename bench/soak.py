@@ -21,11 +21,15 @@ without an answer) is a failure.
 
 Every INTERVAL seconds: requests done and failed, p50/p99 latency of GETs and POSTs (first
 byte sent -> whole body checked), open streams (requests in flight), RSS and CPU of the
-daemon, the native clients and Chromium (PSS summed over each browser's processes), each
-page's JS heap (CDP Runtime.getHeapUsage), and the load average. Writes bench/results/soak-<date>.json and bench/soak.png. Needs root (ip netns).
+daemon and the native clients, Chromium's PSS per process kind (browser, renderer, GPU,
+network service, ...: `--type=` of each), the JS heap and array buffers of each browser's
+page and service worker (raw CDP, `heaps`), and the load average; after the load, the same
+once more after a full garbage collection. Writes bench/results/soak-<date>.json and
+bench/soak.png. Needs root (ip netns).
 
     python bench/soak.py --minutes 30          # make soak (SOAK_MINUTES=30)
     python bench/soak.py --minutes 3 --interval 15
+    python bench/soak.py --minutes 11 --rate 5 # 5 requests/s per viewer: throughput level
 """
 
 from __future__ import annotations
