@@ -780,7 +780,8 @@ def summary(result: dict[str, Any]) -> str:
                  if g["at_start_mb"] >= 10 and g["growth_pct"] is not None else
                  f"{part} {g['at_start_mb']:.1f} → {g['at_end_mb']:.1f}"
                  for part, g in by_part.items() if g and g["peak_mb"] >= 0.5]
-        lines.append(f"| {name} in parts (MB): after warm-up | {'; '.join(shown)} |")
+        if shown:  # (older results have no parts)
+            lines.append(f"| {name} in parts (MB): after warm-up | {'; '.join(shown)} |")
     for name, end in result.get("after_load_and_gc", {}).items():
         shown = [f"{kind} {v['pss_mb']:.0f}" for kind, v in end["process"]["by_type"].items()]
         shown += [f"{target} JS heap {u['used']:.1f}, array buffers {u['backingStorage']:.1f}"
