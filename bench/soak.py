@@ -21,11 +21,15 @@ without an answer) is a failure.
 
 Every INTERVAL seconds: requests done and failed, p50/p99 latency of GETs and POSTs (first
 byte sent -> whole body checked), open streams (requests in flight), RSS and CPU of the
-daemon, the native clients and Chromium (PSS summed over each browser's processes), each
-page's JS heap (CDP Runtime.getHeapUsage), and the load average. Writes bench/results/soak-<date>.json and bench/soak.png. Needs root (ip netns).
+daemon and the native clients, Chromium's PSS per process kind (browser, renderer, GPU,
+network service, ...: `--type=` of each), the JS heap and array buffers of each browser's
+page and service worker (raw CDP, `heaps`), and the load average; after the load, the same
+once more after a full garbage collection. Writes bench/results/soak-<date>.json and
+bench/soak.png. Needs root (ip netns).
 
     python bench/soak.py --minutes 30          # make soak (SOAK_MINUTES=30)
     python bench/soak.py --minutes 3 --interval 15
+    python bench/soak.py --minutes 11 --rate 5 # 5 requests/s per viewer: throughput level
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import json
 import math
 import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -163,12 +169,29 @@ class Tally:
         return out
 
 
+class Pace:
+    """At most `rate` starts a second over the workers that wait on it (0: no limit); a slot
+    missed (every worker busy) is not made up later, so the rate never bursts."""
+
+    def __init__(self, rate: float) -> None:
+        self.gap = 1 / rate if rate else 0.0
+        self.next = time.monotonic()
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        slot = max(self.next, now)
+        self.next = slot + self.gap
+        await asyncio.sleep(slot - now)
+
+
 async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to: Path,
-                interval: float) -> None:
-    """One native viewer's load: `concurrency` workers against `base` until `end_at`."""
+                interval: float, rate: float) -> None:
+    """One native viewer's load: `concurrency` workers against `base` until `end_at`, at
+    most `rate` requests started a second (0: as fast as they answer)."""
     import aiohttp
 
     rng = random.Random(seed)
+    pace = Pace(rate)
     pool = os.urandom(2 * MIB)
     tally = Tally()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -213,6 +236,7 @@ async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to
     async def worker(http: aiohttp.ClientSession, index: int) -> None:
         job = job_of(index)
         while time.time() < end_at:
+            await pace.wait()
             kind = job if job != "mixed" else ("get" if rng.random() < 0.7 else "post")
             tally.inflight += 1
             started = time.monotonic()
@@ -240,7 +264,7 @@ async def drive(base: str, end_at: float, concurrency: int, seed: int, report_to
         await workers
 
 
-BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, wsMessages}) => {
+BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, wsMessages, rate}) => {
     const KIB = 1024, MIB = 1024 * 1024;
     const T = window.__soak = {done: {}, failed: 0, inflight: 0, bytes: 0, latencies: [],
                                errors: [], finished: 0};
@@ -252,6 +276,10 @@ BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, ws
     const sha = async b => hex(await crypto.subtle.digest('SHA-256', b));
     const same = (a, b) => { const x = ArrayBuffer.isView(a) ? new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
         : new Uint8Array(a); return x.length === b.length && x.every((v, i) => v === b[i]); };
+    let nextSlot = performance.now();  // at most `rate` starts a second (0: no limit), as Pace
+    const pace = async () => { const now = performance.now(), slot = Math.max(nextSlot, now);
+        nextSlot = slot + (rate ? 1000 / rate : 0);
+        if (slot > now) await new Promise(r => setTimeout(r, slot - now)); };
     const withTimeout = (p, what) => Promise.race([p, new Promise((_, reject) =>
         setTimeout(() => reject(new Error(what + ': no answer in ' + timeoutMs + ' ms')), timeoutMs))]);
     const one = async kind => {
@@ -305,6 +333,7 @@ BROWSER_JS = """async ({concurrency, endAt, timeoutMs, longSize, longSeconds, ws
     const worker = async index => {
         const job = {0: 'ws', 1: 'long'}[index % 50] || 'mixed';
         while (Date.now() / 1000 < endAt) {
+            await pace();
             const kind = job !== 'mixed' ? job : (Math.random() < 0.7 ? 'get' : 'post');
             T.inflight++;
             const t = performance.now();
@@ -334,6 +363,46 @@ BROWSER_REPORT_JS = """() => { const T = window.__soak;
 # ----------------------------------------------------------------------------- processes
 
 
+async def heaps(url: str, gc: bool) -> dict[str, dict[str, float]]:
+    """Run INSIDE the namespace (DevTools listens on its loopback): Runtime.getHeapUsage (MB)
+    of the manager page (its isolate: the app frame too when it shares the process), of an
+    out-of-process app frame and of the service worker, of the browser at `url` (raw CDP,
+    flat sessions); `gc`: after a full garbage collection in each."""
+    import aiohttp
+
+    from bench._cdp_profile import Cdp
+
+    names = {"page": "page", "iframe": "app", "service_worker": "worker"}
+    out: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        cdp = Cdp(ws)
+        for target in (await cdp.send("Target.getTargets"))["targetInfos"]:
+            if target["type"] not in names or target["url"] == "about:blank":
+                continue
+            sid = (await cdp.send("Target.attachToTarget", {"targetId": target["targetId"],
+                                                             "flatten": True}))["sessionId"]
+            if gc:
+                await cdp.send("HeapProfiler.collectGarbage", session=sid)
+            usage = await cdp.send("Runtime.getHeapUsage", session=sid)
+            await cdp.send("Target.detachFromTarget", {"sessionId": sid})
+            name = names[target["type"]]
+            out[name if name not in out else f"{name}-{len(out)}"] = {
+                k.removesuffix("Size"): round(v / MIB, 2) for k, v in usage.items()}
+        cdp.reader.cancel()
+    return out
+
+
+def browser_heaps(ns: str, chromium_log: Path, *, gc: bool = False) -> dict[str, Any]:
+    """`heaps` of one Chromium (its DevTools URL from its log), run in the namespace."""
+    url = re.findall(r"DevTools listening on (ws://\S+)", chromium_log.read_text(errors="replace"))[-1]
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, str(BENCH / "soak.py"), "heaps", url,
+         *(["--gc"] if gc else [])], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip()[-300:])
+    return json.loads(done.stdout)
+
+
 def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -344,14 +413,28 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def _pss_kib(pid: int) -> int:
+def _pss_kib(pid: int, field: str = "Pss") -> int:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def chromium_type(pid: int) -> str:
+    """A Chromium process's kind from its command line: browser, renderer, gpu-process,
+    zygote, crashpad, or the utility's service (network, storage, audio, ...)."""
+    try:  # NUL-separated for the browser; its children rewrite theirs with spaces
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    kind = re.search(r"--type=([\w-]+)", line)
+    if kind is None:
+        return "crashpad" if "crashpad_handler" in line else "browser"
+    service = re.search(r"--utility-sub-type=(\w+)", line)
+    return service.group(1) if kind.group(1) == "utility" and service else kind.group(1)
 
 
 class Group:
@@ -375,11 +458,18 @@ class Group:
         cpu, now = self._cpu_seconds(), time.monotonic()
         cores = (cpu - self._cpu) / (now - self._at) if cpu >= self._cpu else 0.0
         self._cpu, self._at = cpu, now
-        if self.tree:
-            memory = sum(_pss_kib(p) for p in members)
-        else:
-            memory = sum(_status_kib(p, "VmRSS") for p in members)
-        return {"mem_mb": memory / 1024, "cpu_cores": cores}
+        if not self.tree:
+            return {"mem_mb": sum(_status_kib(p, "VmRSS") for p in members) / 1024,
+                    "cpu_cores": cores}
+        # Chromium: PSS per process kind, and how much of it is shared memory (IPC, data pipes)
+        by_type: dict[str, dict[str, float]] = {}
+        for pid in members:
+            kind = by_type.setdefault(chromium_type(pid), {"pss_mb": 0.0, "shmem_mb": 0.0, "n": 0})
+            kind["pss_mb"] += _pss_kib(pid) / 1024
+            kind["shmem_mb"] += _pss_kib(pid, "Pss_Shmem") / 1024
+            kind["n"] += 1
+        return {"mem_mb": sum(k["pss_mb"] for k in by_type.values()), "cpu_cores": cores,
+                "by_type": by_type}
 
 
 def start_world(log_dir: Path, natives: int, browsers: int) -> tuple[Any, dict[str, str]]:
@@ -463,6 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     drivers: dict[str, Path] = {}
     series: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    after_gc: dict[str, Any] = {}
     started_wall = time.time()
     try:
         for i in range(args.native):
@@ -483,12 +574,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             world.start(f"driver-{i + 1}", "bench/soak.py", "driver", "--base",
                         f"http://127.0.0.1:{9001 + i}", "--end-at", str(end_at),
                         "--concurrency", str(args.concurrency), "--seed", str(i),
-                        "--report-to", str(drivers[name]), "--interval", str(args.interval))
+                        "--report-to", str(drivers[name]), "--interval", str(args.interval),
+                        "--rate", str(args.rate))
         for name, agent in agents.items():
             agent.app.evaluate(BROWSER_JS, {
                 "concurrency": args.concurrency, "endAt": end_at,
                 "timeoutMs": REQUEST_TIMEOUT * 1000, "longSize": LONG_SIZE,
-                "longSeconds": LONG_SECONDS, "wsMessages": WS_MESSAGES})
+                "longSeconds": LONG_SECONDS, "wsMessages": WS_MESSAGES, "rate": args.rate})
         groups = [Group("daemon", [world.procs["daemon"].pid]),
                   *(Group(n, [world.procs[n].pid]) for n in drivers),
                   *(Group(n, [a.chromium_pid], tree=True) for n, a in agents.items()),
@@ -520,11 +612,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception as error:  # a tab that is gone counts as failures below
                     errors.append({"t": now - began, "viewer": name, "error": f"agent: {error}"})
                     continue
-                try:  # the page's JS heap (the app frame shares its process and isolate)
-                    heap = agent.request("cdp", commands=[["Runtime.getHeapUsage", {}]])
-                    record["js_heap_mb"] = heap["usedSize"] / MIB
-                except Exception:
-                    record["js_heap_mb"] = None
+                try:  # the JS heaps: page (and app frame), service worker
+                    record["heaps"] = browser_heaps(world.ns, log_dir / name / "chromium.log")
+                except Exception as error:
+                    record["heaps"] = {"error": str(error)[:300]}
                 latencies["browser"] += record["latencies"]
                 errors += [{"t": now - began, "viewer": name, "error": e} for e in record["errors"]]
                 latest[name] = record
@@ -543,7 +634,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "processes": {g.name: g.sample() for g in groups},
                 "loadavg_1m": os.getloadavg()[0],
                 "viewers": {n: {"requests": sum(r["done"].values()), "failed": r["failed"],
-                                "inflight": r["inflight"], "js_heap_mb": r.get("js_heap_mb")}
+                                "inflight": r["inflight"], "heaps": r.get("heaps")}
                             for n, r in latest.items()},
             }
             series.append(point)
@@ -560,24 +651,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.native))
             if finished or now > hard_end:
                 break
+        # The load is over: what a full garbage collection in every isolate gives back.
+        for name in agents:
+            after_gc[name] = {"heaps": browser_heaps(world.ns, log_dir / name / "chromium.log",
+                                                     gc=True)}
+        time.sleep(10)
+        for g in groups:
+            if g.name in after_gc:
+                after_gc[g.name]["process"] = g.sample()
+        _dump(args, stamp, started_wall, series, errors, log_dir, partial=True, after_gc=after_gc)
     finally:
         for agent in agents.values():
             agent.quit()
         world.agent = None
         world.down()
-    return _dump(args, stamp, started_wall, series, errors, log_dir, partial=False)
+    return _dump(args, stamp, started_wall, series, errors, log_dir, partial=False,
+                 after_gc=after_gc)
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float) -> dict[str, Any]:
-    """Memory of `key` from `start_s` (the end of warm-up) to `end_s` (the end of the load):
-    the median of the first three samples, of the last three, their ratio, the peak, and the
-    same ratio over the last third of that span."""
-    values = [(p["t_s"], p["processes"][key]["mem_mb"]) for p in series
-              if start_s <= p["t_s"] <= end_s]
+def parts(point: dict[str, Any], name: str) -> dict[str, float]:
+    """One Chromium's memory at `point` in parts (MB): PSS per process kind, and the JS heap
+    (used) and array buffers (V8's backing stores, outside that heap) of the page and worker."""
+    out = {kind: v["pss_mb"] for kind, v in point["processes"][name].get("by_type", {}).items()}
+    for target, usage in ((point["viewers"].get(name) or {}).get("heaps") or {}).items():
+        if isinstance(usage, dict):
+            out[f"{target} JS heap"] = usage["used"]
+            out[f"{target} array buffers"] = usage.get("backingStorage", 0.0)
+    return out
+
+
+def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float,
+           part: str | None = None) -> dict[str, Any]:
+    """Memory of `key` (or of that Chromium's `part`) from `start_s` (the end of warm-up) to
+    `end_s` (the end of the load): the median of the first three samples, of the last three,
+    their ratio, the peak, and the same ratio over the last third of that span."""
+    values = [(p["t_s"], p["processes"][key]["mem_mb"] if part is None
+               else parts(p, key).get(part, 0.0))
+              for p in series if start_s <= p["t_s"] <= end_s]
     if len(values) < 6:
         return {}
     first = statistics.median(v for _, v in values[:3])
@@ -585,14 +699,23 @@ def growth(series: list[dict[str, Any]], key: str, start_s: float, end_s: float)
     third = values[len(values) * 2 // 3:]
     third_first = statistics.median(v for _, v in third[:3])
     return {"from_s": values[0][0], "at_start_mb": round(first, 1), "at_end_mb": round(last, 1),
-            "growth_pct": round((last / first - 1) * 100, 1),
+            "growth_pct": round((last / first - 1) * 100, 1) if first else None,
             "peak_mb": round(max(v for _, v in values), 1),
             "last_third_from_s": third[0][0],
-            "last_third_growth_pct": round((last / third_first - 1) * 100, 1)}
+            "last_third_growth_pct": round((last / third_first - 1) * 100, 1)
+            if third_first else None}
+
+
+def part_growth(series: list[dict[str, Any]], start_s: float, end_s: float) -> dict[str, Any]:
+    """`growth` of each part of each Chromium (`parts`)."""
+    names = [n for n in series[-1]["processes"] if n.startswith("chromium")] if series else []
+    return {n: {part: growth(series, n, start_s, end_s, part) for part in parts(series[-1], n)}
+            for n in names}
 
 
 def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dict[str, Any]],
-          errors: list[dict[str, Any]], log_dir: Path, *, partial: bool) -> dict[str, Any]:
+          errors: list[dict[str, Any]], log_dir: Path, *, partial: bool,
+          after_gc: dict[str, Any] | None = None) -> dict[str, Any]:
     warmup_s = args.warmup * 60
     names = list(series[-1]["processes"]) if series else []
     result = {
@@ -600,12 +723,14 @@ def _dump(args: argparse.Namespace, stamp: str, started: float, series: list[dic
                  .isoformat(timespec="seconds"), "minutes": args.minutes,
                  "interval_s": args.interval, "warmup_s": warmup_s, "native_viewers": args.native,
                  "browser_viewers": args.browsers, "concurrency": args.concurrency,
-                 "machine": args.machine_info, "partial": partial, "logs": str(log_dir.relative_to(ROOT))},
+                 "rate_per_viewer": args.rate, "machine": args.machine_info, "partial": partial, "logs": str(log_dir.relative_to(ROOT))},
         "totals": {k: series[-1][k] for k in ("requests", "failures", "bytes", "by_kind")}
         if series else {},
         "memory_growth_after_warmup": {n: growth(series, n, warmup_s, args.minutes * 60 + 1)
                                        for n in names
                                        if n not in ("load-generators",)},
+        "chromium_growth_by_part": part_growth(series, warmup_s, args.minutes * 60 + 1),
+        "after_load_and_gc": after_gc or {},
         "errors": errors[:200],
         "series": series,
     }
@@ -648,6 +773,21 @@ def summary(result: dict[str, Any]) -> str:
                f"last third {g['last_third_growth_pct']:+.1f} %), peak {g['peak_mb']:.0f} MB"
                if g else "-")
         lines.append(f"| {name}: memory after warm-up; CPU | {mem}; {span(cpu, 'cores', 2)} |")
+    by_parts = result.get("chromium_growth_by_part") or part_growth(
+        series, meta["warmup_s"], meta["minutes"] * 60 + 1)
+    for name, by_part in by_parts.items():
+        shown = [f"{part} {g['at_start_mb']:.0f} → {g['at_end_mb']:.0f} ({g['growth_pct']:+.0f} %)"
+                 if g["at_start_mb"] >= 10 and g["growth_pct"] is not None else
+                 f"{part} {g['at_start_mb']:.1f} → {g['at_end_mb']:.1f}"
+                 for part, g in by_part.items() if g and g["peak_mb"] >= 0.5]
+        if shown:  # (older results have no parts)
+            lines.append(f"| {name} in parts (MB): after warm-up | {'; '.join(shown)} |")
+    for name, end in result.get("after_load_and_gc", {}).items():
+        shown = [f"{kind} {v['pss_mb']:.0f}" for kind, v in end["process"]["by_type"].items()]
+        shown += [f"{target} JS heap {u['used']:.1f}, array buffers {u['backingStorage']:.1f}"
+                  for target, u in end["heaps"].items()]
+        lines.append(f"| {name} after the load and a full GC (MB) | "
+                     f"PSS {end['process']['mem_mb']:.0f}: {'; '.join(shown)} |")
     lines.append(f"| load average (1 min, 2 cores) | {span([p['loadavg_1m'] for p in load], '')} |")
     return "\n".join(lines)
 
@@ -660,7 +800,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     series = result["series"]
     t = [p["t_s"] / 60 for p in series]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12))
     ax = axes[0][0]
     rate = [series[0]["requests"] / series[0]["t_s"]] + [(b["requests"] - a["requests"]) / (b["t_s"] - a["t_s"])
                     for a, b in zip(series, series[1:])]
@@ -691,9 +831,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax = axes[1][2]
     ax.plot(t, [p["loadavg_1m"] for p in series])
     ax.set_title("load average (1 min), 2 cores")
+    browsers = [n for n in series[0]["processes"] if n.startswith("chromium")]
+    for ax, heap, title in ((axes[2][0], False, "Chromium PSS per process kind (MB)"),
+                            (axes[2][1], True, "JS heap used, array buffers (MB)")):
+        for name, style in zip(browsers, ("-", "--", ":")):
+            names = [k for k in parts(series[-1], name) if (" " in k) == heap]
+            for k, color in zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2):
+                ax.plot(t, [parts(p, name).get(k) for p in series], style, color=color,
+                        label=f"{name} {k}")
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+        ax.axvline(result["meta"]["warmup_s"] / 60, color="gray", linestyle=":")
+    ax = axes[2][2]
+    for name in browsers:
+        served = [p["viewers"][name]["requests"] if name in p["viewers"] else 0 for p in series]
+        ax.plot(served, [p["processes"][name]["mem_mb"] for p in series], label=name)
+    ax.set_title("Chromium PSS (MB) against its requests served")
     for row in axes:
         for ax in row:
             ax.set_xlabel("minutes")
+    axes[2][2].set_xlabel("requests served")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -710,6 +867,10 @@ def main() -> None:
     drv.add_argument("--seed", type=int, default=0)
     drv.add_argument("--report-to", type=Path, required=True)
     drv.add_argument("--interval", type=float, default=30.0)
+    drv.add_argument("--rate", type=float, default=0.0)
+    hp = sub.add_parser("heaps", help="(in the namespace) JS heaps of a browser, one JSON line")
+    hp.add_argument("url")
+    hp.add_argument("--gc", action="store_true")
     ren = sub.add_parser("render", help="redo bench/soak.png and the table from a results file")
     ren.add_argument("json", type=Path)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -720,6 +881,9 @@ def main() -> None:
     parser.add_argument("--native", type=int, default=3, help="native-client viewers")
     parser.add_argument("--browsers", type=int, default=2, help="Chromium viewers")
     parser.add_argument("--concurrency", type=int, default=100, help="streams per viewer")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests started per second per viewer, all kinds (default 0: "
+                             "as fast as they answer); a fixed rate keeps throughput level")
     parser.add_argument("--no-plot", action="store_true", help="leave bench/soak.png as it is")
     args = parser.parse_args()
     if args.role == "upstream":
@@ -727,7 +891,10 @@ def main() -> None:
         return
     if args.role == "driver":
         asyncio.run(drive(args.base, args.end_at, args.concurrency, args.seed, args.report_to,
-                          args.interval))
+                          args.interval, args.rate))
+        return
+    if args.role == "heaps":
+        print(json.dumps(asyncio.run(heaps(args.url, args.gc))))
         return
     if args.role == "render":
         result = json.loads(args.json.read_text())
