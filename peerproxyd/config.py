@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from peerproxyd.errors import ConfigError
 from peerproxyd.names import valid_service_name
 from peerproxyd.protocol.http_headers import HOST_MODES, valid_host
 from peerproxyd.schema import Table, build, environment, merge, parse_url, setting
-from peerproxyd.trust.identity import default_state_dir
 
 __all__ = [
     "DaemonSettings",
@@ -67,6 +67,18 @@ def _friendly_name(value: str | None) -> str | None:
     if not 1 <= len(value) <= FRIENDLY_NAME_MAX or not value.isprintable():
         raise ValueError(f"must be 1-{FRIENDLY_NAME_MAX} printable characters, got {value[:80]!r}")
     return value
+
+
+def default_state_dir(config_name: str) -> Path:
+    """`$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/peerproxyd/<config name>`, else
+    `~/.local/state/peerproxyd/<config name>`. systemd may list several directories
+    separated by ':'; the first is ours."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "peerproxyd" / config_name
 
 
 def _state_dir(value: Path | None) -> Path:

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from peerproxyd.config import IceSettings
 from peerproxyd.rtc.report import ConnectionReport
-from peerproxyd.trust.identity import Identity
 from peerproxyd.tunnel.channel import DataChannel
 
 if TYPE_CHECKING:
     from peerproxyd.rtc.aiortc_ice_restart import IceRestart
+    from peerproxyd.trust.identity import Identity  # cryptography: where a key is used
 
 logger = logging.getLogger(__name__)
 

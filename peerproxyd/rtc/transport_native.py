@@ -38,18 +38,19 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import libdatachannel as rtc
-from cryptography.hazmat.primitives import serialization
 
 from peerproxyd.appliance import mdns
 from peerproxyd.config import IceSettings
 from peerproxyd.errors import IceRestartError
 from peerproxyd.rtc.report import ConnectionReport, pair_type
 from peerproxyd.rtc.patches.aioice_ports import PortRangeExhausted, parse_port_range
-from peerproxyd.trust.identity import Identity
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used: not by every client
+    from peerproxyd.trust.identity import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -537,9 +538,8 @@ def _pem_files(identity: Identity) -> tuple[Path, Path]:
     cert, key = _pem_dir / f"{name}.crt", _pem_dir / f"{name}.key"
     if not key.exists():
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        cert_pem, key_pem = identity.pem()
         with os.fdopen(fd, "wb") as f:
-            f.write(identity.private_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()))
-        cert.write_bytes(identity.certificate.public_bytes(serialization.Encoding.PEM))
+            f.write(key_pem)
+        cert.write_bytes(cert_pem)
     return cert, key

@@ -11,13 +11,15 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from peerproxyd.errors import SignalingError
 from peerproxyd.signaling.messages import Message, encode, parse_message
-from peerproxyd.trust.identity import Identity
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used: not by every client
+    from peerproxyd.trust.identity import Identity
 
 logger = logging.getLogger(__name__)
 

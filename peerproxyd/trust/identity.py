@@ -27,18 +27,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from peerproxyd import b64u
 from peerproxyd.errors import IdentityError, RegistrationError
+from peerproxyd.trust.viewer_auth import sdp_fingerprint
 
 __all__ = [
     "CERT_FILE",
     "KEY_FILE",
     "Identity",
-    "default_state_dir",
     "device_id_for",
     "identity_exists",
     "load",
     "load_or_create",
     "registration_message",
-    "sdp_fingerprint",
     "verify_registration",
 ]
 
@@ -61,12 +60,6 @@ def device_id_for(spki_der: bytes) -> str:
     of sha256(SubjectPublicKeyInfo DER); 160 bits, `[a-z2-7]{32}`."""
     digest = hashlib.sha256(spki_der).digest()
     return base64.b32encode(digest).decode("ascii").lower()[:DEVICE_ID_LENGTH]
-
-
-def sdp_fingerprint(digest: bytes) -> str:
-    """A sha-256 fingerprint in SDP form: 32 uppercase hex pairs joined by ':' (the value of
-    `a=fingerprint:sha-256 ...`, as aiortc and browsers write it)."""
-    return ":".join(f"{b:02X}" for b in digest)
 
 
 def _spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -110,6 +103,13 @@ class Identity:
             "signature": b64u.encode(signature),
         }
 
+    def pem(self) -> tuple[bytes, bytes]:
+        """The certificate and the (unencrypted PKCS#8) key in PEM."""
+        key = self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        return self.certificate.public_bytes(serialization.Encoding.PEM), key
+
     @classmethod
     def generate(cls) -> Identity:
         """A new identity, in memory only."""
@@ -136,18 +136,6 @@ def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 # ----- state directory
-
-
-def default_state_dir(config_name: str) -> Path:
-    """`$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/peerproxyd/<config name>`, else
-    `~/.local/state/peerproxyd/<config name>`. systemd may list several directories
-    separated by ':'; the first is ours."""
-    systemd = os.environ.get("STATE_DIRECTORY")
-    if systemd:
-        return Path(systemd.split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    return base / "peerproxyd" / config_name
 
 
 def identity_exists(state_dir: Path) -> bool:

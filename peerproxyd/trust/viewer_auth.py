@@ -24,7 +24,12 @@ from urllib.parse import parse_qsl, urlsplit
 from peerproxyd import b64u
 from peerproxyd.errors import AuthError, FingerprintError, LinkError
 from peerproxyd.names import origin_label, valid_device_id, valid_service_name
-from peerproxyd.trust.identity import sdp_fingerprint
+
+def sdp_fingerprint(digest: bytes) -> str:
+    """A sha-256 fingerprint in SDP form: 32 uppercase hex pairs joined by ':' (the value of
+    `a=fingerprint:sha-256 ...`, as aiortc and browsers write it)."""
+    return ":".join(f"{b:02X}" for b in digest)
+
 
 LINK_VERSION = "1"
 LINK_KEYS = ("v", "d", "s", "n", "t", "f")

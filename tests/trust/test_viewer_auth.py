@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from peerproxyd.errors import AuthError, FingerprintError, LinkError
-from peerproxyd.trust.identity import sdp_fingerprint
 from peerproxyd.trust.viewer_auth import (
     AuthCode,
     AuthMessage,
@@ -31,6 +30,7 @@ from peerproxyd.trust.viewer_auth import (
     parse_auth,
     parse_auth_reply,
     parse_link,
+    sdp_fingerprint,
     token_key,
 )
 
