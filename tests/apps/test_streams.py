@@ -165,7 +165,9 @@ def test_video_plays_and_seeks_with_range_requests(world: BrowserWorld, clip: st
     print(f"{clip} ({size} bytes): upstream {ranges}, {before} before the seek")
     # Every request of the player was a range request and the upstream answered 206 ...
     assert ranges and all(status == 206 for status, _ in ranges), ranges
-    assert ranges[0][1] == "bytes=0-", ranges
+    # The player began at the start (the access log is in order of completion: with the
+    # index at the end, the read from 0 may end after the jump to the index).
+    assert (206, "bytes=0-") in ranges[:before], ranges
     # ... and the seek to 2/3 of the clip fetched from the second half on.
     starts = [int(value.removeprefix("bytes=").split("-")[0]) for _, value in ranges[before:]]
     assert any(size // 2 <= start < size for start in starts), ranges
