@@ -167,7 +167,7 @@ def test_video_plays_and_seeks_with_range_requests(world: BrowserWorld, clip: st
     assert ranges and all(status == 206 for status, _ in ranges), ranges
     # The player began at the start (the access log is in order of completion: with the
     # index at the end, the read from 0 may end after the jump to the index).
-    assert (206, "bytes=0-") in ranges[:before], ranges
+    assert (206, "bytes=0-") in ranges, ranges
     # ... and the seek to 2/3 of the clip fetched from the second half on.
     starts = [int(value.removeprefix("bytes=").split("-")[0]) for _, value in ranges[before:]]
     assert any(size // 2 <= start < size for start in starts), ranges
